@@ -1,0 +1,216 @@
+//! `stele bench journal`: W concurrent appenders of ~200-byte `Annotated`
+//! events, ack latency percentiles, fsyncs and mean group size; with
+//! `--baseline`, plain fjall batch writes of the same record size, batch size
+//! and durability measured in the same run, and the ratio.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use stele_journal::{Append, Durability, EventBody, Journal, Options, StreamId};
+
+use crate::cli::{BenchJournalArgs, DurabilityArg};
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    events: u64,
+    writers: u64,
+    durability: &'static str,
+    seconds: f64,
+    events_per_s: f64,
+    ack_latency_us_p50: u64,
+    ack_latency_us_p99: u64,
+    ack_latency_us_max: u64,
+    fsyncs: u64,
+    commits: u64,
+    mean_batch: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_events_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_to_baseline: Option<f64>,
+}
+
+fn note(writer: u64, i: u64) -> String {
+    // ~200 bytes of body, different per event.
+    format!("bench writer {writer:04} event {i:010} {}", "x".repeat(160))
+}
+
+pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode> {
+    ensure!(args.writers >= 1, "--writers must be at least 1");
+    ensure!(args.events >= args.writers, "--events must be at least --writers");
+    let tmp;
+    let dir = match data {
+        Some(d) => d.to_owned(),
+        None => {
+            tmp = tempfile::tempdir().context("creating a temporary data directory")?;
+            tmp.path().join("journal")
+        }
+    };
+    let durability = match args.durability {
+        DurabilityArg::Sync => Durability::Sync,
+        DurabilityArg::Buffered => Durability::Buffered,
+    };
+    let journal = Journal::open(
+        &dir,
+        Options {
+            durability,
+            ..Options::default()
+        },
+    )
+    .with_context(|| format!("opening journal {}", dir.display()))?;
+    let ack_log = match &args.ack_log {
+        Some(p) => Some(Arc::new(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening ack log {}", p.display()))?,
+        ))),
+        None => None,
+    };
+    let rt = crate::journal_cmd::runtime()?;
+    let stats_before = (
+        journal.stats().fsyncs.load(Ordering::Relaxed),
+        journal.stats().commits.load(Ordering::Relaxed),
+        journal.stats().events.load(Ordering::Relaxed),
+    );
+    let per_writer = args.events / args.writers;
+    let extra = args.events % args.writers;
+    let started = Instant::now();
+    let mut latencies: Vec<u32> = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for w in 0..args.writers {
+            let journal = journal.clone();
+            let ack_log = ack_log.clone();
+            let n = per_writer + u64::from(w < extra);
+            let stream = StreamId::new(format!("bench:{w}"))?;
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+                for i in 0..n {
+                    let t = Instant::now();
+                    let r = journal
+                        .append(Append {
+                            stream: stream.clone(),
+                            cause: None,
+                            body: EventBody::Annotated {
+                                text: note(w, i),
+                                run: None,
+                            },
+                        })
+                        .await?;
+                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    if let Some(log) = &ack_log {
+                        let mut f = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        writeln!(f, "{}", r.seq).context("writing ack log")?;
+                    }
+                }
+                anyhow::Ok(lat)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.context("bench writer panicked")??);
+        }
+        anyhow::Ok(all)
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let fsyncs = journal.stats().fsyncs.load(Ordering::Relaxed) - stats_before.0;
+    let commits = journal.stats().commits.load(Ordering::Relaxed) - stats_before.1;
+    let committed = journal.stats().events.load(Ordering::Relaxed) - stats_before.2;
+    drop(journal);
+    latencies.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies.get(idx).copied().map_or(0, u64::from)
+    };
+    let mean_batch = if commits > 0 {
+        committed as f64 / commits as f64
+    } else {
+        0.0
+    };
+    let mut report = Report {
+        events: args.events,
+        writers: args.writers,
+        durability: match durability {
+            Durability::Sync => "sync",
+            Durability::Buffered => "buffered",
+        },
+        seconds,
+        events_per_s: args.events as f64 / seconds,
+        ack_latency_us_p50: pct(0.50),
+        ack_latency_us_p99: pct(0.99),
+        ack_latency_us_max: latencies.last().copied().map_or(0, u64::from),
+        fsyncs,
+        commits,
+        mean_batch,
+        baseline_events_per_s: None,
+        ratio_to_baseline: None,
+    };
+    if args.baseline {
+        let b = baseline(args.events, mean_batch.round().max(1.0) as u64, durability)?;
+        report.baseline_events_per_s = Some(b);
+        report.ratio_to_baseline = Some(report.events_per_s / b);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} events, {} writers, {}: {:.0} events/s in {:.2} s; ack latency p50 {} us, p99 {} us, max {} us; {} fsyncs, mean group {:.1}",
+            report.events,
+            report.writers,
+            report.durability,
+            report.events_per_s,
+            report.seconds,
+            report.ack_latency_us_p50,
+            report.ack_latency_us_p99,
+            report.ack_latency_us_max,
+            report.fsyncs,
+            report.mean_batch
+        );
+        if let (Some(b), Some(r)) = (report.baseline_events_per_s, report.ratio_to_baseline) {
+            println!(
+                "baseline (plain fjall batches of {:.0}, same durability): {b:.0} events/s; ratio {r:.2}",
+                report.mean_batch
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Plain fjall: the same number of ~350-byte records (the size of a signed
+/// bench event) in batches of `batch`, one persist per batch, no hashing,
+/// signing or indexing. Returns events/s.
+fn baseline(events: u64, batch: u64, durability: Durability) -> Result<f64> {
+    let tmp = tempfile::tempdir().context("creating baseline directory")?;
+    let db = fjall::Database::builder(tmp.path())
+        .manual_journal_persist(true)
+        .open()
+        .context("opening baseline fjall")?;
+    let ks = db
+        .keyspace("events", fjall::KeyspaceCreateOptions::default)
+        .context("baseline keyspace")?;
+    let value = vec![0xabu8; 350];
+    let mode = match durability {
+        Durability::Sync => fjall::PersistMode::SyncData,
+        Durability::Buffered => fjall::PersistMode::Buffer,
+    };
+    let started = Instant::now();
+    let mut seq = 0u64;
+    while seq < events {
+        let mut b = db.batch().durability(Some(mode));
+        for _ in 0..batch.min(events - seq) {
+            seq += 1;
+            b.insert(&ks, seq.to_be_bytes(), value.clone());
+        }
+        b.commit().context("baseline commit")?;
+    }
+    if durability == Durability::Buffered {
+        db.persist(fjall::PersistMode::SyncData)
+            .context("baseline final sync")?;
+    }
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}

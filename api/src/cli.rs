@@ -1,0 +1,248 @@
+//! Command-line definitions (clap) and dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{bench, journal_cmd, proof};
+
+/// stele: a runtime for autonomous agents whose single source of truth is a
+/// signed, hash-chained journal.
+#[derive(Debug, Parser)]
+#[command(name = "stele", version, about)]
+pub struct Cli {
+    /// Data directory holding the journal and the node keys.
+    #[arg(long, global = true, env = "STELE_DATA")]
+    pub data: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+pub const DEFAULT_DATA: &str = "./stele-data";
+
+impl Cli {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Append to, verify, checkpoint and prove the journal.
+    #[command(subcommand)]
+    Journal(JournalCmd),
+    /// List events.
+    Events(EventsArgs),
+    /// Follow the journal live: print events as they commit.
+    Tail(TailArgs),
+    /// Show, export and rotate the node's signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Whole-system benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// A short scripted session on the data directory: append, checkpoint,
+    /// verify, prove and check a proof.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCmd {
+    /// Append an operator note (an `Annotated` event); prints seq and hash.
+    Append {
+        /// The stream it belongs to.
+        #[arg(long, default_value = "ops")]
+        stream: String,
+        /// The note.
+        #[arg(long)]
+        text: String,
+        /// A run id it is about (indexed).
+        #[arg(long)]
+        run: Option<String>,
+        /// The seq of the event that caused it.
+        #[arg(long)]
+        cause: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the whole chain, every signature and every checkpoint.
+    Verify {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append a Merkle checkpoint now.
+    Checkpoint {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Produce an inclusion or consistency proof.
+    #[command(subcommand)]
+    Prove(ProveCmd),
+    /// Check a proof file offline (no journal needed).
+    CheckProof {
+        /// The proof (JSON, as written by `prove`).
+        file: PathBuf,
+        /// Require the checkpoint to be signed by this public key (hex).
+        #[arg(long)]
+        trusted_key: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProveCmd {
+    /// Prove that event SEQ is in the tree of SIZE events.
+    Inclusion {
+        /// The event.
+        seq: u64,
+        /// Tree size; default: the newest checkpoint covering SEQ, else the head.
+        #[arg(long)]
+        size: Option<u64>,
+        /// Print compact JSON (the proof file format).
+        #[arg(long)]
+        json: bool,
+        /// Write the proof to FILE.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Prove that the tree of M events is a prefix of the tree of N events.
+    Consistency {
+        /// Old size.
+        m: u64,
+        /// New size.
+        n: u64,
+        /// Print compact JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the proof to FILE.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// First seq.
+    #[arg(long, default_value_t = 1)]
+    pub from: u64,
+    /// Most events to print.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Only this stream.
+    #[arg(long, conflicts_with = "run")]
+    pub stream: Option<String>,
+    /// Only this run.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// JSON lines with every field.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// First seq (default: after the current head).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// List the keys the journal has used.
+    Show {
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the public keys (JSON) for offline verifiers.
+    Export {
+        /// Write to FILE instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Generate a new node key; the rotation is an event signed by the old key.
+    Rotate {
+        /// Why.
+        #[arg(long, default_value = "operator rotation")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Concurrent appenders against the journal.
+    Journal(BenchJournalArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DurabilityArg {
+    /// fsync before acknowledging.
+    Sync,
+    /// Acknowledge before fsync.
+    Buffered,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchJournalArgs {
+    /// Events to append in total.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Concurrent appenders.
+    #[arg(long, default_value_t = 64)]
+    pub writers: u64,
+    /// Acknowledge after fsync (sync) or before (buffered).
+    #[arg(long, value_enum, default_value = "sync")]
+    pub durability: DurabilityArg,
+    /// Write each acknowledged seq to FILE, one per line, as it is acknowledged.
+    #[arg(long)]
+    pub ack_log: Option<PathBuf>,
+    /// Also measure plain fjall batch writes of the same size and durability.
+    #[arg(long)]
+    pub baseline: bool,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let data = cli.data_dir();
+    match cli.command {
+        Command::Journal(JournalCmd::Append {
+            stream,
+            text,
+            run,
+            cause,
+            json,
+        }) => journal_cmd::append(&data, &stream, text, run, cause, json),
+        Command::Journal(JournalCmd::Verify { json }) => journal_cmd::verify(&data, json),
+        Command::Journal(JournalCmd::Checkpoint { json }) => journal_cmd::checkpoint(&data, json),
+        Command::Journal(JournalCmd::Prove(ProveCmd::Inclusion { seq, size, json, out })) => {
+            proof::prove_inclusion(&data, seq, size, json, out.as_deref())
+        }
+        Command::Journal(JournalCmd::Prove(ProveCmd::Consistency { m, n, json, out })) => {
+            proof::prove_consistency(&data, m, n, json, out.as_deref())
+        }
+        Command::Journal(JournalCmd::CheckProof {
+            file,
+            trusted_key,
+            json,
+        }) => proof::check_proof(&file, trusted_key.as_deref(), json),
+        Command::Events(args) => journal_cmd::events(&data, &args),
+        Command::Tail(args) => journal_cmd::tail(&data, &args),
+        Command::Keys(KeysCmd::Show { json }) => journal_cmd::keys_show(&data, json),
+        Command::Keys(KeysCmd::Export { out }) => journal_cmd::keys_export(&data, out.as_deref()),
+        Command::Keys(KeysCmd::Rotate { reason }) => journal_cmd::keys_rotate(&data, &reason),
+        Command::Bench(BenchCmd::Journal(args)) => bench::journal(cli.data.as_deref(), &args),
+        Command::Demo => journal_cmd::demo(&data),
+    }
+}

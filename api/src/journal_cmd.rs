@@ -1,0 +1,362 @@
+//! `stele journal …`, `stele events`, `stele tail`, `stele keys …` and
+//! `stele demo`: thin wrappers that open the journal, call the library and
+//! print human or JSON output.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use stele_journal::{
+    Append, ArchivedEventBody, EventBody, EventRef, Journal, Options, Reader, RunId, Seq, StreamId,
+};
+
+use crate::cli::{EventsArgs, TailArgs};
+
+pub fn open_writer(data: &Path) -> Result<Journal> {
+    Journal::open(data, Options::default()).with_context(|| format!("opening journal {}", data.display()))
+}
+
+pub fn open_reader(data: &Path) -> Result<Reader> {
+    Reader::open(data).with_context(|| format!("opening journal {}", data.display()))
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn append(
+    data: &Path,
+    stream: &str,
+    text: String,
+    run: Option<String>,
+    cause: Option<u64>,
+    json: bool,
+) -> Result<ExitCode> {
+    let stream = StreamId::new(stream).context("--stream")?;
+    if let Some(r) = &run {
+        RunId::new(r.clone()).context("--run")?;
+    }
+    let journal = open_writer(data)?;
+    let r = journal.append_blocking(Append {
+        stream,
+        cause: cause.map(Seq),
+        body: EventBody::Annotated { text, run },
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{} {}", r.seq, r.hash);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn checkpoint(data: &Path, json: bool) -> Result<ExitCode> {
+    let journal = open_writer(data)?;
+    let r = runtime()?.block_on(journal.checkpoint())?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("checkpoint at seq {} ({})", r.seq, r.hash);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(data: &Path, json: bool) -> Result<ExitCode> {
+    let reader = match Reader::open(data) {
+        Ok(r) => r,
+        Err(e) => {
+            // Refusing to open is a verification failure, not a usage error.
+            let seq = match &e {
+                stele_journal::Error::Tampered { seq, .. } | stele_journal::Error::Corrupt { seq, .. } => {
+                    Some(seq.0)
+                }
+                stele_journal::Error::Shortened { found, .. } => Some(found.0 + 1),
+                stele_journal::Error::Io { .. } | stele_journal::Error::Locked { .. } => {
+                    return Err(anyhow::Error::new(e).context(format!("opening journal {}", data.display())));
+                }
+                _ => None,
+            };
+            let msg = format!("{e}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "events": 0, "head_seq": null, "head_hash": null,
+                        "first_bad_seq": seq, "error": msg, "events_per_s": 0.0})
+                );
+            } else {
+                eprintln!("verify failed: {msg}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let head = reader.head().seq.0;
+    let bar = if !json && std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(head);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "verifying {bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress = |done: u64, _total: u64| bar.set_position(done);
+    let report = stele_journal::verify(&reader, &progress);
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if report.ok {
+        println!(
+            "ok: {} events, {} checkpoints, {} keys; head {} {} ({:.0} events/s)",
+            report.events,
+            report.checkpoints,
+            report.keys,
+            report.head_seq,
+            report.head_hash,
+            report.events_per_s
+        );
+    } else {
+        eprintln!(
+            "verify failed at seq {}: {}",
+            report.first_bad_seq.unwrap_or_default(),
+            report.error.as_deref().unwrap_or("unknown")
+        );
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn rfc3339(at_ns: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(u64::try_from(at_ns).unwrap_or(0));
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+fn summary(e: &EventRef) -> String {
+    match e.body() {
+        ArchivedEventBody::Annotated { text, run } => match run.as_ref() {
+            Some(r) => format!("[run {r}] {text}"),
+            None => text.to_string(),
+        },
+        ArchivedEventBody::CheckpointSigned { size, root } => {
+            format!("size {} root {}", size.to_native(), hex::encode(&root[..6]))
+        }
+        ArchivedEventBody::KeyRotated {
+            previous,
+            key,
+            reason,
+            ..
+        } => format!("{} -> {} ({reason})", hex::encode(previous), hex::encode(key)),
+        ArchivedEventBody::JournalOpened {
+            software,
+            key,
+            recovered_head,
+            ..
+        } => format!(
+            "{software}, key {}, recovered head {}",
+            hex::encode(key),
+            recovered_head.to_native()
+        ),
+    }
+}
+
+pub fn print_event(out: &mut impl Write, e: &EventRef, json: bool) -> Result<()> {
+    if json {
+        let ev = e.to_event()?;
+        serde_json::to_writer(&mut *out, &ev)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{:>8}  {}  {:<16} {:<18} {}  {}",
+            e.seq(),
+            rfc3339(e.at()),
+            e.stream(),
+            e.body().kind(),
+            e.hash().short(),
+            summary(e)
+        )?;
+    }
+    Ok(())
+}
+
+pub fn events(data: &Path, args: &EventsArgs) -> Result<ExitCode> {
+    let reader = open_reader(data)?;
+    let from = Seq(args.from);
+    let limit = usize::try_from(args.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
+    let iter: Box<dyn Iterator<Item = stele_journal::Result<EventRef>>> = match (&args.stream, &args.run) {
+        (Some(s), _) => Box::new(reader.stream(&StreamId::new(s.clone()).context("--stream")?, from)),
+        (None, Some(r)) => Box::new(reader.run(&RunId::new(r.clone()).context("--run")?, from)),
+        (None, None) => Box::new(reader.range(from, Seq(u64::MAX))),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for e in iter.take(limit) {
+        print_event(&mut out, &e?, args.json)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn tail(data: &Path, args: &TailArgs) -> Result<ExitCode> {
+    // The tailing process owns the data directory while it runs.
+    let journal = open_writer(data)?;
+    let reader = journal.reader();
+    let from = args.from.map_or_else(|| reader.head().seq.next(), Seq);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut follow = reader.follow(from);
+        let stdout = std::io::stdout();
+        loop {
+            tokio::select! {
+                e = follow.next() => match e {
+                    Some(e) => {
+                        let mut out = stdout.lock();
+                        print_event(&mut out, &e?, args.json)?;
+                        out.flush()?;
+                    }
+                    None => break,
+                },
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    drop(journal);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct KeyJson {
+    id: String,
+    public_key: String,
+    since_seq: u64,
+    active: bool,
+}
+
+fn key_list(reader: &Reader) -> Result<Vec<KeyJson>> {
+    let keys = reader.keys()?;
+    let n = keys.len();
+    Ok(keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| KeyJson {
+            id: k.id.to_hex(),
+            public_key: hex::encode(k.public_key),
+            since_seq: k.since.0,
+            active: i + 1 == n,
+        })
+        .collect())
+}
+
+pub fn keys_show(data: &Path, json: bool) -> Result<ExitCode> {
+    let reader = open_reader(data)?;
+    let keys = key_list(&reader)?;
+    if json {
+        println!("{}", serde_json::to_string(&keys)?);
+    } else {
+        for k in keys {
+            println!(
+                "{}  {}  since seq {}{}",
+                k.id,
+                k.public_key,
+                k.since_seq,
+                if k.active { "  (active)" } else { "" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn keys_export(data: &Path, out: Option<&Path>) -> Result<ExitCode> {
+    let reader = open_reader(data)?;
+    let doc = serde_json::json!({
+        "format": "stele-public-keys-v1",
+        "algorithm": "ed25519",
+        "key_id": "first 8 bytes of BLAKE3(\"stele/key/v1\" || public_key)",
+        "keys": key_list(&reader)?,
+    });
+    let text = serde_json::to_string_pretty(&doc)?;
+    match out {
+        Some(p) => std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?,
+        None => println!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn keys_rotate(data: &Path, reason: &str) -> Result<ExitCode> {
+    let journal = open_writer(data)?;
+    let (id, r) = runtime()?.block_on(journal.rotate_key(reason))?;
+    println!("rotated to key {id} at seq {}", r.seq);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn demo(data: &Path) -> Result<ExitCode> {
+    println!("== stele demo on {}", data.display());
+    {
+        let journal = open_writer(data)?;
+        let rt = runtime()?;
+        rt.block_on(async {
+            let run = "demo-run-1".to_owned();
+            for (i, text) in [
+                "operator starts a demo run",
+                "agent asked for weather in Lisbon",
+                "tool answered: 21C, clear",
+            ]
+            .iter()
+            .enumerate()
+            {
+                let r = journal
+                    .append(Append {
+                        stream: StreamId::new("demo")?,
+                        cause: None,
+                        body: EventBody::Annotated {
+                            text: (*text).to_owned(),
+                            run: (i > 0).then(|| run.clone()),
+                        },
+                    })
+                    .await?;
+                println!("appended seq {} {}", r.seq, r.hash.short());
+            }
+            let cp = journal.checkpoint().await?;
+            println!("checkpoint at seq {}", cp.seq);
+            anyhow::Ok(())
+        })?;
+    }
+    let reader = open_reader(data)?;
+    println!("== events");
+    let mut out = std::io::stdout().lock();
+    for e in reader.range(Seq(1), Seq(u64::MAX)) {
+        print_event(&mut out, &e?, false)?;
+    }
+    drop(out);
+    println!("== verify");
+    let report = stele_journal::verify(&reader, &|_, _| {});
+    if !report.ok {
+        bail!("verify failed: {:?}", report.error);
+    }
+    println!(
+        "ok: {} events verified ({:.0}/s)",
+        report.events, report.events_per_s
+    );
+    println!("== prove and check inclusion of the newest note");
+    let cp = reader.checkpoints()?.last().copied().context("no checkpoint")?;
+    let proof = crate::proof::inclusion(&reader, Seq(cp.size), None)?;
+    crate::proof::check_value(&proof, None)?;
+    println!(
+        "event {} is in the checkpointed tree of {} events (root {})",
+        cp.size,
+        cp.size,
+        cp.root.short()
+    );
+    Ok(ExitCode::SUCCESS)
+}

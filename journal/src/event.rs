@@ -1,0 +1,433 @@
+//! The event: its body (one enum of plain facts), its canonical bytes, its
+//! hash, and the stored record with zero-copy validated access.
+//!
+//! Layout of a stored record (the value under `seq` in the `events` keyspace):
+//!
+//! ```text
+//! offset  size  field
+//! 0       1     record version (1)
+//! 1       32    prev      hash of event seq-1 (zero for seq 1)
+//! 33      32    hash      BLAKE3(EVENT_DOMAIN || prev || canonical)
+//! 65      8     key       KeyId of the signing key
+//! 73      64    sig       Ed25519 signature over `hash`
+//! 137     ..    canonical bytes:
+//!               0   u8      canonical version (1)
+//!               1   u64 LE  seq
+//!               9   i64 LE  at (ns since the Unix epoch)
+//!               17  u8      1 if cause is present, else 0
+//!               18  u64 LE  cause (0 when absent)
+//!               26  u16 LE  stream length n
+//!               28  n       stream (ASCII)
+//!               28+n ..     body: rkyv archive of `EventBody`
+//! ```
+//!
+//! The header of the canonical bytes is fixed-layout so that a verifier in
+//! another language can read seq, time, cause and stream without rkyv; the
+//! body is rkyv (little-endian, unaligned, 32-bit offsets — fixed by cargo
+//! features, so the bytes are the same on every platform). Nothing here
+//! touches storage; see `store`.
+
+use rkyv::rancor;
+
+use crate::error::{Error, Result};
+use crate::ids::{Hash, KeyId, RunId, Seq, StreamId};
+use crate::limits::MAX_BODY_BYTES;
+
+/// Domain tag of event hashes.
+pub const EVENT_DOMAIN: &[u8] = b"stele/event/v1";
+/// Domain tag of key ids.
+pub const KEY_ID_DOMAIN: &[u8] = b"stele/key/v1";
+
+/// Record version written by this build.
+pub const RECORD_VERSION: u8 = 1;
+/// Canonical-bytes version written by this build.
+pub const CANONICAL_VERSION: u8 = 1;
+/// Size of the record envelope before the canonical bytes.
+pub const ENVELOPE_BYTES: usize = 1 + 32 + 32 + 8 + 64;
+/// Size of the canonical header before the stream bytes.
+pub const CANONICAL_HEADER_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 2;
+
+pub use body::{ArchivedEventBody, EventBody};
+
+#[allow(missing_docs)] // rkyv's generated resolver types carry no docs
+mod body {
+    /// A fact the journal records. One variant per fact, named in the past
+    /// tense, plain data only.
+    ///
+    /// Variants are append-only: a released variant is never changed or
+    /// reordered (the rkyv tag is its position). To change a fact, add `FooV2`
+    /// after the others and upcast on read.
+    #[derive(
+        Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+    )]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub enum EventBody {
+        /// A writer opened the journal. The first event of every journal is one;
+        /// it introduces the first signing key.
+        JournalOpened {
+            /// Record/canonical format version of the writer.
+            format_version: u32,
+            /// The software that opened it (`stele x.y.z`).
+            software: String,
+            /// The key that signs from here on.
+            #[serde(serialize_with = "ser_hex")]
+            key: [u8; 8],
+            /// Its Ed25519 public key.
+            #[serde(serialize_with = "ser_hex")]
+            public_key: [u8; 32],
+            /// The head seq found on opening (0 for a new journal).
+            recovered_head: u64,
+        },
+        /// The signing key changed. This event is signed by the previous key;
+        /// every later event is signed by the new one. Old keys stay valid for
+        /// the events they signed.
+        KeyRotated {
+            /// The key that signed until now (and signs this event).
+            #[serde(serialize_with = "ser_hex")]
+            previous: [u8; 8],
+            /// The new key.
+            #[serde(serialize_with = "ser_hex")]
+            key: [u8; 8],
+            /// The new Ed25519 public key.
+            #[serde(serialize_with = "ser_hex")]
+            public_key: [u8; 32],
+            /// Why it was rotated.
+            reason: String,
+        },
+        /// A Merkle checkpoint (RFC 6962 structure, BLAKE3) over the hashes of
+        /// events `1..=size`.
+        CheckpointSigned {
+            /// Number of events the tree covers.
+            size: u64,
+            /// The Merkle root.
+            #[serde(serialize_with = "ser_hex")]
+            root: [u8; 32],
+        },
+        /// A free-form note of an operator, a test or a bench.
+        Annotated {
+            /// The note.
+            text: String,
+            /// The run it is about, if any (indexed).
+            run: Option<String>,
+        },
+    }
+
+    use super::ser_hex;
+}
+
+fn ser_hex<S: serde::Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(v))
+}
+
+impl EventBody {
+    /// The fact's name in snake case (`annotated`, `checkpoint_signed`), as
+    /// used in JSON and in subjects.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::JournalOpened { .. } => "journal_opened",
+            EventBody::KeyRotated { .. } => "key_rotated",
+            EventBody::CheckpointSigned { .. } => "checkpoint_signed",
+            EventBody::Annotated { .. } => "annotated",
+        }
+    }
+
+    /// The run this event belongs to, when it carries one.
+    ///
+    /// # Errors
+    /// A run id in the body that is not a valid id.
+    pub fn run_id(&self) -> Result<Option<RunId>> {
+        match self {
+            EventBody::Annotated { run: Some(r), .. } => RunId::new(r.clone()).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// rkyv-encodes the body, refusing bodies over the size limit.
+    ///
+    /// # Errors
+    /// [`Error::BodyTooLarge`].
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let bytes = rkyv::to_bytes::<rancor::Error>(self).map_err(|e| Error::InvalidInput {
+            what: "event body",
+            reason: e.to_string(),
+        })?;
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(Error::BodyTooLarge {
+                size_bytes: bytes.len(),
+                limit_bytes: MAX_BODY_BYTES,
+            });
+        }
+        Ok(bytes.into_vec())
+    }
+}
+
+impl ArchivedEventBody {
+    /// See [`EventBody::kind`].
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ArchivedEventBody::JournalOpened { .. } => "journal_opened",
+            ArchivedEventBody::KeyRotated { .. } => "key_rotated",
+            ArchivedEventBody::CheckpointSigned { .. } => "checkpoint_signed",
+            ArchivedEventBody::Annotated { .. } => "annotated",
+        }
+    }
+}
+
+/// The canonical bytes of (seq, at, stream, cause, body): what is hashed.
+#[must_use]
+pub fn canonical_bytes(seq: Seq, at_ns: i64, stream: &StreamId, cause: Option<Seq>, body: &[u8]) -> Vec<u8> {
+    let stream = stream.as_str().as_bytes();
+    let mut out = Vec::with_capacity(CANONICAL_HEADER_BYTES + stream.len() + body.len());
+    out.push(CANONICAL_VERSION);
+    out.extend_from_slice(&seq.0.to_le_bytes());
+    out.extend_from_slice(&at_ns.to_le_bytes());
+    out.push(u8::from(cause.is_some()));
+    out.extend_from_slice(&cause.map_or(0, |c| c.0).to_le_bytes());
+    let len = u16::try_from(stream.len()).expect("stream ids are at most MAX_ID_BYTES long");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(stream);
+    out.extend_from_slice(body);
+    out
+}
+
+/// BLAKE3(EVENT_DOMAIN || prev || canonical).
+#[must_use]
+pub fn event_hash(prev: &Hash, canonical: &[u8]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(EVENT_DOMAIN);
+    h.update(&prev.0);
+    h.update(canonical);
+    Hash(*h.finalize().as_bytes())
+}
+
+/// Assembles a stored record from its parts.
+#[must_use]
+pub fn encode_record(prev: &Hash, hash: &Hash, key: KeyId, sig: &[u8; 64], canonical: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENVELOPE_BYTES + canonical.len());
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&prev.0);
+    out.extend_from_slice(&hash.0);
+    out.extend_from_slice(&key.0);
+    out.extend_from_slice(sig);
+    out.extend_from_slice(canonical);
+    out
+}
+
+/// An owned, decoded event: every field of the journal's event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Event {
+    /// Gapless global position, from 1.
+    pub seq: Seq,
+    /// Nanoseconds since the Unix epoch, stamped by the writer (never decreasing).
+    pub at: i64,
+    /// What the event is about.
+    pub stream: StreamId,
+    /// The event that caused this one.
+    pub cause: Option<Seq>,
+    /// The fact.
+    pub body: EventBody,
+    /// Hash of event seq-1.
+    pub prev: Hash,
+    /// This event's hash.
+    pub hash: Hash,
+    /// The signing key.
+    pub key: KeyId,
+    /// Ed25519 signature over `hash`.
+    #[serde(serialize_with = "ser_hex")]
+    pub sig: [u8; 64],
+}
+
+/// A validated, zero-copy view of a stored record.
+///
+/// Construction checks the envelope, the canonical header and the rkyv body
+/// (bytecheck); accessors then read straight from the stored bytes. It does
+/// not check the hash or the signature: that is [`crate::verify`]'s job.
+#[derive(Clone)]
+pub struct EventRef {
+    bytes: fjall::Slice,
+    stream_len: usize,
+}
+
+impl std::fmt::Debug for EventRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventRef")
+            .field("seq", &self.seq())
+            .field("stream", &self.stream())
+            .field("hash", &self.hash())
+            .finish_non_exhaustive()
+    }
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl EventRef {
+    /// Validates `bytes` as the record stored under `key_seq`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] saying what is malformed; never panics.
+    pub fn parse(key_seq: Seq, bytes: impl Into<fjall::Slice>) -> Result<EventRef> {
+        let bytes: fjall::Slice = bytes.into();
+        let corrupt = |reason: String| Error::Corrupt { seq: key_seq, reason };
+        if bytes.len() < ENVELOPE_BYTES + CANONICAL_HEADER_BYTES {
+            return Err(corrupt(format!(
+                "record is {} bytes, shorter than any event",
+                bytes.len()
+            )));
+        }
+        if bytes[0] != RECORD_VERSION {
+            return Err(corrupt(format!(
+                "unknown record version {} (this build reads {RECORD_VERSION})",
+                bytes[0]
+            )));
+        }
+        let c = &bytes[ENVELOPE_BYTES..];
+        if c[0] != CANONICAL_VERSION {
+            return Err(corrupt(format!(
+                "unknown canonical version {} (this build reads {CANONICAL_VERSION})",
+                c[0]
+            )));
+        }
+        if c[17] > 1 {
+            return Err(corrupt(format!("cause flag is {}, expected 0 or 1", c[17])));
+        }
+        let stream_len = usize::from(u16::from_le_bytes([c[26], c[27]]));
+        if CANONICAL_HEADER_BYTES + stream_len > c.len() {
+            return Err(corrupt(format!(
+                "stream length {stream_len} runs past the end of the record"
+            )));
+        }
+        let stream = &c[CANONICAL_HEADER_BYTES..CANONICAL_HEADER_BYTES + stream_len];
+        let stream = std::str::from_utf8(stream).map_err(|e| corrupt(format!("stream is not UTF-8: {e}")))?;
+        StreamId::new(stream).map_err(|e| corrupt(e.to_string()))?;
+        let body = &c[CANONICAL_HEADER_BYTES + stream_len..];
+        rkyv::access::<ArchivedEventBody, rancor::Error>(body)
+            .map_err(|e| corrupt(format!("body does not validate: {e}")))?;
+        let r = EventRef { bytes, stream_len };
+        if r.seq() != key_seq {
+            return Err(corrupt(format!(
+                "stored under seq {key_seq} but says seq {}",
+                r.seq()
+            )));
+        }
+        Ok(r)
+    }
+
+    fn canonical_slice(&self) -> &[u8] {
+        &self.bytes[ENVELOPE_BYTES..]
+    }
+
+    /// The whole stored record.
+    #[must_use]
+    pub fn record_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The canonical bytes: what the hash covers (with the domain and prev).
+    #[must_use]
+    pub fn canonical(&self) -> &[u8] {
+        self.canonical_slice()
+    }
+
+    /// The event's position.
+    #[must_use]
+    pub fn seq(&self) -> Seq {
+        Seq(le_u64(self.canonical_slice(), 1))
+    }
+
+    /// Nanoseconds since the Unix epoch.
+    #[must_use]
+    pub fn at(&self) -> i64 {
+        le_u64(self.canonical_slice(), 9).cast_signed()
+    }
+
+    /// The cause, if any.
+    #[must_use]
+    pub fn cause(&self) -> Option<Seq> {
+        let c = self.canonical_slice();
+        (c[17] == 1).then(|| Seq(le_u64(c, 18)))
+    }
+
+    /// The stream, as stored (validated at construction).
+    #[must_use]
+    pub fn stream(&self) -> &str {
+        let c = self.canonical_slice();
+        std::str::from_utf8(&c[CANONICAL_HEADER_BYTES..CANONICAL_HEADER_BYTES + self.stream_len])
+            .expect("validated at construction")
+    }
+
+    /// The rkyv bytes of the body.
+    #[must_use]
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.canonical_slice()[CANONICAL_HEADER_BYTES + self.stream_len..]
+    }
+
+    /// The archived body, zero-copy.
+    #[must_use]
+    pub fn body(&self) -> &ArchivedEventBody {
+        rkyv::access::<ArchivedEventBody, rancor::Error>(self.body_bytes())
+            .expect("validated at construction")
+    }
+
+    /// Hash of the previous event.
+    #[must_use]
+    pub fn prev(&self) -> Hash {
+        Hash(self.bytes[1..33].try_into().expect("fixed envelope"))
+    }
+
+    /// This event's stored hash.
+    #[must_use]
+    pub fn hash(&self) -> Hash {
+        Hash(self.bytes[33..65].try_into().expect("fixed envelope"))
+    }
+
+    /// The signing key.
+    #[must_use]
+    pub fn key(&self) -> KeyId {
+        KeyId(self.bytes[65..73].try_into().expect("fixed envelope"))
+    }
+
+    /// The signature.
+    #[must_use]
+    pub fn sig(&self) -> [u8; 64] {
+        self.bytes[73..137].try_into().expect("fixed envelope")
+    }
+
+    /// Recomputes the hash from prev and the canonical bytes.
+    #[must_use]
+    pub fn computed_hash(&self) -> Hash {
+        event_hash(&self.prev(), self.canonical_slice())
+    }
+
+    /// Decodes into an owned [`Event`].
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the body does not deserialize.
+    pub fn to_event(&self) -> Result<Event> {
+        let body =
+            rkyv::deserialize::<EventBody, rancor::Error>(self.body()).map_err(|e| Error::Corrupt {
+                seq: self.seq(),
+                reason: format!("body does not deserialize: {e}"),
+            })?;
+        Ok(Event {
+            seq: self.seq(),
+            at: self.at(),
+            stream: StreamId::new(self.stream()).map_err(|e| Error::Corrupt {
+                seq: self.seq(),
+                reason: e.to_string(),
+            })?,
+            cause: self.cause(),
+            body,
+            prev: self.prev(),
+            hash: self.hash(),
+            key: self.key(),
+            sig: self.sig(),
+        })
+    }
+}
