@@ -20,7 +20,7 @@ pub const MAX_GROUP_BYTES: usize = 16 << 20;
 
 /// Batches signed but not yet durable. Two lets signing of the next group
 /// overlap the fsync of the current one without unbounded buffering.
-pub const PIPELINE_DEPTH: usize = 2;
+pub const PIPELINE_DEPTH: usize = 1;
 
 /// Below this many events a group is signed on the writer thread; above it
 /// the signatures are spread over the cores.
