@@ -28,6 +28,9 @@ struct Report {
     fsyncs: u64,
     commits: u64,
     mean_batch: f64,
+    /// Reopening the journal after the run: fjall recovery, head and tail
+    /// checks, and the durable `JournalOpened` append.
+    restart_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     baseline_events_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,6 +125,17 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
     let commits = journal.stats().commits.load(Ordering::Relaxed) - stats_before.1;
     let committed = journal.stats().events.load(Ordering::Relaxed) - stats_before.2;
     drop(journal);
+    let reopen = Instant::now();
+    let journal = Journal::open(
+        &dir,
+        Options {
+            durability,
+            ..Options::default()
+        },
+    )
+    .with_context(|| format!("reopening journal {}", dir.display()))?;
+    let restart_ms = reopen.elapsed().as_secs_f64() * 1e3;
+    drop(journal);
     latencies.sort_unstable();
     let pct = |p: f64| -> u64 {
         let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
@@ -147,6 +161,7 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
         fsyncs,
         commits,
         mean_batch,
+        restart_ms,
         baseline_events_per_s: None,
         ratio_to_baseline: None,
     };
@@ -159,7 +174,7 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} events, {} writers, {}: {:.0} events/s in {:.2} s; ack latency p50 {} us, p99 {} us, max {} us; {} fsyncs, mean group {:.1}",
+            "{} events, {} writers, {}: {:.0} events/s in {:.2} s; ack latency p50 {} us, p99 {} us, max {} us; {} fsyncs, mean group {:.1}; restart {:.1} ms",
             report.events,
             report.writers,
             report.durability,
@@ -169,7 +184,8 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
             report.ack_latency_us_p99,
             report.ack_latency_us_max,
             report.fsyncs,
-            report.mean_batch
+            report.mean_batch,
+            report.restart_ms
         );
         if let (Some(b), Some(r)) = (report.baseline_events_per_s, report.ratio_to_baseline) {
             println!(

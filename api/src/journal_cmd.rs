@@ -18,6 +18,36 @@ pub fn open_writer(data: &Path) -> Result<Journal> {
     Journal::open(data, Options::default()).with_context(|| format!("opening journal {}", data.display()))
 }
 
+/// The journal, or the process that owns it (reached over its control socket).
+pub enum Owner {
+    Local(Journal),
+    Remote,
+}
+
+fn is_locked(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<stele_journal::Error>(),
+        Some(stele_journal::Error::Locked { .. })
+    )
+}
+
+pub fn writer_or_remote(data: &Path) -> Result<Owner> {
+    match open_writer(data) {
+        Ok(j) => Ok(Owner::Local(j)),
+        Err(e) if is_locked(&e) && crate::control::socket_path(data).exists() => Ok(Owner::Remote),
+        Err(e) => Err(e),
+    }
+}
+
+fn receipt_of(v: &serde_json::Value) -> Result<stele_journal::Receipt> {
+    let r = &v["receipt"];
+    Ok(stele_journal::Receipt {
+        seq: Seq(r["seq"].as_u64().context("reply without seq")?),
+        hash: r["hash"].as_str().context("reply without hash")?.parse()?,
+        at: r["at"].as_i64().context("reply without at")?,
+    })
+}
+
 pub fn open_reader(data: &Path) -> Result<Reader> {
     Reader::open(data).with_context(|| format!("opening journal {}", data.display()))
 }
@@ -41,12 +71,22 @@ pub fn append(
     if let Some(r) = &run {
         RunId::new(r.clone()).context("--run")?;
     }
-    let journal = open_writer(data)?;
-    let r = journal.append_blocking(Append {
-        stream,
-        cause: cause.map(Seq),
-        body: EventBody::Annotated { text, run },
-    })?;
+    let r = match writer_or_remote(data)? {
+        Owner::Local(journal) => journal.append_blocking(Append {
+            stream,
+            cause: cause.map(Seq),
+            body: EventBody::Annotated { text, run },
+        })?,
+        Owner::Remote => {
+            let req = crate::control::Request::Append {
+                stream: stream.as_str().to_owned(),
+                text,
+                run,
+                cause,
+            };
+            receipt_of(&crate::control::call(data, &req, |_| Ok(()))?)?
+        }
+    };
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -56,8 +96,14 @@ pub fn append(
 }
 
 pub fn checkpoint(data: &Path, json: bool) -> Result<ExitCode> {
-    let journal = open_writer(data)?;
-    let r = runtime()?.block_on(journal.checkpoint())?;
+    let r = match writer_or_remote(data)? {
+        Owner::Local(journal) => runtime()?.block_on(journal.checkpoint())?,
+        Owner::Remote => receipt_of(&crate::control::call(
+            data,
+            &crate::control::Request::Checkpoint,
+            |_| Ok(()),
+        )?)?,
+    };
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -189,8 +235,73 @@ pub fn print_event(out: &mut impl Write, e: &EventRef, json: bool) -> Result<()>
     Ok(())
 }
 
+/// Prints an event received as JSON from the owning process.
+fn print_event_json(out: &mut impl Write, line: &str, json: bool) -> Result<()> {
+    if json {
+        writeln!(out, "{line}")?;
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let body = &v["body"];
+    let summary = match body["text"].as_str() {
+        Some(t) => match body["run"].as_str() {
+            Some(r) => format!("[run {r}] {t}"),
+            None => t.to_owned(),
+        },
+        None => {
+            let mut b = body.clone();
+            if let Some(o) = b.as_object_mut() {
+                o.remove("kind");
+            }
+            b.to_string()
+        }
+    };
+    writeln!(
+        out,
+        "{:>8}  {}  {:<16} {:<18} {}  {}",
+        v["seq"].as_u64().unwrap_or(0),
+        rfc3339(v["at"].as_i64().unwrap_or(0)),
+        v["stream"].as_str().unwrap_or("?"),
+        body["kind"].as_str().unwrap_or("?"),
+        v["hash"].as_str().map_or("?", |h| &h[..h.len().min(12)]),
+        summary
+    )?;
+    Ok(())
+}
+
+fn remote_events(data: &Path, request: &crate::control::Request, json: bool) -> Result<()> {
+    let stdout = std::io::stdout();
+    crate::control::call(data, request, |line| {
+        let mut out = stdout.lock();
+        print_event_json(&mut out, line, json)?;
+        out.flush()?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
 pub fn events(data: &Path, args: &EventsArgs) -> Result<ExitCode> {
-    let reader = open_reader(data)?;
+    if let Some(r) = &args.run {
+        RunId::new(r.clone()).context("--run")?;
+    }
+    if let Some(s) = &args.stream {
+        StreamId::new(s.clone()).context("--stream")?;
+    }
+    let reader = match open_reader(data) {
+        Ok(r) => r,
+        Err(e) if is_locked(&e) && crate::control::socket_path(data).exists() => {
+            let req = crate::control::Request::Events {
+                from: args.from,
+                limit: args.limit,
+                stream: args.stream.clone(),
+                run: args.run.clone(),
+                follow: false,
+            };
+            remote_events(data, &req, args.json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
     let from = Seq(args.from);
     let limit = usize::try_from(args.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
     let iter: Box<dyn Iterator<Item = stele_journal::Result<EventRef>>> = match (&args.stream, &args.run) {
@@ -208,12 +319,33 @@ pub fn events(data: &Path, args: &EventsArgs) -> Result<ExitCode> {
 }
 
 pub fn tail(data: &Path, args: &TailArgs) -> Result<ExitCode> {
-    // The tailing process owns the data directory while it runs.
-    let journal = open_writer(data)?;
+    let journal = match writer_or_remote(data)? {
+        Owner::Local(j) => j,
+        Owner::Remote => {
+            // Another process owns the journal: follow it through its socket.
+            let req = crate::control::Request::Events {
+                from: args.from.unwrap_or(0),
+                limit: None,
+                stream: None,
+                run: None,
+                follow: true,
+            };
+            match remote_events(data, &req, args.json) {
+                Err(e) if e.to_string().contains("closed the control socket") => {
+                    eprintln!("tail: the stele process owning {} stopped", data.display());
+                }
+                other => other?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    // The tailing process owns the data directory while it runs, and serves
+    // the control socket so other commands can append meanwhile.
     let reader = journal.reader();
     let from = args.from.map_or_else(|| reader.head().seq.next(), Seq);
     let rt = runtime()?;
     rt.block_on(async {
+        let _server = crate::control::Server::start(data, journal.clone())?;
         let mut follow = reader.follow(from);
         let stdout = std::io::stdout();
         loop {
@@ -294,9 +426,19 @@ pub fn keys_export(data: &Path, out: Option<&Path>) -> Result<ExitCode> {
 }
 
 pub fn keys_rotate(data: &Path, reason: &str) -> Result<ExitCode> {
-    let journal = open_writer(data)?;
-    let (id, r) = runtime()?.block_on(journal.rotate_key(reason))?;
-    println!("rotated to key {id} at seq {}", r.seq);
+    match writer_or_remote(data)? {
+        Owner::Local(journal) => {
+            let (id, r) = runtime()?.block_on(journal.rotate_key(reason))?;
+            println!("rotated to key {id} at seq {}", r.seq);
+        }
+        Owner::Remote => {
+            let req = crate::control::Request::RotateKey {
+                reason: reason.to_owned(),
+            };
+            let r = receipt_of(&crate::control::call(data, &req, |_| Ok(()))?)?;
+            println!("rotated key at seq {}", r.seq);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

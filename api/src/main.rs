@@ -4,6 +4,7 @@
 
 mod bench;
 mod cli;
+mod control;
 mod journal_cmd;
 mod proof;
 

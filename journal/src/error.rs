@@ -55,7 +55,9 @@ pub enum Error {
     },
 
     /// Another process holds the data directory.
-    #[error("{path} is in use by another stele process; stop it or talk to it through its control API")]
+    #[error(
+        "{path} is in use by another stele process; stop it, or use a command that talks to it through <data>/control.sock (append, checkpoint, keys rotate, events, tail)"
+    )]
     Locked {
         /// The data directory.
         path: PathBuf,

@@ -161,7 +161,10 @@ fn open_checked(dir: &Path, create: bool) -> Result<(Store, HeadFile, Head)> {
             ),
         });
     }
-    let store = Store::open(&db_dir(dir))?;
+    let store = Store::open(&db_dir(dir)).map_err(|e| match e {
+        Error::Locked { .. } => Error::Locked { path: dir.to_owned() },
+        e => e,
+    })?;
     match store.format()? {
         Some(STORE_FORMAT) => {}
         Some(f) => {

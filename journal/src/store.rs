@@ -5,7 +5,8 @@
 //! - `events`: seq (u64 BE) → record (see `event`)
 //! - `by_stream`: stream || 0x00 || seq BE → empty
 //! - `by_run`: run || 0x00 || seq BE → empty
-//! - `merkle`: level u8 || index u64 BE → perfect-subtree hash
+//! - `merkle`: level u8 || index u64 BE → perfect-subtree hash, levels ≥ 1
+//!   (a level-0 node is the leaf hash of the event, read from `events`)
 //! - `meta`: `head` → seq BE || hash; `frontier` → Merkle frontier at head;
 //!   `key/<id>` → public key || first seq; `key/active` → id;
 //!   `checkpoint/<size BE>` → seq BE || root
@@ -313,6 +314,13 @@ impl Store {
     }
 
     pub(crate) fn node(&self, level: u8, index: u64) -> Result<Digest> {
+        if level == 0 {
+            let seq = Seq(index + 1);
+            let e = self
+                .get(seq)?
+                .ok_or_else(|| Error::Merkle(format!("leaf {index}: event {seq} is missing")))?;
+            return Ok(crate::merkle::leaf_hash(&e.hash().0));
+        }
         let mut k = [0u8; 9];
         k[0] = level;
         k[1..].copy_from_slice(&index.to_be_bytes());

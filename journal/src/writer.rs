@@ -161,7 +161,7 @@ struct Signed {
 
 pub(crate) struct Group {
     events: Vec<Signed>,
-    sigs: Vec<[u8; 64]>,
+    records: Vec<Vec<u8>>,
     nodes: Vec<(u8, u64, [u8; 32])>,
     keys: Vec<KeyInfo>,
     checkpoints: Vec<CheckpointInfo>,
@@ -204,7 +204,13 @@ impl Sequencer {
             run,
             signer: signers.len() - 1,
         });
-        g.nodes.extend(self.frontier.push(&hash.0));
+        // Level-0 nodes are leaf_hash(event hash): served from `events`, not stored.
+        g.nodes.extend(
+            self.frontier
+                .push(&hash.0)
+                .into_iter()
+                .filter(|(level, _, _)| *level > 0),
+        );
         self.head = Head { seq, hash };
         self.last_at = at;
         Receipt { seq, hash, at }
@@ -354,7 +360,7 @@ pub(crate) fn run_sequencer(
         }
         let mut g = Group {
             events: Vec::with_capacity(n + 1),
-            sigs: Vec::new(),
+            records: Vec::new(),
             nodes: Vec::new(),
             keys: Vec::new(),
             checkpoints: Vec::new(),
@@ -367,8 +373,11 @@ pub(crate) fn run_sequencer(
         for c in cmds {
             st.apply(&mut g, &mut signers, c);
         }
-        let sign = |e: &Signed| signers[e.signer].sign(&e.hash);
-        g.sigs = if g.events.len() >= PARALLEL_SIGN_MIN {
+        let sign = |e: &Signed| {
+            let sig = signers[e.signer].sign(&e.hash);
+            encode_record(&e.prev, &e.hash, e.key, &sig, &e.canonical)
+        };
+        g.records = if g.events.len() >= PARALLEL_SIGN_MIN {
             g.events.par_iter().map(sign).collect()
         } else {
             g.events.iter().map(sign).collect()
@@ -397,8 +406,7 @@ pub(crate) fn run_committer(sh: Arc<Shared>, rx: std_mpsc::Receiver<Group>) {
                 Durability::Sync => fjall::PersistMode::SyncData,
                 Durability::Buffered => fjall::PersistMode::Buffer,
             }));
-            for (e, sig) in g.events.iter().zip(&g.sigs) {
-                let record = encode_record(&e.prev, &e.hash, e.key, sig, &e.canonical);
+            for (e, record) in g.events.iter().zip(g.records) {
                 sh.store
                     .put_event(&mut b, e.seq, record, &e.stream, e.run.as_deref());
             }
