@@ -21,7 +21,9 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/journals").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/journals")
+        .join(name)
 }
 
 /// Opens a copy (fjall recovery writes to its directory).
@@ -35,19 +37,26 @@ fn open_copy(name: &str) -> (tempfile::TempDir, Reader) {
 
 #[test]
 fn golden_v1_verifies_and_reads_back() {
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("v1.expected.json")).expect("expected file"),
-    )
-    .expect("expected json");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("v1.expected.json")).expect("expected file"))
+            .expect("expected json");
     let (_tmp, reader) = open_copy("v1");
     let report = stele_journal::verify(&reader, &|_, _| {});
     assert!(report.ok, "golden journal must verify: {:?}", report.error);
     assert_eq!(report.events, expected["events"].as_u64().expect("events"));
-    assert_eq!(report.head_hash, expected["head_hash"].as_str().expect("head_hash"));
+    assert_eq!(
+        report.head_hash,
+        expected["head_hash"].as_str().expect("head_hash")
+    );
     assert_eq!(report.checkpoints, 2);
     assert_eq!(report.keys, 2, "the golden journal rotated its key once");
 
-    let e = reader.get(Seq(9)).expect("read").expect("event 9 exists").to_event().expect("decodes");
+    let e = reader
+        .get(Seq(9))
+        .expect("read")
+        .expect("event 9 exists")
+        .to_event()
+        .expect("decodes");
     assert_eq!(e.stream, StreamId::new("agent:alpha").expect("id"));
     assert_eq!(e.cause, Some(Seq(3)));
     assert_eq!(
@@ -62,8 +71,19 @@ fn golden_v1_verifies_and_reads_back() {
         .map(|e| e.expect("read").seq().0)
         .collect();
     assert_eq!(run, vec![3, 4]);
-    let first = reader.get(Seq(1)).expect("read").expect("event 1").to_event().expect("decodes");
-    assert!(matches!(first.body, EventBody::JournalOpened { recovered_head: 0, .. }));
+    let first = reader
+        .get(Seq(1))
+        .expect("read")
+        .expect("event 1")
+        .to_event()
+        .expect("decodes");
+    assert!(matches!(
+        first.body,
+        EventBody::JournalOpened {
+            recovered_head: 0,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -81,6 +101,9 @@ fn golden_v1_needs_its_key_to_write() {
         .expect("run stele");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("keys/") && err.contains(".key"), "error names the key file: {err}");
+    assert!(
+        err.contains("keys/") && err.contains(".key"),
+        "error names the key file: {err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
 }

@@ -50,7 +50,15 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_source_file_starts_with_a_module_doc() {
     let mut files = Vec::new();
-    for dir in ["journal/src", "projections/src", "engine/src", "replay/src", "api/src", "tests/it", "benches"] {
+    for dir in [
+        "journal/src",
+        "projections/src",
+        "engine/src",
+        "replay/src",
+        "api/src",
+        "tests/it",
+        "benches",
+    ] {
         let d = root().join(dir);
         if d.exists() {
             rust_files(&d, &mut files);

@@ -11,25 +11,35 @@ use stele_journal::{Append, Durability, EventBody, EventRef, Journal, Options, R
 
 fn body_strategy() -> impl Strategy<Value = EventBody> {
     prop_oneof![
-        (".{0,300}", proptest::option::of("[a-z0-9-]{1,20}")).prop_map(|(text, run)| EventBody::Annotated { text, run }),
+        (".{0,300}", proptest::option::of("[a-z0-9-]{1,20}"))
+            .prop_map(|(text, run)| EventBody::Annotated { text, run }),
         (any::<u64>(), any::<[u8; 32]>()).prop_map(|(size, root)| EventBody::CheckpointSigned { size, root }),
-        (any::<[u8; 8]>(), any::<[u8; 8]>(), any::<[u8; 32]>(), ".{0,40}").prop_map(|(previous, key, public_key, reason)| {
-            EventBody::KeyRotated {
-                previous,
-                key,
-                public_key,
-                reason,
-            }
-        }),
-        (any::<u32>(), ".{0,40}", any::<[u8; 8]>(), any::<[u8; 32]>(), any::<u64>()).prop_map(
-            |(format_version, software, key, public_key, recovered_head)| EventBody::JournalOpened {
-                format_version,
-                software,
-                key,
-                public_key,
-                recovered_head,
+        (any::<[u8; 8]>(), any::<[u8; 8]>(), any::<[u8; 32]>(), ".{0,40}").prop_map(
+            |(previous, key, public_key, reason)| {
+                EventBody::KeyRotated {
+                    previous,
+                    key,
+                    public_key,
+                    reason,
+                }
             }
         ),
+        (
+            any::<u32>(),
+            ".{0,40}",
+            any::<[u8; 8]>(),
+            any::<[u8; 32]>(),
+            any::<u64>()
+        )
+            .prop_map(|(format_version, software, key, public_key, recovered_head)| {
+                EventBody::JournalOpened {
+                    format_version,
+                    software,
+                    key,
+                    public_key,
+                    recovered_head,
+                }
+            }),
     ]
 }
 
@@ -119,7 +129,12 @@ proptest! {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { stream: u8, run: Option<u8>, cause_back: Option<u8>, text: String },
+    Append {
+        stream: u8,
+        run: Option<u8>,
+        cause_back: Option<u8>,
+        text: String,
+    },
     Many(u8),
     Checkpoint,
 }
