@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
+use hdrhistogram::Histogram;
 use stele_journal::{Append, Durability, EventBody, Journal, Options, StreamId};
 
 use crate::cli::{BenchJournalArgs, DurabilityArg};
@@ -31,6 +32,8 @@ struct Report {
     /// Reopening the journal after the run: fjall recovery, head and tail
     /// checks, and the durable `JournalOpened` append.
     restart_ms: f64,
+    /// Peak resident memory of the process (VmHWM).
+    max_rss_mb: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     baseline_events_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,7 +87,7 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
     let per_writer = args.events / args.writers;
     let extra = args.events % args.writers;
     let started = Instant::now();
-    let mut latencies: Vec<u32> = rt.block_on(async {
+    let latencies: Histogram<u64> = rt.block_on(async {
         let mut tasks = Vec::new();
         for w in 0..args.writers {
             let journal = journal.clone();
@@ -92,7 +95,7 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
             let n = per_writer + u64::from(w < extra);
             let stream = StreamId::new(format!("bench:{w}"))?;
             tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+                let mut lat = Histogram::<u64>::new(3).context("latency histogram")?;
                 for i in 0..n {
                     let t = Instant::now();
                     let r = journal
@@ -105,7 +108,7 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
                             },
                         })
                         .await?;
-                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    lat.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                     if let Some(log) = &ack_log {
                         let mut f = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         writeln!(f, "{}", r.seq).context("writing ack log")?;
@@ -114,9 +117,10 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
                 anyhow::Ok(lat)
             }));
         }
-        let mut all = Vec::new();
+        let mut all = Histogram::<u64>::new(3).context("latency histogram")?;
         for t in tasks {
-            all.extend(t.await.context("bench writer panicked")??);
+            all.add(t.await.context("bench writer panicked")??)
+                .context("merging latency histograms")?;
         }
         anyhow::Ok(all)
     })?;
@@ -136,11 +140,7 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
     .with_context(|| format!("reopening journal {}", dir.display()))?;
     let restart_ms = reopen.elapsed().as_secs_f64() * 1e3;
     drop(journal);
-    latencies.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies.get(idx).copied().map_or(0, u64::from)
-    };
+    let pct = |p: f64| -> u64 { latencies.value_at_quantile(p) };
     let mean_batch = if commits > 0 {
         committed as f64 / commits as f64
     } else {
@@ -157,11 +157,12 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
         events_per_s: args.events as f64 / seconds,
         ack_latency_us_p50: pct(0.50),
         ack_latency_us_p99: pct(0.99),
-        ack_latency_us_max: latencies.last().copied().map_or(0, u64::from),
+        ack_latency_us_max: latencies.max(),
         fsyncs,
         commits,
         mean_batch,
         restart_ms,
+        max_rss_mb: max_rss_mb(),
         baseline_events_per_s: None,
         ratio_to_baseline: None,
     };
@@ -174,7 +175,7 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} events, {} writers, {}: {:.0} events/s in {:.2} s; ack latency p50 {} us, p99 {} us, max {} us; {} fsyncs, mean group {:.1}; restart {:.1} ms",
+            "{} events, {} writers, {}: {:.0} events/s in {:.2} s; ack latency p50 {} us, p99 {} us, max {} us; {} fsyncs, mean group {:.1}; restart {:.1} ms; max rss {:.0} MB",
             report.events,
             report.writers,
             report.durability,
@@ -185,7 +186,8 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
             report.ack_latency_us_max,
             report.fsyncs,
             report.mean_batch,
-            report.restart_ms
+            report.restart_ms,
+            report.max_rss_mb
         );
         if let (Some(b), Some(r)) = (report.baseline_events_per_s, report.ratio_to_baseline) {
             println!(
@@ -195,6 +197,18 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Peak resident set size from /proc (0 where unavailable).
+fn max_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Plain fjall: the same number of ~350-byte records (the size of a signed
