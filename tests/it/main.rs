@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod golden;
 mod layering;
+mod poison;
 mod prop;
 mod tamper;
 
