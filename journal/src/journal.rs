@@ -470,7 +470,13 @@ impl Journal {
         self.inner.keyring.create(&key)?;
         let id = key.id();
         let reason = reason.to_owned();
-        let r = self.call(|ack| Command::RotateKey { key, reason, ack }).await?;
+        let r = self
+            .call(|ack| Command::RotateKey {
+                key: Box::new(key),
+                reason,
+                ack,
+            })
+            .await?;
         Ok((id, r.into_iter().next().ok_or(Error::Closed)?))
     }
 

@@ -46,17 +46,17 @@ pub struct VerifyReport {
 /// # Errors
 /// [`Error::Tampered`] with expected and found values.
 pub fn check_one(e: &EventRef, prev: Option<&Hash>) -> Result<()> {
-    if let Some(prev) = prev {
-        if e.prev() != *prev {
-            return Err(Error::Tampered {
-                seq: e.seq(),
-                reason: format!(
-                    "prev hash mismatch (expected {}, found {}); the chain is broken before this event",
-                    prev.short(),
-                    e.prev().short()
-                ),
-            });
-        }
+    if let Some(prev) = prev
+        && e.prev() != *prev
+    {
+        return Err(Error::Tampered {
+            seq: e.seq(),
+            reason: format!(
+                "prev hash mismatch (expected {}, found {}); the chain is broken before this event",
+                prev.short(),
+                e.prev().short()
+            ),
+        });
     }
     let computed = e.computed_hash();
     if computed != e.hash() {

@@ -73,6 +73,9 @@ pub(crate) struct Prepared {
     pub(crate) body: Vec<u8>,
 }
 
+/// Where a command's outcome goes.
+pub(crate) type Ack = oneshot::Sender<Result<Vec<Receipt>>>;
+
 pub(crate) enum Command {
     Append {
         items: Vec<Prepared>,
@@ -82,7 +85,7 @@ pub(crate) enum Command {
         ack: oneshot::Sender<Result<Vec<Receipt>>>,
     },
     RotateKey {
-        key: NodeKey,
+        key: Box<NodeKey>,
         reason: String,
         ack: oneshot::Sender<Result<Vec<Receipt>>>,
     },
@@ -167,7 +170,7 @@ pub(crate) struct Group {
     checkpoints: Vec<CheckpointInfo>,
     head: Head,
     frontier: Frontier,
-    acks: Vec<(oneshot::Sender<Result<Vec<Receipt>>>, Vec<Receipt>)>,
+    acks: Vec<(Ack, Vec<Receipt>)>,
     sync_requested: bool,
 }
 
@@ -280,7 +283,7 @@ impl Sequencer {
                         public_key: key.public_key(),
                         since: self.head.seq.next(),
                     });
-                    self.key = key;
+                    self.key = *key;
                 }
                 (r.map(|r| vec![r]), ack)
             }
