@@ -117,7 +117,11 @@ pub fn verify(data: &Path, json: bool) -> Result<ExitCode> {
         Ok(r) => r,
         Err(e) => {
             // Refusing to open is a verification failure, not a usage error.
-            let seq = match &e {
+            let inner = match &e {
+                stele_journal::Error::Refused { source, .. } => source.as_ref(),
+                other => other,
+            };
+            let seq = match inner {
                 stele_journal::Error::Tampered { seq, .. } | stele_journal::Error::Corrupt { seq, .. } => {
                     Some(seq.0)
                 }

@@ -125,6 +125,16 @@ pub enum Error {
         head: Seq,
     },
 
+    /// Opening was refused; fjall's journal files as they were found are
+    /// kept for recovery.
+    #[error("{source}; the storage journal files as found before this open are kept in {kept}")]
+    Refused {
+        /// Why it was refused.
+        source: Box<Error>,
+        /// Where the copy is.
+        kept: PathBuf,
+    },
+
     /// A Merkle computation or proof failed.
     #[error("merkle: {0}")]
     Merkle(String),

@@ -72,6 +72,8 @@ pub struct Reader {
     head_rx: watch::Receiver<Head>,
     _read_only_head: Option<Arc<watch::Sender<Head>>>,
     dir: PathBuf,
+    // Declared last: dropped after the store that lives in it.
+    _copy: Option<Arc<crate::preflight::ReadCopy>>,
 }
 
 /// The write handle. Cloning is cheap; the writer stops when the last clone
@@ -115,56 +117,155 @@ fn head_path(dir: &Path) -> PathBuf {
     dir.join("HEAD")
 }
 
+/// What the head file says.
+enum HeadState {
+    /// No head file, or an empty one: nothing was ever acknowledged.
+    Absent,
+    /// A head file with no valid slot.
+    Damaged(Error),
+    /// The newest valid slot.
+    Valid(HeadFile, HeadRecord),
+}
+
+fn read_head(path: &Path) -> HeadState {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HeadState::Absent,
+        Ok(m) if m.len() == 0 => HeadState::Absent,
+        _ => match HeadFile::open(path) {
+            Ok((hf, rec)) => HeadState::Valid(hf, rec),
+            Err(e) => HeadState::Damaged(e),
+        },
+    }
+}
+
+/// Fails fast, before any copying or recovery, when another process holds
+/// the storage lock (the same `flock` fjall takes).
+fn check_not_locked(dir: &Path, db: &Path) -> Result<()> {
+    let lock = db.join("lock");
+    let Ok(f) = std::fs::File::open(&lock) else {
+        return Ok(());
+    };
+    match f.try_lock_shared() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.to_owned() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Io {
+            path: lock,
+            source: e,
+        }),
+    }
+}
+
+/// Creates a fresh journal: storage with its format marker, then the head
+/// file. A crash in between leaves a state [`open_checked`] completes.
+fn create_fresh(dir: &Path) -> Result<(Store, HeadFile, Head)> {
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let store = Store::open(&db_dir(dir))?;
+    store
+        .meta
+        .insert(crate::store::META_FORMAT, STORE_FORMAT.to_be_bytes())
+        .map_err(Error::storage("write format"))?;
+    store
+        .db
+        .persist(fjall::PersistMode::SyncAll)
+        .map_err(Error::storage("create"))?;
+    let hf = create_head(dir)?;
+    Ok((store, hf, Head::default()))
+}
+
+fn create_head(dir: &Path) -> Result<HeadFile> {
+    let path = head_path(dir);
+    if path.exists() {
+        std::fs::remove_file(&path).map_err(Error::io(&path))?;
+    }
+    let hf = HeadFile::create(&path)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(dir))?;
+    Ok(hf)
+}
+
 /// Opens storage and checks it against the head file and its own tail.
+///
+/// A journal is created in two steps (storage, then the head file) and a
+/// process can die between them. Since nothing is acknowledged before the
+/// head file exists, "no head file and no events" is an interrupted
+/// creation and is completed; "no head file but events" is tampering.
 fn open_checked(dir: &Path, create: bool) -> Result<(Store, HeadFile, Head)> {
-    let exists = db_dir(dir).exists();
-    let head_exists = head_path(dir).exists();
-    if !exists {
-        if !create {
-            return Err(Error::Io {
-                path: dir.to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no journal here"),
-            });
-        }
-        if head_exists {
-            return Err(Error::Tampered {
+    let db = db_dir(dir);
+    let head = read_head(&head_path(dir));
+    if !db.exists() {
+        return match head {
+            HeadState::Valid(_, rec) if rec.seq.0 > 0 => Err(Error::Tampered {
                 seq: Seq::ZERO,
                 reason: format!(
-                    "{} exists but the event storage {} is missing",
+                    "{} acknowledges {} events but the event storage {} is missing",
                     head_path(dir).display(),
-                    db_dir(dir).display()
+                    rec.seq,
+                    db.display()
                 ),
-            });
+            }),
+            HeadState::Damaged(e) => Err(e),
+            _ if !create => Err(Error::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no journal here"),
+            }),
+            _ => create_fresh(dir),
+        };
+    }
+    check_not_locked(dir, &db)?;
+    crate::preflight::check_versions(&db)?;
+    // Readers open a private copy already (see `Reader::open`); writers keep
+    // fjall's journal files aside in case recovery truncates them.
+    let copy = if create {
+        crate::preflight::JournalFilesCopy::take(dir, &db)?
+    } else {
+        None
+    };
+    let never_acknowledged = matches!(head, HeadState::Absent);
+    match open_existing(dir, head, create) {
+        Err(Error::Storage { message, .. }) if never_acknowledged && create => {
+            // Storage that fjall cannot open and no head file: a creation
+            // killed inside fjall. Nothing was ever acknowledged; keep the
+            // remains aside and start again.
+            if let Some(c) = copy {
+                c.discard();
+            }
+            let aside = dir.join("recovery").join("incomplete-db");
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::create_dir_all(dir.join("recovery")).map_err(Error::io(dir))?;
+            std::fs::rename(&db, &aside).map_err(Error::io(&db))?;
+            tracing::warn!(%message, aside = %aside.display(), "completing an interrupted journal creation");
+            create_fresh(dir)
         }
-        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-        let store = Store::open(&db_dir(dir))?;
-        store
-            .meta
-            .insert(crate::store::META_FORMAT, STORE_FORMAT.to_be_bytes())
-            .map_err(Error::storage("write format"))?;
-        store
-            .db
-            .persist(fjall::PersistMode::SyncAll)
-            .map_err(Error::storage("create"))?;
-        let hf = HeadFile::create(&head_path(dir))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Error::io(dir))?;
-        return Ok((store, hf, Head::default()));
+        Ok(opened) => {
+            if let Some(c) = copy {
+                c.discard();
+            }
+            Ok(opened)
+        }
+        Err(e @ (Error::Tampered { .. } | Error::Shortened { .. } | Error::Corrupt { .. })) => {
+            Err(match copy {
+                Some(c) => c.keep(e),
+                None => e,
+            })
+        }
+        Err(e) => {
+            if let Some(c) = copy {
+                c.discard();
+            }
+            Err(e)
+        }
     }
-    if !head_exists {
-        return Err(Error::Tampered {
-            seq: Seq::ZERO,
-            reason: format!(
-                "head file {} is missing; the acknowledged head is unknown, so a shortened journal could not be detected",
-                head_path(dir).display()
-            ),
-        });
-    }
+}
+
+fn open_existing(dir: &Path, head_state: HeadState, create: bool) -> Result<(Store, HeadFile, Head)> {
     let store = Store::open(&db_dir(dir)).map_err(|e| match e {
         Error::Locked { .. } => Error::Locked { path: dir.to_owned() },
         e => e,
     })?;
+    let (seq, hash) = store.head()?;
+    let last = store.last_event_seq()?;
+    let empty = seq.0 == 0 && last.0 == 0;
     match store.format()? {
         Some(STORE_FORMAT) => {}
         Some(f) => {
@@ -173,6 +274,18 @@ fn open_checked(dir: &Path, create: bool) -> Result<(Store, HeadFile, Head)> {
                 reason: format!("storage format {f}, this build reads {STORE_FORMAT}"),
             });
         }
+        None if empty && create => {
+            // Interrupted creation: finish it.
+            store
+                .meta
+                .insert(crate::store::META_FORMAT, STORE_FORMAT.to_be_bytes())
+                .map_err(Error::storage("write format"))?;
+            store
+                .db
+                .persist(fjall::PersistMode::SyncAll)
+                .map_err(Error::storage("create"))?;
+        }
+        None if empty => {}
         None => {
             return Err(Error::Corrupt {
                 seq: Seq::ZERO,
@@ -180,12 +293,32 @@ fn open_checked(dir: &Path, create: bool) -> Result<(Store, HeadFile, Head)> {
             });
         }
     }
-    let (hf, acked) = HeadFile::open(&head_path(dir))?;
-    let (seq, hash) = store.head()?;
-    let last = store.last_event_seq()?;
+    let (hf, acked) = match head_state {
+        HeadState::Valid(hf, rec) => (hf, rec),
+        HeadState::Damaged(e) => return Err(e),
+        HeadState::Absent if empty => {
+            let hf = create_head(dir)?;
+            (
+                hf,
+                HeadRecord {
+                    seq: Seq::ZERO,
+                    hash: Hash::ZERO,
+                },
+            )
+        }
+        HeadState::Absent => {
+            return Err(Error::Tampered {
+                seq: Seq::ZERO,
+                reason: format!(
+                    "head file {} is missing but storage holds {last} events; the acknowledged head is unknown, so a shortened journal could not be detected",
+                    head_path(dir).display()
+                ),
+            });
+        }
+    };
     if last != seq {
         return Err(Error::Tampered {
-            seq: seq.max(last),
+            seq: seq.min(last).next(),
             reason: format!("meta head is seq {seq} but the last stored event is {last}"),
         });
     }
@@ -374,6 +507,7 @@ impl Journal {
             head_rx,
             _read_only_head: None,
             dir: dir.clone(),
+            _copy: None,
         };
         let journal = Journal {
             inner: Arc::new(Inner {
@@ -509,21 +643,43 @@ impl Journal {
 
 impl Reader {
     /// Opens a journal for reading only: no writer starts, nothing is
-    /// appended, no private key is needed. Storage is checked as in
-    /// [`Journal::open`].
+    /// appended, no private key is needed, and no file of `dir` is changed —
+    /// the storage engine recovers a private copy (tables hard-linked), so
+    /// even a damaged journal is left exactly as found. Storage is checked
+    /// as in [`Journal::open`].
     ///
     /// # Errors
     /// As [`Journal::open`]; a missing journal is an I/O error naming `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Reader> {
         let dir = dir.as_ref().to_owned();
-        let (store, _hf, head) = open_checked(&dir, false)?;
+        if !db_dir(&dir).exists() {
+            // Nothing to copy: report what is (not) there.
+            let (store, _hf, head) = open_checked(&dir, false)?;
+            return Ok(Reader::read_only(store, head, dir, None));
+        }
+        let copy = crate::preflight::ReadCopy::make(&dir)?;
+        let (store, _hf, head) = open_checked(copy.path(), false).map_err(|e| match e {
+            // Name the real directory, not the copy.
+            Error::Locked { .. } => Error::Locked { path: dir.clone() },
+            e => e,
+        })?;
+        Ok(Reader::read_only(store, head, dir, Some(Arc::new(copy))))
+    }
+
+    fn read_only(
+        store: Store,
+        head: Head,
+        dir: PathBuf,
+        copy: Option<Arc<crate::preflight::ReadCopy>>,
+    ) -> Reader {
         let (tx, rx) = watch::channel(head);
-        Ok(Reader {
+        Reader {
             store,
             head_rx: rx,
             _read_only_head: Some(Arc::new(tx)),
             dir,
-        })
+            _copy: copy,
+        }
     }
 
     /// The data directory.

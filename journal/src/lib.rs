@@ -23,6 +23,7 @@ pub mod journal;
 pub mod keys;
 pub mod limits;
 pub mod merkle;
+mod preflight;
 mod store;
 pub mod verify;
 mod writer;
