@@ -42,3 +42,8 @@ pub const BUFFERED_SYNC_INTERVAL_MS: u64 = 50;
 /// Events fetched from disk per step when a follower catches up, so that a
 /// slow consumer holds a bounded amount of memory.
 pub const FOLLOW_CHUNK: usize = 512;
+
+/// Most bytes fjall keeps in its own journal files before it flushes
+/// memtables. Bounds crash-recovery replay, and the copy every open takes of
+/// those files (see `preflight`).
+pub const MAX_STORAGE_JOURNAL_BYTES: u64 = 64 << 20;

@@ -88,6 +88,7 @@ impl Store {
     pub(crate) fn open(dir: &Path) -> Result<Store> {
         let db = Database::builder(dir)
             .manual_journal_persist(true)
+            .max_journaling_size(crate::limits::MAX_STORAGE_JOURNAL_BYTES)
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => Error::Locked { path: dir.to_owned() },
