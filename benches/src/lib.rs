@@ -1,1 +1,12 @@
-//! criterion benches live in benches/benches
+//! The criterion benches of stele; this library is empty on purpose.
+//!
+//! Each bench file lives in `benches/benches/` and says at its top what it
+//! measures and what it compares with:
+//!
+//! - `journal.rs`: encoding, hashing, signing, ed25519 batch verification,
+//!   appends (Sync and Buffered, beside plain fjall batches), range and
+//!   stream reads, followers, Merkle proofs and whole-journal verification.
+//!
+//! Run one with `cargo bench -p stele-benches --bench journal`; the figures
+//! that matter are copied, with the command and the machine, into
+//! `BENCHMARKS.md`.
