@@ -95,7 +95,8 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
             let n = per_writer + u64::from(w < extra);
             let stream = StreamId::new(format!("bench:{w}"))?;
             tasks.push(tokio::spawn(async move {
-                let mut lat = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("latency histogram")?;
+                let mut lat =
+                    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("latency histogram")?;
                 for i in 0..n {
                     let t = Instant::now();
                     let r = journal

@@ -22,8 +22,8 @@ pub const MAX_GROUP_BYTES: usize = 16 << 20;
 /// overlap the fsync of the current one without unbounded buffering.
 pub const PIPELINE_DEPTH: usize = 1;
 
-/// Below this many events a group is signed on the writer thread; above it
-/// the signatures are spread over the cores.
+/// Below this many events a group is signed on the sequencer thread alone;
+/// above it a share goes to the helper signer thread.
 pub const PARALLEL_SIGN_MIN: usize = 8;
 
 /// Events checked (chain, hash, signature) at the tail when a journal opens.
