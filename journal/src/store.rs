@@ -5,8 +5,9 @@
 //! - `events`: seq (u64 BE) → record (see `event`)
 //! - `by_stream`: stream || 0x00 || seq BE → empty
 //! - `by_run`: run || 0x00 || seq BE → empty
-//! - `merkle`: level u8 || index u64 BE → perfect-subtree hash, levels ≥ 1
-//!   (a level-0 node is the leaf hash of the event, read from `events`)
+//! - `merkle`: level u8 || index u64 BE → perfect-subtree hash, for levels
+//!   ≥ `MERKLE_STORED_MIN_LEVEL` (lower subtrees are recomputed from their
+//!   few events when a proof needs them)
 //! - `meta`: `head` → seq BE || hash; `frontier` → Merkle frontier at head;
 //!   `key/<id>` → public key || first seq; `key/active` → id;
 //!   `checkpoint/<size BE>` → seq BE || root
@@ -21,6 +22,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch};
 use crate::error::{Error, Result};
 use crate::event::EventRef;
 use crate::ids::{Hash, KeyId, Seq};
+use crate::limits::MERKLE_STORED_MIN_LEVEL;
 use crate::merkle::{Digest, Frontier, NodeSource};
 
 pub(crate) const META_HEAD: &[u8] = b"head";
@@ -315,12 +317,8 @@ impl Store {
     }
 
     pub(crate) fn node(&self, level: u8, index: u64) -> Result<Digest> {
-        if level == 0 {
-            let seq = Seq(index + 1);
-            let e = self
-                .get(seq)?
-                .ok_or_else(|| Error::Merkle(format!("leaf {index}: event {seq} is missing")))?;
-            return Ok(crate::merkle::leaf_hash(&e.hash().0));
+        if level < MERKLE_STORED_MIN_LEVEL {
+            return self.computed_node(level, index);
         }
         let mut k = [0u8; 9];
         k[0] = level;
@@ -333,6 +331,32 @@ impl Store {
         v[..]
             .try_into()
             .map_err(|_| Error::Merkle(format!("node level {level} index {index} is malformed")))
+    }
+}
+
+impl Store {
+    /// A perfect subtree below the stored levels, from its events' hashes
+    /// (at most 2^(MERKLE_STORED_MIN_LEVEL-1) event reads).
+    fn computed_node(&self, level: u8, index: u64) -> Result<Digest> {
+        let width = 1u64 << level;
+        let first = Seq(index * width + 1);
+        let last = Seq(first.0 + width - 1);
+        let mut hashes = Vec::with_capacity(usize::try_from(width).unwrap_or(0));
+        for e in self.range(first, last) {
+            hashes.push(crate::merkle::leaf_hash(&e?.hash().0));
+        }
+        if hashes.len() as u64 != width {
+            return Err(Error::Merkle(format!(
+                "node level {level} index {index}: events {first}..={last} are not all stored"
+            )));
+        }
+        while hashes.len() > 1 {
+            hashes = hashes
+                .chunks(2)
+                .map(|pair| crate::merkle::node_hash(&pair[0], &pair[1]))
+                .collect();
+        }
+        Ok(hashes[0])
     }
 }
 

@@ -25,7 +25,8 @@ use crate::head::{HeadFile, HeadRecord};
 use crate::ids::{Hash, KeyId, Seq, StreamId};
 use crate::keys::NodeKey;
 use crate::limits::{
-    BUFFERED_SYNC_INTERVAL_MS, MAX_GROUP_BYTES, MAX_GROUP_EVENTS, PARALLEL_SIGN_MIN, PIPELINE_DEPTH,
+    BUFFERED_SYNC_INTERVAL_MS, MAX_GROUP_BYTES, MAX_GROUP_EVENTS, MERKLE_STORED_MIN_LEVEL, PARALLEL_SIGN_MIN,
+    PIPELINE_DEPTH,
 };
 use crate::merkle::Frontier;
 use crate::store::{CheckpointInfo, KeyInfo, Store};
@@ -206,12 +207,12 @@ impl Sequencer {
             run,
             signer: signers.len() - 1,
         });
-        // Level-0 nodes are leaf_hash(event hash): served from `events`, not stored.
+        // Low levels are recomputed from `events` when a proof needs them.
         g.nodes.extend(
             self.frontier
                 .push(&hash.0)
                 .into_iter()
-                .filter(|(level, _, _)| *level > 0),
+                .filter(|(level, _, _)| *level >= MERKLE_STORED_MIN_LEVEL),
         );
         self.head = Head { seq, hash };
         self.last_at = at;
