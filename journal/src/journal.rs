@@ -160,14 +160,7 @@ fn check_not_locked(dir: &Path, db: &Path) -> Result<()> {
 fn create_fresh(dir: &Path) -> Result<(Store, HeadFile, Head)> {
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let store = Store::open(&db_dir(dir))?;
-    store
-        .meta
-        .insert(crate::store::META_FORMAT, STORE_FORMAT.to_be_bytes())
-        .map_err(Error::storage("write format"))?;
-    store
-        .db
-        .persist(fjall::PersistMode::SyncAll)
-        .map_err(Error::storage("create"))?;
+    store.write_format()?;
     let hf = create_head(dir)?;
     Ok((store, hf, Head::default()))
 }
@@ -276,14 +269,7 @@ fn open_existing(dir: &Path, head_state: HeadState, create: bool) -> Result<(Sto
         }
         None if empty && create => {
             // Interrupted creation: finish it.
-            store
-                .meta
-                .insert(crate::store::META_FORMAT, STORE_FORMAT.to_be_bytes())
-                .map_err(Error::storage("write format"))?;
-            store
-                .db
-                .persist(fjall::PersistMode::SyncAll)
-                .map_err(Error::storage("create"))?;
+            store.write_format()?;
         }
         None if empty => {}
         None => {

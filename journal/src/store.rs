@@ -113,6 +113,16 @@ impl Store {
         })
     }
 
+    /// Marks new storage as a stele journal of this format, durably.
+    pub(crate) fn write_format(&self) -> Result<()> {
+        self.meta
+            .insert(META_FORMAT, STORE_FORMAT.to_be_bytes())
+            .map_err(Error::storage("write format"))?;
+        self.db
+            .persist(fjall::PersistMode::SyncAll)
+            .map_err(Error::storage("create"))
+    }
+
     pub(crate) fn batch(&self) -> OwnedWriteBatch {
         self.db.batch()
     }

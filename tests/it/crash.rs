@@ -7,80 +7,24 @@
 //! moment never leaves a journal that cannot be opened or verified.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::stele;
+use crate::{Run, run_bounded, stele};
 
-/// Longest any `stele` call may take before it counts as a hang.
-const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// What one `stele` call did.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `stele --data DATA ARGS…` to completion (killed after [`TIMEOUT`]),
-/// asserting it neither panicked, died of a signal, nor hung.
+/// Runs `stele --data DATA ARGS…` to completion, asserting it neither
+/// panicked, died of a signal, nor hung.
 fn run(data: &Path, args: &[&str]) -> Run {
-    let mut child = stele()
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn stele");
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for stele") {
-            break s;
-        }
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("stele {args:?} hung for {TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let r = Run {
-        code: status.code(),
-        stdout: out_t.join().expect("stdout reader"),
-        stderr: err_t.join().expect("stderr reader"),
-    };
-    assert!(
-        !r.stderr.contains("panicked"),
-        "stele {args:?} panicked:\n{}",
-        r.stderr
-    );
-    assert!(
-        status.signal().is_none(),
-        "stele {args:?} died of {status}: {}",
-        r.stderr
-    );
+    let mut all = vec!["--data", data.to_str().expect("utf-8 temp path")];
+    all.extend_from_slice(args);
+    let r = run_bounded(&all);
+    r.no_panic(&format!("stele {args:?}"));
     r
 }
 

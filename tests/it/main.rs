@@ -10,6 +10,82 @@ mod poison;
 mod prop;
 mod tamper;
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest any single `stele` call in a test may take before it counts as hung.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What one `stele` call did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    timed_out: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    pub fn no_panic(&self, what: &str) {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "{what}: stele panicked:\n{}",
+            self.stderr
+        );
+        assert!(!self.timed_out, "{what}: stele hung (killed after {TIMEOUT:?})");
+        assert!(
+            self.signal.is_none(),
+            "{what}: stele died of signal {:?}",
+            self.signal
+        );
+    }
+}
+
+/// Runs `stele` with `args`, killing it after [`TIMEOUT`].
+pub fn run_bounded(args: &[&str]) -> Run {
+    let mut cmd: Command = stele();
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn stele");
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let started = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for stele") {
+            break s;
+        }
+        if started.elapsed() > TIMEOUT {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for killed stele");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        code: status.code(),
+        signal: if timed_out { None } else { status.signal() },
+        timed_out,
+        stdout: out_t.join().expect("stdout reader"),
+        stderr: err_t.join().expect("stderr reader"),
+    }
+}
+
 /// The `stele` binary under test.
 pub fn stele() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_stele"))

@@ -8,93 +8,18 @@
 //! readable by others is refused with a message naming the file and the fix.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::stele;
-
-/// Longest any single `stele` call may take before it counts as a hang.
-const TIMEOUT: Duration = Duration::from_secs(20);
+use crate::{Run, TIMEOUT, run_bounded as run};
 
 /// Size of the record envelope (version, prev, hash, key, sig) before the
 /// canonical bytes; see journal/src/event.rs.
 const ENVELOPE: usize = 1 + 32 + 32 + 8 + 64;
-
-/// What one `stele` call did.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    signal: Option<i32>,
-    timed_out: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn no_panic(&self, what: &str) {
-        assert!(
-            !self.stderr.contains("panicked"),
-            "{what}: stele panicked:\n{}",
-            self.stderr
-        );
-        assert!(!self.timed_out, "{what}: stele hung (killed after {TIMEOUT:?})");
-        assert!(
-            self.signal.is_none(),
-            "{what}: stele died of signal {:?}",
-            self.signal
-        );
-    }
-}
-
-/// Runs `stele` with `args`, killing it after [`TIMEOUT`].
-fn run(args: &[&str]) -> Run {
-    let mut cmd: Command = stele();
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn stele");
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let started = Instant::now();
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for stele") {
-            break s;
-        }
-        if started.elapsed() > TIMEOUT {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().expect("wait for killed stele");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Run {
-        code: status.code(),
-        signal: if timed_out { None } else { status.signal() },
-        timed_out,
-        stdout: out_t.join().expect("stdout reader"),
-        stderr: err_t.join().expect("stderr reader"),
-    }
-}
 
 fn data_arg(data: &Path) -> &str {
     data.to_str().expect("utf-8 temp path")
