@@ -37,6 +37,18 @@ pub enum Command {
     Events(EventsArgs),
     /// Follow the journal live: print events as they commit.
     Tail(TailArgs),
+    /// A projection's state as of a seq (from the newest snapshot at or
+    /// before it, plus the events after it).
+    At {
+        /// The seq, or `head`.
+        seq: String,
+        /// The view: `journal` (counts by kind and stream, runs, keys, checkpoints).
+        #[arg(long, default_value = "journal")]
+        view: String,
+        /// Compact JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show, export and rotate the node's signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -239,6 +251,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }) => proof::check_proof(&file, trusted_key.as_deref(), json),
         Command::Events(args) => journal_cmd::events(&data, &args),
         Command::Tail(args) => journal_cmd::tail(&data, &args),
+        Command::At { seq, view, json } => journal_cmd::at(&data, &seq, &view, json),
         Command::Keys(KeysCmd::Show { json }) => journal_cmd::keys_show(&data, json),
         Command::Keys(KeysCmd::Export { out }) => journal_cmd::keys_export(&data, out.as_deref()),
         Command::Keys(KeysCmd::Rotate { reason }) => journal_cmd::keys_rotate(&data, &reason),

@@ -322,6 +322,40 @@ pub fn events(data: &Path, args: &EventsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How often the owning process snapshots its projections, in events.
+const SNAPSHOT_EVERY: u64 = 10_000;
+/// Snapshots kept per projection.
+const SNAPSHOTS_KEPT: usize = 3;
+
+pub fn at(data: &Path, seq: &str, view: &str, json: bool) -> Result<ExitCode> {
+    use stele_projections::{JournalView, Projection, SnapshotStore, state_at};
+    if view != JournalView::NAME {
+        anyhow::bail!("unknown view {view:?}; known views: {}", JournalView::NAME);
+    }
+    let reader = open_reader(data)?;
+    let at = if seq == "head" {
+        reader.head().seq
+    } else {
+        Seq(seq
+            .parse()
+            .with_context(|| format!("SEQ must be a number or `head`, not {seq:?}"))?)
+    };
+    let folded = state_at::<JournalView>(&reader, &SnapshotStore::new(data), at)?;
+    if json {
+        println!("{}", serde_json::to_string(&folded.state)?);
+    } else {
+        let from = folded
+            .from_snapshot
+            .map_or_else(|| "no snapshot".to_owned(), |s| format!("snapshot at {s}"));
+        eprintln!(
+            "view {view} at seq {} ({from}, {} events folded)",
+            folded.seq, folded.folded_events
+        );
+        println!("{}", serde_json::to_string_pretty(&folded.state)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn tail(data: &Path, args: &TailArgs) -> Result<ExitCode> {
     let journal = match writer_or_remote(data)? {
         Owner::Local(j) => j,
@@ -347,18 +381,38 @@ pub fn tail(data: &Path, args: &TailArgs) -> Result<ExitCode> {
     // the control socket so other commands can append meanwhile.
     let reader = journal.reader();
     let from = args.from.map_or_else(|| reader.head().seq.next(), Seq);
+    // The owner keeps the projections' snapshots current as it goes.
+    let store = stele_projections::SnapshotStore::new(data);
+    let mut view = stele_projections::maintain_snapshots::<stele_projections::JournalView>(
+        &reader,
+        &store,
+        SNAPSHOT_EVERY,
+        SNAPSHOTS_KEPT,
+    )?;
     let rt = runtime()?;
     rt.block_on(async {
         let _server = crate::control::Server::start(data, journal.clone())?;
-        let mut follow = reader.follow(from);
+        let mut follow = reader.follow(from.min(view.seq.next()));
         let stdout = std::io::stdout();
         loop {
             tokio::select! {
                 e = follow.next() => match e {
                     Some(e) => {
-                        let mut out = stdout.lock();
-                        print_event(&mut out, &e?, args.json)?;
-                        out.flush()?;
+                        let e = e?;
+                        if e.seq() > view.seq {
+                            use stele_projections::Projection as _;
+                            view.state.apply(&e);
+                            view.seq = e.seq();
+                            if e.seq().0 % SNAPSHOT_EVERY == 0 {
+                                store.save(e.seq(), e.hash(), &view.state)?;
+                                store.prune::<stele_projections::JournalView>(SNAPSHOTS_KEPT)?;
+                            }
+                        }
+                        if e.seq() >= from {
+                            let mut out = stdout.lock();
+                            print_event(&mut out, &e, args.json)?;
+                            out.flush()?;
+                        }
                     }
                     None => break,
                 },

@@ -7,6 +7,7 @@ mod crash;
 mod golden;
 mod layering;
 mod poison;
+mod projections;
 mod prop;
 mod tamper;
 
