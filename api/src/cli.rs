@@ -52,6 +52,9 @@ pub enum Command {
     /// Show, export and rotate the node's signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Agent definitions.
+    #[command(subcommand)]
+    Agent(AgentCmd),
     /// Whole-system benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -191,6 +194,19 @@ pub enum KeysCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Check agent definition files; prints one line per file.
+    Validate {
+        /// TOML definitions.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// One JSON object per file.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Concurrent appenders against the journal.
     Journal(BenchJournalArgs),
@@ -257,5 +273,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(KeysCmd::Rotate { reason }) => journal_cmd::keys_rotate(&data, &reason),
         Command::Bench(BenchCmd::Journal(args)) => bench::journal(cli.data.as_deref(), &args),
         Command::Demo => journal_cmd::demo(&data),
+        Command::Agent(AgentCmd::Validate { files, json }) => crate::agent_cmd::validate(&files, json),
     }
 }

@@ -2,6 +2,7 @@
 //! the engine, replay and audit). Parsing and output live here; every
 //! decision lives in the library crates.
 
+mod agent_cmd;
 mod bench;
 mod cli;
 mod control;

@@ -2,6 +2,12 @@
 //! command to new facts) and effect runners (LLM inference, tools,
 //! sandboxes, the bus) that perform effects and journal their results.
 //!
+//! - [`agent`]: agent definitions (TOML) and their validation.
+//!
 //! Deciders never read the clock, draw randomness or touch the network;
-//! whatever they need from the world arrives as a journaled event. Built by
-//! the engine and reasoning-loop issues.
+//! whatever they need from the world arrives as a journaled event. The
+//! registry, lifecycle, scheduler and runners arrive with the engine issue.
+
+pub mod agent;
+
+pub use agent::{AgentDefinition, DefinitionError, ExecutionMode, Priority, ResourceLimits, Runs};

@@ -2,6 +2,7 @@
 //! package so that they can run the real binary (`CARGO_BIN_EXE_stele`).
 //! Every test works on a real journal in a temporary directory.
 
+mod agents;
 mod cli;
 mod crash;
 mod golden;
