@@ -42,7 +42,8 @@ pub enum Command {
     At {
         /// The seq, or `head`.
         seq: String,
-        /// The view: `journal` (counts by kind and stream, runs, keys, checkpoints).
+        /// The view: `journal` (counts by kind and stream, runs, keys,
+        /// checkpoints) or `registry` (agents and their lifecycle states).
         #[arg(long, default_value = "journal")]
         view: String,
         /// Compact JSON.
@@ -195,6 +196,26 @@ pub enum KeysCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCmd {
+    /// Register an agent from its definition (an `AgentRegistered` event and
+    /// its move to Ready).
+    Register {
+        /// The TOML definition.
+        file: PathBuf,
+    },
+    /// List registered agents and their lifecycle state.
+    List {
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an agent for good (from ready, suspended or failed).
+    Stop {
+        /// The agent's name.
+        name: String,
+        /// Why.
+        #[arg(long, default_value = "stopped by operator")]
+        reason: String,
+    },
     /// Check agent definition files; prints one line per file.
     Validate {
         /// TOML definitions.
@@ -274,5 +295,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCmd::Journal(args)) => bench::journal(cli.data.as_deref(), &args),
         Command::Demo => journal_cmd::demo(&data),
         Command::Agent(AgentCmd::Validate { files, json }) => crate::agent_cmd::validate(&files, json),
+        Command::Agent(AgentCmd::Register { file }) => crate::agent_cmd::register(&data, &file),
+        Command::Agent(AgentCmd::List { json }) => crate::agent_cmd::list(&data, json),
+        Command::Agent(AgentCmd::Stop { name, reason }) => crate::agent_cmd::stop(&data, &name, reason),
     }
 }

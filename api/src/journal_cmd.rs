@@ -216,6 +216,21 @@ fn summary(e: &EventRef) -> String {
             hex::encode(key),
             recovered_head.to_native()
         ),
+        ArchivedEventBody::AgentRegistered {
+            agent,
+            definition_hash,
+            ..
+        } => format!("{agent} (definition {})", hex::encode(&definition_hash[..6])),
+        ArchivedEventBody::AgentStateChanged {
+            agent,
+            from,
+            to,
+            reason,
+        } => format!(
+            "{agent}: {} -> {} ({reason})",
+            from.to_native().name(),
+            to.to_native().name()
+        ),
     }
 }
 
@@ -328,10 +343,25 @@ const SNAPSHOT_EVERY: u64 = 10_000;
 const SNAPSHOTS_KEPT: usize = 3;
 
 pub fn at(data: &Path, seq: &str, view: &str, json: bool) -> Result<ExitCode> {
-    use stele_projections::{JournalView, Projection, SnapshotStore, state_at};
-    if view != JournalView::NAME {
-        anyhow::bail!("unknown view {view:?}; known views: {}", JournalView::NAME);
+    use stele_projections::{AgentRegistry, JournalView, Projection};
+    match view {
+        JournalView::NAME => at_view::<JournalView>(data, seq, view, json),
+        AgentRegistry::NAME => at_view::<AgentRegistry>(data, seq, view, json),
+        _ => anyhow::bail!(
+            "unknown view {view:?}; known views: {}, {}",
+            JournalView::NAME,
+            AgentRegistry::NAME
+        ),
     }
+}
+
+fn at_view<P: stele_projections::Projection>(
+    data: &Path,
+    seq: &str,
+    view: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    use stele_projections::{SnapshotStore, state_at};
     let reader = open_reader(data)?;
     let at = if seq == "head" {
         reader.head().seq
@@ -340,7 +370,7 @@ pub fn at(data: &Path, seq: &str, view: &str, json: bool) -> Result<ExitCode> {
             .parse()
             .with_context(|| format!("SEQ must be a number or `head`, not {seq:?}"))?)
     };
-    let folded = state_at::<JournalView>(&reader, &SnapshotStore::new(data), at)?;
+    let folded = state_at::<P>(&reader, &SnapshotStore::new(data), at)?;
     if json {
         println!("{}", serde_json::to_string(&folded.state)?);
     } else {
@@ -354,6 +384,46 @@ pub fn at(data: &Path, seq: &str, view: &str, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&folded.state)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The projections a journal-owning process keeps current and snapshots.
+struct OwnedViews {
+    journal: stele_projections::Folded<stele_projections::JournalView>,
+    registry: stele_projections::Folded<stele_projections::AgentRegistry>,
+}
+
+impl OwnedViews {
+    fn load(reader: &Reader, store: &stele_projections::SnapshotStore) -> Result<OwnedViews> {
+        use stele_projections::maintain_snapshots;
+        Ok(OwnedViews {
+            journal: maintain_snapshots(reader, store, SNAPSHOT_EVERY, SNAPSHOTS_KEPT)?,
+            registry: maintain_snapshots(reader, store, SNAPSHOT_EVERY, SNAPSHOTS_KEPT)?,
+        })
+    }
+
+    fn seq(&self) -> Seq {
+        self.journal.seq.min(self.registry.seq)
+    }
+
+    fn apply(&mut self, store: &stele_projections::SnapshotStore, e: &EventRef) -> Result<()> {
+        fn one<P: stele_projections::Projection>(
+            f: &mut stele_projections::Folded<P>,
+            store: &stele_projections::SnapshotStore,
+            e: &EventRef,
+        ) -> Result<()> {
+            if e.seq() > f.seq {
+                f.state.apply(e);
+                f.seq = e.seq();
+                if e.seq().0.is_multiple_of(SNAPSHOT_EVERY) {
+                    store.save(e.seq(), e.hash(), &f.state)?;
+                    store.prune::<P>(SNAPSHOTS_KEPT)?;
+                }
+            }
+            Ok(())
+        }
+        one(&mut self.journal, store, e)?;
+        one(&mut self.registry, store, e)
+    }
 }
 
 pub fn tail(data: &Path, args: &TailArgs) -> Result<ExitCode> {
@@ -383,31 +453,18 @@ pub fn tail(data: &Path, args: &TailArgs) -> Result<ExitCode> {
     let from = args.from.map_or_else(|| reader.head().seq.next(), Seq);
     // The owner keeps the projections' snapshots current as it goes.
     let store = stele_projections::SnapshotStore::new(data);
-    let mut view = stele_projections::maintain_snapshots::<stele_projections::JournalView>(
-        &reader,
-        &store,
-        SNAPSHOT_EVERY,
-        SNAPSHOTS_KEPT,
-    )?;
+    let mut views = OwnedViews::load(&reader, &store)?;
     let rt = runtime()?;
     rt.block_on(async {
         let _server = crate::control::Server::start(data, journal.clone())?;
-        let mut follow = reader.follow(from.min(view.seq.next()));
+        let mut follow = reader.follow(from.min(views.seq().next()));
         let stdout = std::io::stdout();
         loop {
             tokio::select! {
                 e = follow.next() => match e {
                     Some(e) => {
                         let e = e?;
-                        if e.seq() > view.seq {
-                            use stele_projections::Projection as _;
-                            view.state.apply(&e);
-                            view.seq = e.seq();
-                            if e.seq().0 % SNAPSHOT_EVERY == 0 {
-                                store.save(e.seq(), e.hash(), &view.state)?;
-                                store.prune::<stele_projections::JournalView>(SNAPSHOTS_KEPT)?;
-                            }
-                        }
+                        views.apply(&store, &e)?;
                         if e.seq() >= from {
                             let mut out = stdout.lock();
                             print_event(&mut out, &e, args.json)?;

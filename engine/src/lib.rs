@@ -2,12 +2,15 @@
 //! command to new facts) and effect runners (LLM inference, tools,
 //! sandboxes, the bus) that perform effects and journal their results.
 //!
-//! - [`agent`]: agent definitions (TOML) and their validation.
+//! - [`agent`]: agent definitions (TOML) and their validation;
+//! - [`lifecycle`]: the lifecycle decider (registration, transitions).
 //!
 //! Deciders never read the clock, draw randomness or touch the network;
 //! whatever they need from the world arrives as a journaled event. The
 //! registry, lifecycle, scheduler and runners arrive with the engine issue.
 
 pub mod agent;
+pub mod lifecycle;
 
 pub use agent::{AgentDefinition, DefinitionError, ExecutionMode, Priority, ResourceLimits, Runs};
+pub use lifecycle::{LifecycleCommand, Rejection, agent_stream, decide};

@@ -47,7 +47,7 @@ pub const ENVELOPE_BYTES: usize = 1 + 32 + 32 + 8 + 64;
 /// Size of the canonical header before the stream bytes.
 pub const CANONICAL_HEADER_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 2;
 
-pub use body::{ArchivedEventBody, EventBody};
+pub use body::{AgentState, ArchivedAgentState, ArchivedEventBody, EventBody};
 
 #[allow(missing_docs)] // rkyv's generated resolver types carry no docs
 mod body {
@@ -111,6 +111,91 @@ mod body {
             /// The run it is about, if any (indexed).
             run: Option<String>,
         },
+        /// An agent definition was accepted into the registry.
+        AgentRegistered {
+            /// The agent's name.
+            agent: String,
+            /// The definition (TOML) exactly as registered.
+            definition: String,
+            /// BLAKE3 of `definition`.
+            #[serde(serialize_with = "ser_hex")]
+            definition_hash: [u8; 32],
+        },
+        /// An agent moved from one lifecycle state to another.
+        AgentStateChanged {
+            /// The agent's name.
+            agent: String,
+            /// The state it left.
+            from: AgentState,
+            /// The state it entered.
+            to: AgentState,
+            /// Why.
+            reason: String,
+        },
+    }
+
+    /// The lifecycle states of an agent (the seed's Agent Lifecycle
+    /// Controller). Append-only like the events that carry it.
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        PartialOrd,
+        Ord,
+        Hash,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+        serde::Deserialize,
+    )]
+    #[serde(rename_all = "snake_case")]
+    #[rkyv(derive(Debug, PartialEq, Eq), compare(PartialEq))]
+    pub enum AgentState {
+        /// Definition being checked.
+        Initializing,
+        /// Waiting for work.
+        Ready,
+        /// Executing a task.
+        Running,
+        /// Paused (policy violation, resource pressure, preemption).
+        Suspended,
+        /// Stopped for good.
+        Terminated,
+        /// Its definition could not be used.
+        Failed,
+    }
+
+    impl AgentState {
+        /// The name used in output.
+        #[must_use]
+        pub fn name(self) -> &'static str {
+            match self {
+                AgentState::Initializing => "initializing",
+                AgentState::Ready => "ready",
+                AgentState::Running => "running",
+                AgentState::Suspended => "suspended",
+                AgentState::Terminated => "terminated",
+                AgentState::Failed => "failed",
+            }
+        }
+    }
+
+    impl ArchivedAgentState {
+        /// The native state.
+        #[must_use]
+        pub fn to_native(&self) -> AgentState {
+            match self {
+                ArchivedAgentState::Initializing => AgentState::Initializing,
+                ArchivedAgentState::Ready => AgentState::Ready,
+                ArchivedAgentState::Running => AgentState::Running,
+                ArchivedAgentState::Suspended => AgentState::Suspended,
+                ArchivedAgentState::Terminated => AgentState::Terminated,
+                ArchivedAgentState::Failed => AgentState::Failed,
+            }
+        }
     }
 
     use super::ser_hex;
@@ -130,6 +215,8 @@ impl EventBody {
             EventBody::KeyRotated { .. } => "key_rotated",
             EventBody::CheckpointSigned { .. } => "checkpoint_signed",
             EventBody::Annotated { .. } => "annotated",
+            EventBody::AgentRegistered { .. } => "agent_registered",
+            EventBody::AgentStateChanged { .. } => "agent_state_changed",
         }
     }
 
@@ -172,6 +259,8 @@ impl ArchivedEventBody {
             ArchivedEventBody::KeyRotated { .. } => "key_rotated",
             ArchivedEventBody::CheckpointSigned { .. } => "checkpoint_signed",
             ArchivedEventBody::Annotated { .. } => "annotated",
+            ArchivedEventBody::AgentRegistered { .. } => "agent_registered",
+            ArchivedEventBody::AgentStateChanged { .. } => "agent_state_changed",
         }
     }
 }
@@ -214,6 +303,27 @@ pub fn encode_record(prev: &Hash, hash: &Hash, key: KeyId, sig: &[u8; 64], canon
     out.extend_from_slice(sig);
     out.extend_from_slice(canonical);
     out
+}
+
+/// A validated view of an event that is in no journal: unsigned, with a
+/// zero `prev`. For folding facts before they are appended — a decider's
+/// preview, a data-driven test of a projection — never for storage.
+///
+/// # Errors
+/// The body is over the size limit.
+pub fn detached_event(
+    seq: Seq,
+    at_ns: i64,
+    stream: &StreamId,
+    cause: Option<Seq>,
+    body: &EventBody,
+) -> Result<EventRef> {
+    let canonical = canonical_bytes(seq, at_ns, stream, cause, &body.encode()?);
+    let hash = event_hash(&Hash::ZERO, &canonical);
+    EventRef::parse(
+        seq,
+        encode_record(&Hash::ZERO, &hash, KeyId::default(), &[0; 64], &canonical),
+    )
 }
 
 /// An owned, decoded event: every field of the journal's event.

@@ -345,7 +345,9 @@ fn check_body(
                 )));
             }
         }
-        ArchivedEventBody::Annotated { .. } => {}
+        ArchivedEventBody::Annotated { .. }
+        | ArchivedEventBody::AgentRegistered { .. }
+        | ArchivedEventBody::AgentStateChanged { .. } => {}
     }
     if seq.0 == 1 && !matches!(e.body(), ArchivedEventBody::JournalOpened { .. }) {
         return Err(bad("the first event is not JournalOpened".into()));

@@ -116,6 +116,8 @@ impl Projection for JournalView {
                     r.events += 1;
                 }
             }
+            // Facts of other views: counted by kind and stream above.
+            _ => {}
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - [`fold`]: state as of a seq from the newest usable snapshot plus the
 //!   tail, and the snapshot maintenance a journal-owning process runs;
 //! - [`journal_view`]: the journal's own audit view (counts by kind and
-//!   stream, runs, keys, checkpoints).
+//!   stream, runs, keys, checkpoints);
+//! - [`registry`]: the agent registry and each agent's lifecycle state.
 //!
 //! Nothing here reads the clock, draws randomness or decides anything: a
 //! projection only applies facts that are already in the journal. The only
@@ -17,10 +18,12 @@
 
 pub mod fold;
 pub mod journal_view;
+pub mod registry;
 pub mod snapshot;
 
 pub use fold::{Folded, fold_range, maintain_snapshots, state_at};
 pub use journal_view::JournalView;
+pub use registry::{AgentEntry, AgentRegistry};
 pub use snapshot::SnapshotStore;
 
 use stele_journal::{EventRef, Seq};

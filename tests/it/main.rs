@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod golden;
 mod layering;
+mod lifecycle;
 mod poison;
 mod projections;
 mod prop;
