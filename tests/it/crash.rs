@@ -120,8 +120,21 @@ fn kill_9_mid_write_loses_no_acknowledged_event() {
             .stderr(std::fs::File::create(&err_log).expect("stderr log"))
             .spawn()
             .expect("spawn bench");
+        // Odd rounds: a blind delay, which may also hit start-up. Even
+        // rounds: wait for the first acknowledgement, then a little more, so
+        // at least half the kills land mid-write whatever the machine's load.
         let delay = rng.gen_range(50..=400);
-        std::thread::sleep(Duration::from_millis(delay));
+        if round % 2 == 0 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::fs::metadata(&ack_log).map_or(0, |m| m.len()) == 0
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(delay / 2));
+        } else {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         let stderr_of = || std::fs::read_to_string(&err_log).unwrap_or_default();
         let what = format!("round {round} (buffered: {buffered}, killed after {delay} ms)");
         kill_9(&mut child, &what, stderr_of);
@@ -194,7 +207,7 @@ fn kill_9_mid_write_loses_no_acknowledged_event() {
     // (Opening takes longer as the journal grows, so a short delay may kill
     // a round before its first acknowledgement; most rounds still get some.)
     assert!(
-        rounds_with_acks >= rounds / 4,
+        rounds_with_acks >= rounds / 2,
         "only {rounds_with_acks} of {rounds} rounds saw an acknowledgement before the kill"
     );
     assert!(
@@ -240,8 +253,10 @@ fn kill_during_first_open_never_bricks_the_journal() {
         let status = child.wait().expect("reap");
         let stderr = std::fs::read_to_string(&err_log).unwrap_or_default();
         assert!(!stderr.contains("panicked"), "round {round}: {stderr}");
+        // It may also finish between the poll and the kill (a zombie
+        // ignores SIGKILL): success is fine either way.
         assert!(
-            (finished && status.success()) || status.signal() == Some(libc::SIGKILL),
+            status.success() || status.signal() == Some(libc::SIGKILL),
             "round {round}: {status} {stderr}"
         );
         // Whether the note was acknowledged ("SEQ HASH" on stdout).
