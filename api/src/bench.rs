@@ -60,14 +60,17 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
         DurabilityArg::Sync => Durability::Sync,
         DurabilityArg::Buffered => Durability::Buffered,
     };
-    let journal = Journal::open(
-        &dir,
-        Options {
-            durability,
-            ..Options::default()
-        },
-    )
-    .with_context(|| format!("opening journal {}", dir.display()))?;
+    let open = || {
+        Journal::open(
+            &dir,
+            Options {
+                durability,
+                ..Options::default()
+            },
+        )
+        .with_context(|| format!("opening journal {}", dir.display()))
+    };
+    let journal = open()?;
     let ack_log = match &args.ack_log {
         Some(p) => Some(Arc::new(Mutex::new(
             std::fs::OpenOptions::new()
@@ -137,14 +140,7 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
     let committed = journal.stats().events.load(Ordering::Relaxed) - stats_before.2;
     drop(journal);
     let reopen = Instant::now();
-    let journal = Journal::open(
-        &dir,
-        Options {
-            durability,
-            ..Options::default()
-        },
-    )
-    .with_context(|| format!("reopening journal {}", dir.display()))?;
+    let journal = open()?;
     let restart_ms = reopen.elapsed().as_secs_f64() * 1e3;
     drop(journal);
     let pct = |p: f64| -> u64 { latencies.value_at_quantile(p) };

@@ -171,15 +171,26 @@ impl ReadCopy {
         }
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = data.join(format!("{READ_COPY_PREFIX}{}-{n}", std::process::id()));
+        let name = format!("{READ_COPY_PREFIX}{}-{n}", std::process::id());
+        // Beside the journal (tables are hard-linked: cheap); where the data
+        // directory is not writable (a read-only mount, an auditor's copy),
+        // in the temporary directory (tables are copied).
+        let copy = match ReadCopy::fill(data, &db, data.join(&name)) {
+            Ok(c) => c,
+            Err(_) => ReadCopy::fill(data, &db, std::env::temp_dir().join(&name))?,
+        };
+        drop(lock);
+        Ok(copy)
+    }
+
+    fn fill(data: &Path, db: &Path, dir: PathBuf) -> Result<ReadCopy> {
         let _ = std::fs::remove_dir_all(&dir);
         let copy = ReadCopy { dir };
-        copy_tree(&db, &copy.dir.join("db"), false)?;
+        copy_tree(db, &copy.dir.join("db"), false)?;
         let head = data.join("HEAD");
         if head.exists() {
             std::fs::copy(&head, copy.dir.join("HEAD")).map_err(Error::io(&head))?;
         }
-        drop(lock);
         Ok(copy)
     }
 
