@@ -16,6 +16,10 @@ pub struct Cli {
     /// Data directory holding the journal and the node keys.
     #[arg(long, global = true, env = "STELE_DATA")]
     pub data: Option<PathBuf>,
+    /// Configuration file (default: ./stele.toml if present, else the
+    /// embedded defaults); `STELE_<SECTION>_<KEY>` variables override it.
+    #[arg(long, global = true, env = "STELE_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,6 +60,9 @@ pub enum Command {
     /// Agent definitions.
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// The effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Whole-system benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -195,6 +202,12 @@ pub enum KeysCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Print the effective configuration (file + environment + defaults) as TOML.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AgentCmd {
     /// Register an agent from its definition (an `AgentRegistered` event and
     /// its move to Ready).
@@ -263,8 +276,27 @@ pub struct BenchJournalArgs {
     pub json: bool,
 }
 
+/// The effective configuration, loaded once per process.
+static CONFIG: std::sync::OnceLock<stele_engine::Config> = std::sync::OnceLock::new();
+
+/// The effective configuration (defaults until `run` has loaded it).
+pub fn config() -> &'static stele_engine::Config {
+    CONFIG.get_or_init(stele_engine::Config::default)
+}
+
+fn load_config(explicit: Option<&std::path::Path>) -> Result<stele_engine::Config> {
+    let default = std::path::Path::new("stele.toml");
+    Ok(match explicit {
+        Some(p) => stele_engine::Config::load(p)?,
+        None if default.exists() => stele_engine::Config::load(default)?,
+        None => stele_engine::Config::defaults_with_env()?,
+    })
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let data = cli.data_dir();
+    let loaded = load_config(cli.config.as_deref())?;
+    let _ = CONFIG.set(loaded);
     match cli.command {
         Command::Journal(JournalCmd::Append {
             stream,
@@ -294,6 +326,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(KeysCmd::Rotate { reason }) => journal_cmd::keys_rotate(&data, &reason),
         Command::Bench(BenchCmd::Journal(args)) => bench::journal(cli.data.as_deref(), &args),
         Command::Demo => journal_cmd::demo(&data),
+        Command::Config(ConfigCmd::Show) => {
+            print!("{}", toml::to_string_pretty(config())?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agent(AgentCmd::Validate { files, json }) => crate::agent_cmd::validate(&files, json),
         Command::Agent(AgentCmd::Register { file }) => crate::agent_cmd::register(&data, &file),
         Command::Agent(AgentCmd::List { json }) => crate::agent_cmd::list(&data, json),

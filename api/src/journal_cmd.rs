@@ -14,8 +14,21 @@ use stele_journal::{
 
 use crate::cli::{EventsArgs, TailArgs};
 
+/// Journal options from the `[journal]` section of the configuration.
+pub fn journal_options() -> Options {
+    let c = &crate::cli::config().journal;
+    Options {
+        durability: match c.durability {
+            stele_engine::config::DurabilityConfig::Sync => stele_journal::Durability::Sync,
+            stele_engine::config::DurabilityConfig::Buffered => stele_journal::Durability::Buffered,
+        },
+        checkpoint_interval: c.checkpoint_interval,
+        ..Options::default()
+    }
+}
+
 pub fn open_writer(data: &Path) -> Result<Journal> {
-    Journal::open(data, Options::default()).with_context(|| format!("opening journal {}", data.display()))
+    Journal::open(data, journal_options()).with_context(|| format!("opening journal {}", data.display()))
 }
 
 /// The journal, or the process that owns it (reached over its control socket).
@@ -337,8 +350,6 @@ pub fn events(data: &Path, args: &EventsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How often the owning process snapshots its projections, in events.
-const SNAPSHOT_EVERY: u64 = 10_000;
 /// Snapshots kept per projection.
 const SNAPSHOTS_KEPT: usize = 3;
 
@@ -396,8 +407,18 @@ impl OwnedViews {
     fn load(reader: &Reader, store: &stele_projections::SnapshotStore) -> Result<OwnedViews> {
         use stele_projections::maintain_snapshots;
         Ok(OwnedViews {
-            journal: maintain_snapshots(reader, store, SNAPSHOT_EVERY, SNAPSHOTS_KEPT)?,
-            registry: maintain_snapshots(reader, store, SNAPSHOT_EVERY, SNAPSHOTS_KEPT)?,
+            journal: maintain_snapshots(
+                reader,
+                store,
+                crate::cli::config().journal.snapshot_every,
+                SNAPSHOTS_KEPT,
+            )?,
+            registry: maintain_snapshots(
+                reader,
+                store,
+                crate::cli::config().journal.snapshot_every,
+                SNAPSHOTS_KEPT,
+            )?,
         })
     }
 
@@ -414,7 +435,10 @@ impl OwnedViews {
             if e.seq() > f.seq {
                 f.state.apply(e);
                 f.seq = e.seq();
-                if e.seq().0.is_multiple_of(SNAPSHOT_EVERY) {
+                if e.seq()
+                    .0
+                    .is_multiple_of(crate::cli::config().journal.snapshot_every)
+                {
                     store.save(e.seq(), e.hash(), &f.state)?;
                     store.prune::<P>(SNAPSHOTS_KEPT)?;
                 }

@@ -3,6 +3,7 @@
 //! sandboxes, the bus) that perform effects and journal their results.
 //!
 //! - [`agent`]: agent definitions (TOML) and their validation;
+//! - [`config`]: `stele.toml` and its environment overrides;
 //! - [`lifecycle`]: the lifecycle decider (registration, transitions).
 //!
 //! Deciders never read the clock, draw randomness or touch the network;
@@ -10,7 +11,9 @@
 //! registry, lifecycle, scheduler and runners arrive with the engine issue.
 
 pub mod agent;
+pub mod config;
 pub mod lifecycle;
 
 pub use agent::{AgentDefinition, DefinitionError, ExecutionMode, Priority, ResourceLimits, Runs};
+pub use config::Config;
 pub use lifecycle::{LifecycleCommand, Rejection, agent_stream, decide};

@@ -4,6 +4,7 @@
 
 mod agents;
 mod cli;
+mod config;
 mod crash;
 mod golden;
 mod layering;

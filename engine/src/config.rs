@@ -1,0 +1,384 @@
+//! `stele.toml`: the runtime configuration (the seed's `[runtime]`,
+//! `[security]`, `[context]`, `[mcp]` sections, plus `[journal]`), with
+//! `STELE_<SECTION>_<KEY>` environment overrides. Unknown sections and keys
+//! are errors; file errors name the file, line and column, environment
+//! errors name the variable.
+//!
+//! Sections whose components are not built yet are parsed and validated
+//! now so that a deployment's file is checked from day one; the component
+//! issues wire them in.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Scheduler and runtime sizing.
+    pub runtime: RuntimeConfig,
+    /// Sandboxing and policy.
+    pub security: SecurityConfig,
+    /// Agent memory and the vector index.
+    pub context: ContextConfig,
+    /// MCP servers.
+    pub mcp: McpConfig,
+    /// The event log.
+    pub journal: JournalConfig,
+}
+
+/// `[runtime]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Logical agents held at once.
+    pub max_concurrent_agents: u32,
+    /// Scheduler worker threads.
+    pub scheduler_threads: u32,
+    /// Bus buffer, bytes.
+    pub message_buffer_size: u64,
+    /// Housekeeping interval.
+    pub gc_interval_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_concurrent_agents: 10_000,
+            scheduler_threads: 8,
+            message_buffer_size: 1_048_576,
+            gc_interval_ms: 100,
+        }
+    }
+}
+
+/// Where agents run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxTier {
+    /// A process with rlimits.
+    Native,
+    /// A Docker (runc) container.
+    Docker,
+    /// A gVisor (runsc) container.
+    Gvisor,
+}
+
+/// `[security]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Tier for agents that do not name one.
+    pub default_sandbox_tier: SandboxTier,
+    /// Enforce the Cedar policies (false: evaluate and journal, but allow).
+    pub enforce_policies: bool,
+    /// Keep the audit views.
+    pub audit_enabled: bool,
+    /// Signature provider; stele signs with ed25519-dalek.
+    #[serde(deserialize_with = "crypto_provider")]
+    pub crypto_provider: String,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            default_sandbox_tier: SandboxTier::Gvisor,
+            enforce_policies: true,
+            audit_enabled: true,
+            crypto_provider: "dalek".into(),
+        }
+    }
+}
+
+/// Vector index backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorBackend {
+    /// Embedded LanceDB (the default).
+    Lancedb,
+    /// A Qdrant server.
+    Qdrant,
+}
+
+/// `[context]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContextConfig {
+    /// Vector index backend.
+    pub vector_backend: VectorBackend,
+    /// LanceDB storage path.
+    pub vector_data_path: PathBuf,
+    /// Embedding width.
+    pub embedding_dimension: u32,
+    /// Context cache size, e.g. `"1GB"`.
+    #[serde(deserialize_with = "byte_size")]
+    pub context_cache_size: u64,
+    /// Retention of knowledge items.
+    pub knowledge_retention_days: u32,
+    /// Only with `vector_backend = "qdrant"`.
+    pub qdrant: Option<QdrantConfig>,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            vector_backend: VectorBackend::Lancedb,
+            vector_data_path: PathBuf::from("./data/vectors"),
+            embedding_dimension: 1536,
+            context_cache_size: 1 << 30,
+            knowledge_retention_days: 365,
+            qdrant: None,
+        }
+    }
+}
+
+/// `[context.qdrant]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QdrantConfig {
+    /// Host name.
+    pub host: String,
+    /// gRPC port.
+    pub port: u16,
+}
+
+/// How strictly MCP tool schemas are verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolVerification {
+    /// Unverified tools are refused.
+    Strict,
+    /// Unverified tools are allowed and the fact is journaled.
+    Warn,
+}
+
+/// `[mcp]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// Discover servers from the config.
+    pub discovery_enabled: bool,
+    /// Schema verification.
+    pub tool_verification: ToolVerification,
+    /// Connect timeout.
+    pub connection_timeout_s: u64,
+    /// Open connections at most.
+    pub max_concurrent_connections: u32,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            discovery_enabled: true,
+            tool_verification: ToolVerification::Strict,
+            connection_timeout_s: 30,
+            max_concurrent_connections: 100,
+        }
+    }
+}
+
+/// When appends are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityConfig {
+    /// After fdatasync.
+    Sync,
+    /// Before fdatasync (50 ms loss window on power failure).
+    Buffered,
+}
+
+/// `[journal]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    /// When appends are acknowledged.
+    pub durability: DurabilityConfig,
+    /// Events between automatic Merkle checkpoints (0: off, else ≥ 2).
+    #[serde(deserialize_with = "checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// Events between projection snapshots (0: off).
+    pub snapshot_every: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            durability: DurabilityConfig::Sync,
+            checkpoint_interval: 10_000,
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+fn crypto_provider<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "dalek" | "ring" => Ok(s),
+        other => Err(serde::de::Error::custom(format!(
+            "crypto_provider {other:?} is not available; stele signs with \"dalek\" (\"ring\" is accepted as an alias)"
+        ))),
+    }
+}
+
+fn checkpoint_interval<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v == 1 {
+        return Err(serde::de::Error::custom(
+            "checkpoint_interval must be 0 (off) or at least 2",
+        ));
+    }
+    Ok(v)
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(s) => parse_size(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("{s:?} is not a size like \"512MB\" or \"1GB\""))
+        }),
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" | "KIB" => 1 << 10,
+        "MB" | "MIB" => 1 << 20,
+        "GB" | "GIB" => 1 << 30,
+        "TB" | "TIB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// In the file.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// In an environment override.
+    #[error("environment {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+const SECTIONS: [&str; 5] = ["runtime", "security", "context", "mcp", "journal"];
+
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(f) = raw.parse::<f64>() {
+        return toml::Value::Float(f);
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+impl Config {
+    /// Parses `text` (from `path`, for errors) and applies the overrides in
+    /// `env` (`STELE_<SECTION>_<KEY>=value`, other variables ignored).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the place of the first problem.
+    pub fn parse(path: &Path, text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let file_err = |e: toml::de::Error| {
+            let (line, column) = e
+                .span()
+                .map_or((1, 1), |s| crate::agent::line_column(text, s.start));
+            ConfigError::File {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        };
+        // The file alone first, so its errors carry positions.
+        let from_file: Config = toml::from_str(text).map_err(file_err)?;
+        let overrides: Vec<(&String, &str, String, &String)> = env
+            .iter()
+            .filter_map(|(var, value)| {
+                let lower = var.strip_prefix("STELE_")?.to_ascii_lowercase();
+                let section = SECTIONS.iter().find(|s| lower.starts_with(&format!("{s}_")))?;
+                Some((var, *section, lower[section.len() + 1..].to_owned(), value))
+            })
+            .collect();
+        if overrides.is_empty() {
+            return Ok(from_file);
+        }
+        let mut table: toml::Table = toml::from_str(text).map_err(file_err)?;
+        for (var, section, key, raw) in &overrides {
+            let entry = table
+                .entry((*section).to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(t) = entry.as_table_mut() else {
+                return Err(ConfigError::Env {
+                    var: (*var).clone(),
+                    message: format!("[{section}] is not a table in the file"),
+                });
+            };
+            t.insert(key.clone(), env_value(raw));
+            // Check each override on its own, so the error names it.
+            let one = toml::Table::from_iter([((*section).to_owned(), toml::Value::Table(t.clone()))]);
+            Config::deserialize(one).map_err(|e| ConfigError::Env {
+                var: (*var).clone(),
+                message: e.message().trim().to_owned(),
+            })?;
+        }
+        Config::deserialize(table).map_err(|e| ConfigError::Env {
+            var: "STELE_*".into(),
+            message: e.message().trim().to_owned(),
+        })
+    }
+
+    /// Loads `path` with the process environment's overrides.
+    ///
+    /// # Errors
+    /// Unreadable file or [`ConfigError`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read: {e}"),
+        })?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::parse(path, &text, &env)
+    }
+
+    /// The embedded defaults with the process environment's overrides.
+    ///
+    /// # Errors
+    /// [`ConfigError::Env`].
+    pub fn defaults_with_env() -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::parse(Path::new("(defaults)"), "", &env)
+    }
+}
