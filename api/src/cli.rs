@@ -47,7 +47,8 @@ pub enum Command {
         /// The seq, or `head`.
         seq: String,
         /// The view: `journal` (counts by kind and stream, runs, keys,
-        /// checkpoints) or `registry` (agents and their lifecycle states).
+        /// checkpoints), `registry` (agents and their lifecycle states) or
+        /// `scheduler` (tasks, queue, slot reservations, run history).
         #[arg(long, default_value = "journal")]
         view: String,
         /// Compact JSON.

@@ -244,6 +244,28 @@ fn summary(e: &EventRef) -> String {
             from.to_native().name(),
             to.to_native().name()
         ),
+        ArchivedEventBody::TaskQueued {
+            task,
+            agent,
+            priority,
+            memory_mb,
+            cpu_millis,
+            trigger,
+        } => format!(
+            "{task} for {agent} ({:?}, {} MB, {} mcpu; {trigger})",
+            priority.to_native(),
+            memory_mb.to_native(),
+            cpu_millis.to_native()
+        ),
+        ArchivedEventBody::TaskPlaced { task, slot } => format!("{task} on slot {}", slot.to_native()),
+        ArchivedEventBody::TaskPreempted { task, by } => format!("{task} suspended for {by}"),
+        ArchivedEventBody::TaskFinished {
+            task,
+            outcome,
+            detail,
+        } => {
+            format!("{task} {:?} ({detail})", outcome.to_native())
+        }
     }
 }
 
@@ -354,14 +376,16 @@ pub fn events(data: &Path, args: &EventsArgs) -> Result<ExitCode> {
 const SNAPSHOTS_KEPT: usize = 3;
 
 pub fn at(data: &Path, seq: &str, view: &str, json: bool) -> Result<ExitCode> {
-    use stele_projections::{AgentRegistry, JournalView, Projection};
+    use stele_projections::{AgentRegistry, JournalView, Projection, SchedulerView};
     match view {
         JournalView::NAME => at_view::<JournalView>(data, seq, view, json),
         AgentRegistry::NAME => at_view::<AgentRegistry>(data, seq, view, json),
+        SchedulerView::NAME => at_view::<SchedulerView>(data, seq, view, json),
         _ => anyhow::bail!(
-            "unknown view {view:?}; known views: {}, {}",
+            "unknown view {view:?}; known views: {}, {}, {}",
             JournalView::NAME,
-            AgentRegistry::NAME
+            AgentRegistry::NAME,
+            SchedulerView::NAME
         ),
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! - [`agent`]: agent definitions (TOML) and their validation;
 //! - [`config`]: `stele.toml` and its environment overrides;
-//! - [`lifecycle`]: the lifecycle decider (registration, transitions).
+//! - [`lifecycle`]: the lifecycle decider (registration, transitions);
+//! - [`scheduler`]: the scheduler decider (priority queue, placement, preemption).
 //!
 //! Deciders never read the clock, draw randomness or touch the network;
 //! whatever they need from the world arrives as a journaled event. The
@@ -13,6 +14,7 @@
 pub mod agent;
 pub mod config;
 pub mod lifecycle;
+pub mod scheduler;
 
 pub use agent::{AgentDefinition, DefinitionError, ExecutionMode, Priority, ResourceLimits, Runs};
 pub use config::Config;

@@ -47,7 +47,10 @@ pub const ENVELOPE_BYTES: usize = 1 + 32 + 32 + 8 + 64;
 /// Size of the canonical header before the stream bytes.
 pub const CANONICAL_HEADER_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 2;
 
-pub use body::{AgentState, ArchivedAgentState, ArchivedEventBody, EventBody};
+pub use body::{
+    AgentState, ArchivedAgentState, ArchivedEventBody, ArchivedTaskOutcome, ArchivedTaskPriority, EventBody,
+    TaskOutcome, TaskPriority,
+};
 
 #[allow(missing_docs)] // rkyv's generated resolver types carry no docs
 mod body {
@@ -132,6 +135,102 @@ mod body {
             /// Why.
             reason: String,
         },
+        /// A task entered the scheduler's queue.
+        TaskQueued {
+            /// The task id (`task-<n>`, numbered by the scheduler).
+            task: String,
+            /// The agent it runs.
+            agent: String,
+            /// Its priority.
+            priority: TaskPriority,
+            /// Memory it reserves.
+            memory_mb: u64,
+            /// CPU it reserves, in thousandths of a core.
+            cpu_millis: u32,
+            /// What caused it (`registered`, `timer`, `event <seq>`, `restart`).
+            trigger: String,
+        },
+        /// A task was placed on a worker slot and reserves its resources there.
+        TaskPlaced {
+            /// The task.
+            task: String,
+            /// The slot (index into the configured slots).
+            slot: u32,
+        },
+        /// A running task was suspended to make room for a higher-priority
+        /// one; it releases its resources and waits in the queue again.
+        TaskPreempted {
+            /// The suspended task.
+            task: String,
+            /// The task it made room for.
+            by: String,
+        },
+        /// A task ended; its resources are released. Every queued task gets
+        /// exactly one.
+        TaskFinished {
+            /// The task.
+            task: String,
+            /// How it ended.
+            outcome: TaskOutcome,
+            /// Detail for operators (exit status, reason).
+            detail: String,
+        },
+    }
+
+    /// Scheduling priority of a task, highest first.
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        PartialOrd,
+        Ord,
+        Hash,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+        serde::Deserialize,
+    )]
+    #[serde(rename_all = "snake_case")]
+    #[rkyv(derive(Debug, PartialEq, Eq), compare(PartialEq))]
+    pub enum TaskPriority {
+        /// May preempt everything below it.
+        Critical,
+        /// Before normal work.
+        High,
+        /// The default class.
+        Normal,
+        /// Whenever there is room.
+        Low,
+    }
+
+    /// How a task ended.
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+        serde::Deserialize,
+    )]
+    #[serde(rename_all = "snake_case")]
+    #[rkyv(derive(Debug, PartialEq, Eq), compare(PartialEq))]
+    pub enum TaskOutcome {
+        /// It ran to completion.
+        Completed,
+        /// It failed (non-zero exit, crash, failed health check).
+        Failed,
+        /// It ran out of time.
+        TimedOut,
+        /// It was cancelled before or while running.
+        Cancelled,
     }
 
     /// The lifecycle states of an agent (the seed's Agent Lifecycle
@@ -183,6 +282,32 @@ mod body {
         }
     }
 
+    impl ArchivedTaskPriority {
+        /// The native priority.
+        #[must_use]
+        pub fn to_native(&self) -> TaskPriority {
+            match self {
+                ArchivedTaskPriority::Critical => TaskPriority::Critical,
+                ArchivedTaskPriority::High => TaskPriority::High,
+                ArchivedTaskPriority::Normal => TaskPriority::Normal,
+                ArchivedTaskPriority::Low => TaskPriority::Low,
+            }
+        }
+    }
+
+    impl ArchivedTaskOutcome {
+        /// The native outcome.
+        #[must_use]
+        pub fn to_native(&self) -> TaskOutcome {
+            match self {
+                ArchivedTaskOutcome::Completed => TaskOutcome::Completed,
+                ArchivedTaskOutcome::Failed => TaskOutcome::Failed,
+                ArchivedTaskOutcome::TimedOut => TaskOutcome::TimedOut,
+                ArchivedTaskOutcome::Cancelled => TaskOutcome::Cancelled,
+            }
+        }
+    }
+
     impl ArchivedAgentState {
         /// The native state.
         #[must_use]
@@ -217,6 +342,10 @@ impl EventBody {
             EventBody::Annotated { .. } => "annotated",
             EventBody::AgentRegistered { .. } => "agent_registered",
             EventBody::AgentStateChanged { .. } => "agent_state_changed",
+            EventBody::TaskQueued { .. } => "task_queued",
+            EventBody::TaskPlaced { .. } => "task_placed",
+            EventBody::TaskPreempted { .. } => "task_preempted",
+            EventBody::TaskFinished { .. } => "task_finished",
         }
     }
 
@@ -261,6 +390,10 @@ impl ArchivedEventBody {
             ArchivedEventBody::Annotated { .. } => "annotated",
             ArchivedEventBody::AgentRegistered { .. } => "agent_registered",
             ArchivedEventBody::AgentStateChanged { .. } => "agent_state_changed",
+            ArchivedEventBody::TaskQueued { .. } => "task_queued",
+            ArchivedEventBody::TaskPlaced { .. } => "task_placed",
+            ArchivedEventBody::TaskPreempted { .. } => "task_preempted",
+            ArchivedEventBody::TaskFinished { .. } => "task_finished",
         }
     }
 }

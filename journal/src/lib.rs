@@ -29,7 +29,9 @@ pub mod verify;
 mod writer;
 
 pub use error::{Error, Result};
-pub use event::{AgentState, ArchivedAgentState, ArchivedEventBody, Event, EventBody, EventRef};
+pub use event::{
+    AgentState, ArchivedAgentState, ArchivedEventBody, Event, EventBody, EventRef, TaskOutcome, TaskPriority,
+};
 pub use head::HeadRecord;
 pub use ids::{Hash, KeyId, RunId, Seq, StreamId};
 pub use journal::{Append, Follow, Journal, Options, Reader};

@@ -347,7 +347,11 @@ fn check_body(
         }
         ArchivedEventBody::Annotated { .. }
         | ArchivedEventBody::AgentRegistered { .. }
-        | ArchivedEventBody::AgentStateChanged { .. } => {}
+        | ArchivedEventBody::AgentStateChanged { .. }
+        | ArchivedEventBody::TaskQueued { .. }
+        | ArchivedEventBody::TaskPlaced { .. }
+        | ArchivedEventBody::TaskPreempted { .. }
+        | ArchivedEventBody::TaskFinished { .. } => {}
     }
     if seq.0 == 1 && !matches!(e.body(), ArchivedEventBody::JournalOpened { .. }) {
         return Err(bad("the first event is not JournalOpened".into()));

@@ -10,7 +10,8 @@
 //!   tail, and the snapshot maintenance a journal-owning process runs;
 //! - [`journal_view`]: the journal's own audit view (counts by kind and
 //!   stream, runs, keys, checkpoints);
-//! - [`registry`]: the agent registry and each agent's lifecycle state.
+//! - [`registry`]: the agent registry and each agent's lifecycle state;
+//! - [`scheduler`]: tasks, the priority queue, slot reservations, run history.
 //!
 //! Nothing here reads the clock, draws randomness or decides anything: a
 //! projection only applies facts that are already in the journal. The only
@@ -19,11 +20,13 @@
 pub mod fold;
 pub mod journal_view;
 pub mod registry;
+pub mod scheduler;
 pub mod snapshot;
 
 pub use fold::{Folded, fold_range, maintain_snapshots, state_at};
 pub use journal_view::JournalView;
 pub use registry::{AgentEntry, AgentRegistry};
+pub use scheduler::SchedulerView;
 pub use snapshot::SnapshotStore;
 
 use stele_journal::{EventRef, Seq};

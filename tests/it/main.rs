@@ -12,6 +12,7 @@ mod lifecycle;
 mod poison;
 mod projections;
 mod prop;
+mod scheduler;
 mod tamper;
 
 use std::io::Read;
