@@ -425,6 +425,7 @@ fn at_view<P: stele_projections::Projection>(
 struct OwnedViews {
     journal: stele_projections::Folded<stele_projections::JournalView>,
     registry: stele_projections::Folded<stele_projections::AgentRegistry>,
+    scheduler: stele_projections::Folded<stele_projections::SchedulerView>,
 }
 
 impl OwnedViews {
@@ -443,11 +444,17 @@ impl OwnedViews {
                 crate::cli::config().journal.snapshot_every,
                 SNAPSHOTS_KEPT,
             )?,
+            scheduler: maintain_snapshots(
+                reader,
+                store,
+                crate::cli::config().journal.snapshot_every,
+                SNAPSHOTS_KEPT,
+            )?,
         })
     }
 
     fn seq(&self) -> Seq {
-        self.journal.seq.min(self.registry.seq)
+        self.journal.seq.min(self.registry.seq).min(self.scheduler.seq)
     }
 
     fn apply(&mut self, store: &stele_projections::SnapshotStore, e: &EventRef) -> Result<()> {
@@ -470,7 +477,8 @@ impl OwnedViews {
             Ok(())
         }
         one(&mut self.journal, store, e)?;
-        one(&mut self.registry, store, e)
+        one(&mut self.registry, store, e)?;
+        one(&mut self.scheduler, store, e)
     }
 }
 
