@@ -2,8 +2,12 @@
 //! worker slot has reserved, and per-agent run history — folded from
 //! `TaskQueued`, `TaskPlaced`, `TaskPreempted` and `TaskFinished`. The
 //! scheduler decider in `engine` decides over it.
+//!
+//! Its maps are persistent (`imbl`, ordered like `BTreeMap`): cloning the
+//! view is O(1), so the decider can fold its own facts into a working copy
+//! without copying thousands of tasks per decision.
 
-use std::collections::{BTreeMap, BTreeSet};
+use imbl::{OrdMap, OrdSet};
 
 use stele_journal::{ArchivedEventBody, EventRef, TaskOutcome, TaskPriority};
 
@@ -54,7 +58,7 @@ pub struct SlotUsage {
     /// Reserved CPU.
     pub cpu_millis: u64,
     /// Tasks running there.
-    pub tasks: BTreeSet<String>,
+    pub tasks: OrdSet<String>,
 }
 
 /// An agent's runs.
@@ -78,15 +82,15 @@ pub struct RunHistory {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SchedulerView {
     /// Tasks by id.
-    pub tasks: BTreeMap<String, TaskView>,
+    pub tasks: OrdMap<String, TaskView>,
     /// Queued tasks in the order they are considered: (priority, number).
-    pub queue: BTreeSet<(TaskPriority, u64, String)>,
+    pub queue: OrdSet<(TaskPriority, u64, String)>,
     /// Reservations by slot.
-    pub slots: BTreeMap<u32, SlotUsage>,
+    pub slots: OrdMap<u32, SlotUsage>,
     /// The next task number.
     pub next_task: u64,
     /// Per-agent history.
-    pub history: BTreeMap<String, RunHistory>,
+    pub history: OrdMap<String, RunHistory>,
 }
 
 impl SchedulerView {
