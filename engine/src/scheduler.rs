@@ -291,12 +291,24 @@ fn place(d: &mut Decision<'_>, cap: &HostCapacity) {
     let bound = d.sim.tasks.len() * 2 + 2;
     for _ in 0..bound {
         let mut changed = false;
+        // Tasks that could not be placed in this pass. A later task of equal
+        // or lower priority that needs at least as much cannot be placed
+        // either, as long as nothing changed; if something did, another
+        // pass follows, and the last pass changes nothing, so skipping is
+        // exact where it matters.
+        let mut failed: Vec<(TaskPriority, u64, u32)> = Vec::new();
         let queue: Vec<String> = d.sim.queue.iter().map(|(_, _, id)| id.clone()).collect();
         for id in queue {
             let Some(t) = d.sim.tasks.get(&id).cloned() else {
                 continue;
             };
             if t.state != TaskState::Queued {
+                continue;
+            }
+            if failed
+                .iter()
+                .any(|&(p, m, c)| p <= t.priority && m <= t.memory_mb && c <= t.cpu_millis)
+            {
                 continue;
             }
             if let Some(slot) = fit(&d.sim, cap, &t) {
@@ -311,6 +323,10 @@ fn place(d: &mut Decision<'_>, cap: &HostCapacity) {
                 }
                 d.emit(EventBody::TaskPlaced { task: id, slot });
                 changed = true;
+            } else {
+                // Keep only the minimal failures: a dominated one adds nothing.
+                failed.retain(|&(p, m, c)| !(t.priority <= p && t.memory_mb <= m && t.cpu_millis <= c));
+                failed.push((t.priority, t.memory_mb, t.cpu_millis));
             }
         }
         if !changed {
