@@ -16,21 +16,14 @@ use crate::journal_cmd::{open_reader, open_writer, runtime};
 fn decide_and_append(data: &Path, journal: &Journal, command: LifecycleCommand) -> Result<Vec<EventBody>> {
     let reader = journal.reader();
     let registry = state_at::<AgentRegistry>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
+    let stream = agent_stream(command.agent());
     let facts = decide(&registry, command)?;
     let appends: Vec<Append> = facts
         .iter()
-        .map(|body| {
-            let agent = match body {
-                EventBody::AgentRegistered { agent, .. } | EventBody::AgentStateChanged { agent, .. } => {
-                    agent
-                }
-                _ => unreachable!("the lifecycle decider only emits agent facts"),
-            };
-            Append {
-                stream: agent_stream(agent),
-                cause: None,
-                body: body.clone(),
-            }
+        .map(|body| Append {
+            stream: stream.clone(),
+            cause: None,
+            body: body.clone(),
         })
         .collect();
     runtime()?.block_on(journal.append_many(appends))?;

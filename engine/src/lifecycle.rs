@@ -45,6 +45,17 @@ pub enum LifecycleCommand {
     },
 }
 
+impl LifecycleCommand {
+    /// The agent the command (and every fact it yields) is about.
+    #[must_use]
+    pub fn agent(&self) -> &str {
+        match self {
+            LifecycleCommand::Register { definition, .. } => &definition.name,
+            LifecycleCommand::Transition { agent, .. } | LifecycleCommand::Stop { agent, .. } => agent,
+        }
+    }
+}
+
 /// Why a command was refused. Nothing is appended.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
