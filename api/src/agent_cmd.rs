@@ -1,16 +1,21 @@
-//! `stele agent …`: validate, register, list and stop agents. Registration
-//! and stopping run the lifecycle decider in this process, which must own
-//! the journal (until `stele up` serves them).
+//! `stele agent …`, `stele status`, `stele down`: validate, register, list
+//! and stop agents. When `stele up` runs on the data directory, these go
+//! through its HTTP control API (the runtime decides, schedules and runs);
+//! otherwise registration and stopping run the lifecycle decider in this
+//! process, which then owns the journal, and `stele up` schedules the
+//! agents when it starts.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use stele_engine::{AgentDefinition, ExecutionMode, LifecycleCommand, Runs, agent_stream, decide};
+use stele_engine::{AgentDefinition, LifecycleCommand, Runs, agent_stream, decide};
 use stele_journal::{Append, EventBody, Journal};
 use stele_projections::{AgentRegistry, SnapshotStore, state_at};
 
+use crate::client::Daemon;
 use crate::journal_cmd::{open_reader, open_writer, runtime};
+use crate::up::mode_name;
 
 /// Folds the registry, decides, and appends the facts atomically.
 fn decide_and_append(data: &Path, journal: &Journal, command: LifecycleCommand) -> Result<Vec<EventBody>> {
@@ -34,6 +39,14 @@ pub fn register(data: &Path, file: &Path) -> Result<ExitCode> {
     let definition = AgentDefinition::load(file)?;
     let source = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let name = definition.name.clone();
+    if let Some(d) = Daemon::find(data) {
+        let v = d
+            .post("/v1/agents", "application/toml", &source)?
+            .ok()
+            .with_context(|| format!("registering {}", file.display()))?;
+        println!("registered {name} ({})", v["state"].as_str().unwrap_or("?"));
+        return Ok(ExitCode::SUCCESS);
+    }
     let journal = open_writer(data)?;
     decide_and_append(
         data,
@@ -48,6 +61,14 @@ pub fn register(data: &Path, file: &Path) -> Result<ExitCode> {
 }
 
 pub fn stop(data: &Path, name: &str, reason: String) -> Result<ExitCode> {
+    if let Some(d) = Daemon::find(data) {
+        let body = serde_json::json!({ "reason": reason }).to_string();
+        d.post(&format!("/v1/agents/{name}/stop"), "application/json", &body)?
+            .ok()
+            .with_context(|| format!("stopping {name}"))?;
+        println!("stopping {name} (it terminates when its task has ended)");
+        return Ok(ExitCode::SUCCESS);
+    }
     let journal = open_writer(data)?;
     decide_and_append(
         data,
@@ -62,6 +83,28 @@ pub fn stop(data: &Path, name: &str, reason: String) -> Result<ExitCode> {
 }
 
 pub fn list(data: &Path, json: bool) -> Result<ExitCode> {
+    if let Some(d) = Daemon::find(data) {
+        let v = d.get("/v1/agents")?.ok()?;
+        if json {
+            println!("{v}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        for a in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let s = |k: &str| a[k].as_str().unwrap_or("-").to_owned();
+            println!(
+                "{:<24} {:<12} {:<10} {:<24} runs {:<5} task {:<10} last {} ({})",
+                s("name"),
+                s("state"),
+                s("priority"),
+                s("mode"),
+                a["runs"],
+                s("active_task"),
+                s("last_exit"),
+                s("last_reason")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let reader = open_reader(data)?;
     let registry = state_at::<AgentRegistry>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
     if json {
@@ -80,15 +123,96 @@ pub fn list(data: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn mode_name(m: &ExecutionMode) -> String {
-    match m {
-        ExecutionMode::Ephemeral => "ephemeral".into(),
-        ExecutionMode::Persistent => "persistent".into(),
-        ExecutionMode::Scheduled { interval } => {
-            format!("scheduled every {}", humantime::format_duration(*interval))
+/// `stele status`.
+pub fn status(data: &Path, json: bool) -> Result<ExitCode> {
+    let Some(d) = Daemon::find(data) else {
+        let reader = open_reader(data)?;
+        let registry =
+            state_at::<AgentRegistry>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
+        let mut by_state = std::collections::BTreeMap::<&str, u64>::new();
+        for a in registry.agents.values() {
+            *by_state.entry(a.state.name()).or_default() += 1;
         }
-        ExecutionMode::EventDriven { .. } => "event-driven".into(),
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"running": false, "data": data.display().to_string(),
+                    "head": reader.head().seq.0, "agents": by_state})
+            );
+        } else {
+            println!("runtime: not running on {}", data.display());
+            println!("journal: head {}", reader.head().seq.0);
+            println!("agents:  {by_state:?}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let v = d.get("/v1/status")?.ok()?;
+    if json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
     }
+    println!(
+        "runtime: running (pid {}) on {}",
+        v["pid"],
+        v["data"].as_str().unwrap_or("?")
+    );
+    if v["shutting_down"].as_bool() == Some(true) {
+        println!("         shutting down (step {} of 6)", v["shutdown_step"]);
+    }
+    println!(
+        "journal: head {} ({} events since start)",
+        v["head"], v["events_this_run"]
+    );
+    println!("confine: {}", v["confinement"].as_str().unwrap_or("?"));
+    println!("agents:  {}", v["agents"]);
+    println!(
+        "tasks:   {} running, {} queued",
+        v["tasks"]["running"], v["tasks"]["queued"]
+    );
+    for s in v["slots"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        println!(
+            "slot {}:  {}/{} MB, {}/{} mcpu: {}",
+            s["slot"], s["used_memory_mb"], s["memory_mb"], s["used_cpu_millis"], s["cpu_millis"], s["tasks"]
+        );
+    }
+    for t in v["running_tasks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!(
+            "  {} {} pid {} rss {} KiB cpu {} ms",
+            t["task"].as_str().unwrap_or("?"),
+            t["agent"].as_str().unwrap_or("?"),
+            t["pid"],
+            t["rss_kb"],
+            t["cpu_ms"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stele down`.
+pub fn down(data: &Path, no_wait: bool) -> Result<ExitCode> {
+    let Some(d) = Daemon::find(data) else {
+        anyhow::bail!("no stele runtime is running on {}", data.display());
+    };
+    d.post("/v1/shutdown", "application/json", "{}")?.ok()?;
+    if no_wait {
+        println!("shutting down (pid {})", d.pid());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", d.pid()));
+    let grace = crate::cli::config().runtime.stop_grace;
+    let deadline = std::time::Instant::now() + grace + std::time::Duration::from_secs(30);
+    while proc_dir.exists() && crate::up::up_file(data).exists() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the runtime (pid {}) has not stopped yet", d.pid());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    println!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn validate(files: &[PathBuf], json: bool) -> Result<ExitCode> {

@@ -34,6 +34,31 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the runtime: load the configuration, open the journal, recover,
+    /// register the agents of --agents DIR, run them, serve the HTTP control
+    /// API on 127.0.0.1. SIGTERM/SIGINT shut it down gracefully (a second
+    /// signal kills what still runs).
+    Up {
+        /// Register every `*.toml` agent definition in this directory
+        /// (agents already registered with the same definition are kept).
+        #[arg(long)]
+        agents: Option<PathBuf>,
+        /// HTTP port on 127.0.0.1 (default `[runtime] http_port`; 0: any).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// The running runtime's state: agents, tasks, slots, processes.
+    Status {
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shut the running runtime down gracefully (as SIGTERM does).
+    Down {
+        /// Return at once instead of waiting until it has stopped.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Append to, verify, checkpoint and prove the journal.
     #[command(subcommand)]
     Journal(JournalCmd),
@@ -47,8 +72,9 @@ pub enum Command {
         /// The seq, or `head`.
         seq: String,
         /// The view: `journal` (counts by kind and stream, runs, keys,
-        /// checkpoints), `registry` (agents and their lifecycle states) or
-        /// `scheduler` (tasks, queue, slot reservations, run history).
+        /// checkpoints), `registry` (agents and their lifecycle states),
+        /// `scheduler` (tasks, queue, slot reservations, run history) or
+        /// `execution` (host, live processes, timers, failure streaks).
         #[arg(long, default_value = "journal")]
         view: String,
         /// Compact JSON.
@@ -331,6 +357,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", toml::to_string_pretty(config())?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Up { agents, port } => crate::up::up(&data, agents.as_deref(), port),
+        Command::Status { json } => crate::agent_cmd::status(&data, json),
+        Command::Down { no_wait } => crate::agent_cmd::down(&data, no_wait),
         Command::Agent(AgentCmd::Validate { files, json }) => crate::agent_cmd::validate(&files, json),
         Command::Agent(AgentCmd::Register { file }) => crate::agent_cmd::register(&data, &file),
         Command::Agent(AgentCmd::List { json }) => crate::agent_cmd::list(&data, json),

@@ -266,6 +266,47 @@ fn summary(e: &EventRef) -> String {
         } => {
             format!("{task} {:?} ({detail})", outcome.to_native())
         }
+        ArchivedEventBody::RuntimeStarted { pid, host, .. } => format!(
+            "pid {}, {} slots, {}",
+            pid.to_native(),
+            host.slot_memory_mb.len(),
+            host.placement
+        ),
+        ArchivedEventBody::TimerFired { agent, timer, tick } => {
+            format!("{agent}: {timer} tick {}", tick.to_native())
+        }
+        ArchivedEventBody::AgentStopRequested { agent, reason } => format!("{agent} ({reason})"),
+        ArchivedEventBody::ProcessStarted { task, agent, pid, .. } => {
+            format!("{task} of {agent}: pid {}", pid.to_native())
+        }
+        ArchivedEventBody::ResourcesSampled { task, rss_kb, cpu_ms } => format!(
+            "{task}: rss {} KiB, cpu {} ms",
+            rss_kb.to_native(),
+            cpu_ms.to_native()
+        ),
+        ArchivedEventBody::ProcessExited { task, exit } => {
+            let how = match (exit.code.as_ref(), exit.signal.as_ref()) {
+                (Some(c), _) => format!("exit {}", c.to_native()),
+                (None, Some(s)) => format!("signal {}", s.to_native()),
+                (None, None) => "ended".to_owned(),
+            };
+            let late = if exit.timed_out { ", timed out" } else { "" };
+            format!("{task}: {how} after {} ms{late}", exit.wall_ms.to_native())
+        }
+        ArchivedEventBody::RunInterrupted { task, detail, .. } => format!("{task}: {detail}"),
+        ArchivedEventBody::ShutdownStep { step, name, detail } => {
+            format!("{}/6 {name}: {detail}", step.to_native())
+        }
+        ArchivedEventBody::HealthChecked {
+            task,
+            ok,
+            failures,
+            detail,
+            ..
+        } => {
+            let verdict = if *ok { "healthy again" } else { "unhealthy" };
+            format!("{task}: {verdict} ({} in a row): {detail}", failures.to_native())
+        }
     }
 }
 
@@ -373,19 +414,21 @@ pub fn events(data: &Path, args: &EventsArgs) -> Result<ExitCode> {
 }
 
 /// Snapshots kept per projection.
-const SNAPSHOTS_KEPT: usize = 3;
+pub const SNAPSHOTS_KEPT: usize = 3;
 
 pub fn at(data: &Path, seq: &str, view: &str, json: bool) -> Result<ExitCode> {
-    use stele_projections::{AgentRegistry, JournalView, Projection, SchedulerView};
+    use stele_projections::{AgentRegistry, ExecutionView, JournalView, Projection, SchedulerView};
     match view {
+        ExecutionView::NAME => at_view::<ExecutionView>(data, seq, view, json),
         JournalView::NAME => at_view::<JournalView>(data, seq, view, json),
         AgentRegistry::NAME => at_view::<AgentRegistry>(data, seq, view, json),
         SchedulerView::NAME => at_view::<SchedulerView>(data, seq, view, json),
         _ => anyhow::bail!(
-            "unknown view {view:?}; known views: {}, {}, {}",
+            "unknown view {view:?}; known views: {}, {}, {}, {}",
             JournalView::NAME,
             AgentRegistry::NAME,
-            SchedulerView::NAME
+            SchedulerView::NAME,
+            ExecutionView::NAME
         ),
     }
 }
@@ -421,67 +464,6 @@ fn at_view<P: stele_projections::Projection>(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The projections a journal-owning process keeps current and snapshots.
-struct OwnedViews {
-    journal: stele_projections::Folded<stele_projections::JournalView>,
-    registry: stele_projections::Folded<stele_projections::AgentRegistry>,
-    scheduler: stele_projections::Folded<stele_projections::SchedulerView>,
-}
-
-impl OwnedViews {
-    fn load(reader: &Reader, store: &stele_projections::SnapshotStore) -> Result<OwnedViews> {
-        use stele_projections::maintain_snapshots;
-        Ok(OwnedViews {
-            journal: maintain_snapshots(
-                reader,
-                store,
-                crate::cli::config().journal.snapshot_every,
-                SNAPSHOTS_KEPT,
-            )?,
-            registry: maintain_snapshots(
-                reader,
-                store,
-                crate::cli::config().journal.snapshot_every,
-                SNAPSHOTS_KEPT,
-            )?,
-            scheduler: maintain_snapshots(
-                reader,
-                store,
-                crate::cli::config().journal.snapshot_every,
-                SNAPSHOTS_KEPT,
-            )?,
-        })
-    }
-
-    fn seq(&self) -> Seq {
-        self.journal.seq.min(self.registry.seq).min(self.scheduler.seq)
-    }
-
-    fn apply(&mut self, store: &stele_projections::SnapshotStore, e: &EventRef) -> Result<()> {
-        fn one<P: stele_projections::Projection>(
-            f: &mut stele_projections::Folded<P>,
-            store: &stele_projections::SnapshotStore,
-            e: &EventRef,
-        ) -> Result<()> {
-            if e.seq() > f.seq {
-                f.state.apply(e);
-                f.seq = e.seq();
-                if e.seq()
-                    .0
-                    .is_multiple_of(crate::cli::config().journal.snapshot_every)
-                {
-                    store.save(e.seq(), e.hash(), &f.state)?;
-                    store.prune::<P>(SNAPSHOTS_KEPT)?;
-                }
-            }
-            Ok(())
-        }
-        one(&mut self.journal, store, e)?;
-        one(&mut self.registry, store, e)?;
-        one(&mut self.scheduler, store, e)
-    }
-}
-
 pub fn tail(data: &Path, args: &TailArgs) -> Result<ExitCode> {
     let journal = match writer_or_remote(data)? {
         Owner::Local(j) => j,
@@ -509,7 +491,7 @@ pub fn tail(data: &Path, args: &TailArgs) -> Result<ExitCode> {
     let from = args.from.map_or_else(|| reader.head().seq.next(), Seq);
     // The owner keeps the projections' snapshots current as it goes.
     let store = stele_projections::SnapshotStore::new(data);
-    let mut views = OwnedViews::load(&reader, &store)?;
+    let mut views = crate::views::OwnedViews::load(&reader, &store)?;
     let rt = runtime()?;
     rt.block_on(async {
         let _server = crate::control::Server::start(data, journal.clone())?;

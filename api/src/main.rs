@@ -5,15 +5,30 @@
 mod agent_cmd;
 mod bench;
 mod cli;
+mod client;
 mod control;
 mod journal_cmd;
 mod proof;
+mod up;
+mod views;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Hidden: `stele __confine …` is the process runner's launcher
+    // (stele_engine::process); it confines itself and execs the task's
+    // command, returning only if that failed.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == stele_engine::process::CONFINE_SUBCOMMAND)
+    {
+        let rest: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+        let e = stele_engine::process::confine_and_exec(&rest);
+        eprintln!("error: cannot start confined command: {e}");
+        return ExitCode::from(127);
+    }
     let cli = cli::Cli::parse();
     // Quiet by default: errors reach the user as one line on stderr;
     // STELE_LOG_LEVEL (e.g. `debug`) turns logs on.

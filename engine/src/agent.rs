@@ -22,6 +22,13 @@
 //! kind = "process"
 //! command = "/bin/sh"
 //! args = ["-c", "date"]
+//!
+//! [health]                            # optional probe while it runs
+//! command = "/bin/sh"
+//! args = ["-c", "test -e /tmp/ready"]
+//! interval = "10s"
+//! timeout = "2s"
+//! retries = 3
 //! ```
 //!
 //! What an agent runs is an open enum: an LLM reasoning loop and sandbox
@@ -54,6 +61,33 @@ pub struct AgentDefinition {
     pub limits: ResourceLimits,
     /// What it runs.
     pub runs: Runs,
+    /// A probe run while its process runs (persistent agents mostly).
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+}
+
+/// A health probe: a command run every `interval` while the agent's process
+/// runs; exit 0 within `timeout` is healthy. After `retries` failures in a
+/// row the process is stopped and its run ends as failed (a persistent
+/// agent then restarts with backoff). Failures and recoveries are events.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Absolute path of the probe.
+    #[serde(deserialize_with = "absolute_path")]
+    pub command: PathBuf,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Time between probes.
+    #[serde(deserialize_with = "interval")]
+    pub interval: Duration,
+    /// Longest a probe may take.
+    #[serde(deserialize_with = "probe_timeout")]
+    pub timeout: Duration,
+    /// Failures in a row that make the process unhealthy (1–100).
+    #[serde(deserialize_with = "retries")]
+    pub retries: u32,
 }
 
 /// Scheduling priority, highest first.
@@ -192,7 +226,7 @@ fn memory_mb<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     Ok(v)
 }
 
-fn cpu_cores<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+pub(crate) fn cpu_cores<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let v = f64::deserialize(d)?;
     if !(v > 0.0 && v <= 1024.0) {
         return Err(serde::de::Error::custom(format!(
@@ -219,6 +253,20 @@ fn positive_duration<'de, D: Deserializer<'de>>(field: &str, d: D) -> Result<Dur
 
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     positive_duration("interval", d)
+}
+
+fn probe_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    positive_duration("timeout", d)
+}
+
+fn retries<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if !(1..=100).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "retries must be 1 to 100, not {v}"
+        )));
+    }
+    Ok(v)
 }
 
 fn execution_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -26,6 +26,8 @@ pub struct Config {
     pub mcp: McpConfig,
     /// The event log.
     pub journal: JournalConfig,
+    /// Worker slots and placement.
+    pub scheduler: SchedulerConfig,
 }
 
 /// `[runtime]`.
@@ -40,6 +42,84 @@ pub struct RuntimeConfig {
     pub message_buffer_size: u64,
     /// Housekeeping interval.
     pub gc_interval_ms: u64,
+    /// Port of the HTTP control API on 127.0.0.1 (0: any free port; the
+    /// one chosen is written to `<data>/up.json`).
+    pub http_port: u16,
+    /// How long a process asked to stop (SIGTERM) may take before SIGKILL.
+    #[serde(with = "duration_text")]
+    pub stop_grace: std::time::Duration,
+    /// How often a running process's memory and CPU are sampled.
+    #[serde(with = "duration_text")]
+    pub sample_interval: std::time::Duration,
+    /// Bytes of stdout and of stderr kept per run; the rest is counted.
+    #[serde(deserialize_with = "byte_size")]
+    pub output_limit: u64,
+}
+
+/// `[scheduler]`: the host as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Worker slots (each runs any number of tasks that fit in it), 1–1024.
+    #[serde(deserialize_with = "slot_count")]
+    pub slots: u32,
+    /// Memory of each slot.
+    #[serde(deserialize_with = "byte_size")]
+    pub slot_memory: u64,
+    /// CPU of each slot, in cores (0 < cores ≤ 1024).
+    #[serde(deserialize_with = "crate::agent::cpu_cores")]
+    pub slot_cpu_cores: f64,
+    /// `first-fit` or `best-fit`.
+    pub placement: crate::scheduler::Placement,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            slots: 2,
+            slot_memory: 1 << 30,
+            slot_cpu_cores: 1.0,
+            placement: crate::scheduler::Placement::FirstFit,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The host capacity the scheduler decides against.
+    #[must_use]
+    pub fn host(&self) -> crate::scheduler::HostCapacity {
+        crate::scheduler::HostCapacity {
+            slots: (0..self.slots)
+                .map(|_| crate::scheduler::SlotCapacity {
+                    memory_mb: self.slot_memory >> 20,
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    cpu_millis: (self.slot_cpu_cores * 1000.0).round() as u64,
+                })
+                .collect(),
+            placement: self.placement,
+        }
+    }
+}
+
+/// Durations written as text (`"30s"`, `"5m"`, `"250ms"`).
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        let v = humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}")))?;
+        if v.is_zero() {
+            return Err(serde::de::Error::custom("a duration of zero is not allowed here"));
+        }
+        Ok(v)
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -49,6 +129,10 @@ impl Default for RuntimeConfig {
             scheduler_threads: 8,
             message_buffer_size: 1_048_576,
             gc_interval_ms: 100,
+            http_port: 7411,
+            stop_grace: std::time::Duration::from_secs(30),
+            sample_interval: std::time::Duration::from_secs(5),
+            output_limit: 64 * 1024,
         }
     }
 }
@@ -221,6 +305,16 @@ fn crypto_provider<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> 
     }
 }
 
+fn slot_count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if !(1..=1024).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "slots must be 1 to 1024, not {v}"
+        )));
+    }
+    Ok(v)
+}
+
 fn checkpoint_interval<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let v = u64::deserialize(d)?;
     if v == 1 {
@@ -287,7 +381,7 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 5] = ["runtime", "security", "context", "mcp", "journal"];
+const SECTIONS: [&str; 6] = ["runtime", "security", "context", "mcp", "journal", "scheduler"];
 
 fn env_value(raw: &str) -> toml::Value {
     if let Ok(b) = raw.parse::<bool>() {

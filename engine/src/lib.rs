@@ -5,15 +5,22 @@
 //! - [`agent`]: agent definitions (TOML) and their validation;
 //! - [`config`]: `stele.toml` and its environment overrides;
 //! - [`lifecycle`]: the lifecycle decider (registration, transitions);
-//! - [`scheduler`]: the scheduler decider (priority queue, placement, preemption).
+//! - [`scheduler`]: the scheduler decider (priority queue, placement, preemption);
+//! - [`llm`]: what the reasoning loop exchanges with inference providers;
+//! - [`runtime`]: the runtime decider `stele up` runs: lifecycle + scheduler +
+//!   execution modes, recovery and shutdown, answering with facts and effects;
+//! - [`process`]: the native process effect runner (rlimits / cgroup v2,
+//!   timeouts, bounded output, sampling).
 //!
 //! Deciders never read the clock, draw randomness or touch the network;
-//! whatever they need from the world arrives as a journaled event. The
-//! registry, lifecycle, scheduler and runners arrive with the engine issue.
+//! whatever they need from the world arrives as a journaled event.
 
 pub mod agent;
 pub mod config;
 pub mod lifecycle;
+pub mod llm;
+pub mod process;
+pub mod runtime;
 pub mod scheduler;
 
 pub use agent::{AgentDefinition, DefinitionError, ExecutionMode, Priority, ResourceLimits, Runs};

@@ -48,9 +48,18 @@ pub const ENVELOPE_BYTES: usize = 1 + 32 + 32 + 8 + 64;
 pub const CANONICAL_HEADER_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 2;
 
 pub use body::{
-    AgentState, ArchivedAgentState, ArchivedEventBody, ArchivedTaskOutcome, ArchivedTaskPriority, EventBody,
-    TaskOutcome, TaskPriority,
+    AgentState, ArchivedAgentState, ArchivedEventBody, ArchivedProcessExit, ArchivedRuntimeHost,
+    ArchivedTaskOutcome, ArchivedTaskPriority, EventBody, ProcessExit, RuntimeHost, TaskOutcome,
+    TaskPriority,
 };
+
+/// The size of the archived `EventBody` (the tag plus its largest
+/// variant), which every stored body was written with. rkyv places the root
+/// at the end of the body bytes by this size, so it can never change: a new
+/// variant whose fields would be larger boxes them (an archived `Box` is a
+/// 4-byte relative pointer), as `RuntimeStarted` and `ProcessExited` do. A
+/// test pins it; the golden journal catches a change too.
+pub const ARCHIVED_BODY_BYTES: usize = 61;
 
 #[allow(missing_docs)] // rkyv's generated resolver types carry no docs
 mod body {
@@ -175,7 +184,165 @@ mod body {
             /// Detail for operators (exit status, reason).
             detail: String,
         },
+        /// A `stele up` runtime started on this journal. It records what the
+        /// scheduler decides against, so a replay needs no configuration.
+        RuntimeStarted {
+            /// The process id of the runtime.
+            pid: u32,
+            /// The software (`stele x.y.z`).
+            software: String,
+            /// The host it schedules on (boxed: see [`ARCHIVED_BODY_BYTES`]).
+            #[serde(flatten)]
+            host: Box<RuntimeHost>,
+        },
+        /// A timer of an agent fired: a scheduled agent's interval or a
+        /// persistent agent's restart backoff. Timers enter the journal, so
+        /// replay needs no clock.
+        TimerFired {
+            /// The agent.
+            agent: String,
+            /// Which timer (`interval`, `restart`).
+            timer: String,
+            /// How many times this timer fired for the agent, this one included.
+            tick: u64,
+        },
+        /// An operator asked a running agent to stop; it terminates once its
+        /// task has ended.
+        AgentStopRequested {
+            /// The agent.
+            agent: String,
+            /// Why.
+            reason: String,
+        },
+        /// The process of a task was started.
+        ProcessStarted {
+            /// The task (also its run id).
+            task: String,
+            /// The agent.
+            agent: String,
+            /// Its process id (and process group).
+            pid: u32,
+            /// Its start time in clock ticks since boot (`/proc/<pid>/stat`),
+            /// so a later runtime never mistakes a reused pid for it.
+            start_ticks: u64,
+            /// The limits in force and how they are enforced.
+            confinement: String,
+        },
+        /// A sample of a running task's resource use.
+        ResourcesSampled {
+            /// The task.
+            task: String,
+            /// Resident memory, KiB.
+            rss_kb: u64,
+            /// CPU time used so far, milliseconds.
+            cpu_ms: u64,
+        },
+        /// The process of a task ended (the effect's result).
+        ProcessExited {
+            /// The task.
+            task: String,
+            /// How (boxed: see [`ARCHIVED_BODY_BYTES`]).
+            #[serde(flatten)]
+            exit: Box<ProcessExit>,
+        },
+        /// A task was running when its runtime ended without recording how it
+        /// ended (a crash or `kill -9`); a restarted runtime records this.
+        RunInterrupted {
+            /// The task.
+            task: String,
+            /// The agent.
+            agent: String,
+            /// What was found (e.g. whether the orphan process was killed).
+            detail: String,
+        },
+        /// One step of a graceful shutdown.
+        ShutdownStep {
+            /// 1 to 6, in order.
+            step: u32,
+            /// `stop-admission`, `signal-agents`, `force-kill`,
+            /// `flush-metrics`, `release-resources`, `clear-queue`.
+            name: String,
+            /// What was done.
+            detail: String,
+        },
+        /// A task's health probe changed its verdict: it failed (again), or
+        /// it passed after failing. Passing probes of a healthy task are not
+        /// recorded.
+        HealthChecked {
+            /// The task.
+            task: String,
+            /// The agent.
+            agent: String,
+            /// Whether the probe passed.
+            ok: bool,
+            /// Failures in a row, this one included (0 when it passed).
+            failures: u32,
+            /// The probe's outcome (exit status, timeout, output).
+            detail: String,
+        },
     }
+
+    /// The host a runtime schedules on, as `RuntimeStarted` records it.
+    #[derive(
+        Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub struct RuntimeHost {
+        /// Worker slots: memory of each, in MB.
+        pub slot_memory_mb: Vec<u64>,
+        /// Worker slots: CPU of each, in thousandths of a core.
+        pub slot_cpu_millis: Vec<u64>,
+        /// Placement strategy (`first-fit`, `best-fit`).
+        pub placement: String,
+        /// How processes are confined here (rlimits, cgroup v2).
+        pub confinement: String,
+        /// BLAKE3 of the effective configuration (TOML).
+        #[serde(serialize_with = "ser_hex")]
+        pub config_hash: [u8; 32],
+    }
+
+    /// How a task's process ended, as `ProcessExited` records it.
+    #[derive(
+        Clone,
+        Debug,
+        Default,
+        PartialEq,
+        Eq,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub struct ProcessExit {
+        /// Exit code, when it exited.
+        pub code: Option<i32>,
+        /// The signal that ended it, when one did.
+        pub signal: Option<i32>,
+        /// Killed for running past its `execution_timeout`.
+        pub timed_out: bool,
+        /// Ended because it was asked to stop (preemption, stop, shutdown).
+        pub stopped: bool,
+        /// The start of its standard output (bounded).
+        pub stdout: String,
+        /// The start of its standard error (bounded).
+        pub stderr: String,
+        /// Bytes of output not kept (both streams).
+        pub output_dropped: u64,
+        /// Wall time, milliseconds.
+        pub wall_ms: u64,
+        /// CPU time, milliseconds.
+        pub cpu_ms: u64,
+        /// Largest resident memory seen, KiB.
+        pub max_rss_kb: u64,
+    }
+
+    use super::ARCHIVED_BODY_BYTES;
+
+    const _: () = assert!(
+        std::mem::size_of::<ArchivedEventBody>() == ARCHIVED_BODY_BYTES,
+        "the archived EventBody changed size: box the new variant's fields"
+    );
 
     /// Scheduling priority of a task, highest first.
     #[derive(
@@ -346,6 +513,15 @@ impl EventBody {
             EventBody::TaskPlaced { .. } => "task_placed",
             EventBody::TaskPreempted { .. } => "task_preempted",
             EventBody::TaskFinished { .. } => "task_finished",
+            EventBody::RuntimeStarted { .. } => "runtime_started",
+            EventBody::TimerFired { .. } => "timer_fired",
+            EventBody::AgentStopRequested { .. } => "agent_stop_requested",
+            EventBody::ProcessStarted { .. } => "process_started",
+            EventBody::ResourcesSampled { .. } => "resources_sampled",
+            EventBody::ProcessExited { .. } => "process_exited",
+            EventBody::RunInterrupted { .. } => "run_interrupted",
+            EventBody::ShutdownStep { .. } => "shutdown_step",
+            EventBody::HealthChecked { .. } => "health_checked",
         }
     }
 
@@ -356,6 +532,16 @@ impl EventBody {
     pub fn run_id(&self) -> Result<Option<RunId>> {
         match self {
             EventBody::Annotated { run: Some(r), .. } => RunId::new(r.clone()).map(Some),
+            // A task's whole story is one run: `stele events --run task-7`.
+            EventBody::TaskQueued { task, .. }
+            | EventBody::TaskPlaced { task, .. }
+            | EventBody::TaskPreempted { task, .. }
+            | EventBody::TaskFinished { task, .. }
+            | EventBody::ProcessStarted { task, .. }
+            | EventBody::ResourcesSampled { task, .. }
+            | EventBody::ProcessExited { task, .. }
+            | EventBody::RunInterrupted { task, .. }
+            | EventBody::HealthChecked { task, .. } => RunId::new(task.clone()).map(Some),
             _ => Ok(None),
         }
     }
@@ -380,6 +566,24 @@ impl EventBody {
 }
 
 impl ArchivedEventBody {
+    /// The run this event belongs to, as [`EventBody::run_id`] says.
+    #[must_use]
+    pub fn run(&self) -> Option<&str> {
+        match self {
+            ArchivedEventBody::Annotated { run, .. } => run.as_ref().map(|r| r.as_str()),
+            ArchivedEventBody::TaskQueued { task, .. }
+            | ArchivedEventBody::TaskPlaced { task, .. }
+            | ArchivedEventBody::TaskPreempted { task, .. }
+            | ArchivedEventBody::TaskFinished { task, .. }
+            | ArchivedEventBody::ProcessStarted { task, .. }
+            | ArchivedEventBody::ResourcesSampled { task, .. }
+            | ArchivedEventBody::ProcessExited { task, .. }
+            | ArchivedEventBody::RunInterrupted { task, .. }
+            | ArchivedEventBody::HealthChecked { task, .. } => Some(task.as_str()),
+            _ => None,
+        }
+    }
+
     /// See [`EventBody::kind`].
     #[must_use]
     pub fn kind(&self) -> &'static str {
@@ -394,6 +598,15 @@ impl ArchivedEventBody {
             ArchivedEventBody::TaskPlaced { .. } => "task_placed",
             ArchivedEventBody::TaskPreempted { .. } => "task_preempted",
             ArchivedEventBody::TaskFinished { .. } => "task_finished",
+            ArchivedEventBody::RuntimeStarted { .. } => "runtime_started",
+            ArchivedEventBody::TimerFired { .. } => "timer_fired",
+            ArchivedEventBody::AgentStopRequested { .. } => "agent_stop_requested",
+            ArchivedEventBody::ProcessStarted { .. } => "process_started",
+            ArchivedEventBody::ResourcesSampled { .. } => "resources_sampled",
+            ArchivedEventBody::ProcessExited { .. } => "process_exited",
+            ArchivedEventBody::RunInterrupted { .. } => "run_interrupted",
+            ArchivedEventBody::ShutdownStep { .. } => "shutdown_step",
+            ArchivedEventBody::HealthChecked { .. } => "health_checked",
         }
     }
 }

@@ -30,7 +30,8 @@ mod writer;
 
 pub use error::{Error, Result};
 pub use event::{
-    AgentState, ArchivedAgentState, ArchivedEventBody, Event, EventBody, EventRef, TaskOutcome, TaskPriority,
+    AgentState, ArchivedAgentState, ArchivedEventBody, Event, EventBody, EventRef, ProcessExit, RuntimeHost,
+    TaskOutcome, TaskPriority,
 };
 pub use head::HeadRecord;
 pub use ids::{Hash, KeyId, RunId, Seq, StreamId};

@@ -351,7 +351,16 @@ fn check_body(
         | ArchivedEventBody::TaskQueued { .. }
         | ArchivedEventBody::TaskPlaced { .. }
         | ArchivedEventBody::TaskPreempted { .. }
-        | ArchivedEventBody::TaskFinished { .. } => {}
+        | ArchivedEventBody::TaskFinished { .. }
+        | ArchivedEventBody::RuntimeStarted { .. }
+        | ArchivedEventBody::TimerFired { .. }
+        | ArchivedEventBody::AgentStopRequested { .. }
+        | ArchivedEventBody::ProcessStarted { .. }
+        | ArchivedEventBody::ResourcesSampled { .. }
+        | ArchivedEventBody::ProcessExited { .. }
+        | ArchivedEventBody::RunInterrupted { .. }
+        | ArchivedEventBody::ShutdownStep { .. }
+        | ArchivedEventBody::HealthChecked { .. } => {}
     }
     if seq.0 == 1 && !matches!(e.body(), ArchivedEventBody::JournalOpened { .. }) {
         return Err(bad("the first event is not JournalOpened".into()));

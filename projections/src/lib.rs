@@ -11,18 +11,21 @@
 //! - [`journal_view`]: the journal's own audit view (counts by kind and
 //!   stream, runs, keys, checkpoints);
 //! - [`registry`]: the agent registry and each agent's lifecycle state;
-//! - [`scheduler`]: tasks, the priority queue, slot reservations, run history.
+//! - [`scheduler`]: tasks, the priority queue, slot reservations, run history;
+//! - [`execution`]: the host, admission, live processes, timers, failure streaks.
 //!
 //! Nothing here reads the clock, draws randomness or decides anything: a
 //! projection only applies facts that are already in the journal. The only
 //! I/O is reading the journal and reading/writing snapshot files.
 
+pub mod execution;
 pub mod fold;
 pub mod journal_view;
 pub mod registry;
 pub mod scheduler;
 pub mod snapshot;
 
+pub use execution::ExecutionView;
 pub use fold::{Folded, fold_range, maintain_snapshots, state_at};
 pub use journal_view::JournalView;
 pub use registry::{AgentEntry, AgentRegistry};

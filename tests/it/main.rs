@@ -10,10 +10,13 @@ mod golden;
 mod layering;
 mod lifecycle;
 mod poison;
+mod process;
 mod projections;
 mod prop;
+mod runtime;
 mod scheduler;
 mod tamper;
+mod up;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;

@@ -1,0 +1,94 @@
+//! The client side of `stele up`'s HTTP control API: commands find the
+//! daemon through `<data>/up.json` and fall back to opening the data
+//! directory themselves when none runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    base: String,
+    pid: u32,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The body on success, or the API's error message.
+    pub fn ok(self) -> Result<Value> {
+        if (200..300).contains(&self.status) {
+            return Ok(self.body);
+        }
+        let message = self.body["error"]["message"]
+            .as_str()
+            .map_or_else(|| self.body.to_string(), str::to_owned);
+        bail!("{message}")
+    }
+}
+
+impl Daemon {
+    /// The daemon serving `data`, if one runs (its `up.json` names a live
+    /// process that answers).
+    pub fn find(data: &Path) -> Option<Daemon> {
+        let text = std::fs::read_to_string(crate::up::up_file(data)).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let pid = u32::try_from(v["pid"].as_u64()?).ok()?;
+        let http = v["http"].as_str()?;
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return None; // a killed daemon's leftover
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let d = Daemon {
+            base: format!("http://{http}"),
+            pid,
+            agent,
+        };
+        d.get("/v1/status").ok().map(|_| d)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str) -> Result<Answer> {
+        let mut r = r.with_context(|| format!("calling the stele runtime ({what})"))?;
+        let status = r.status().as_u16();
+        let text = r
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading the answer to {what}"))?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Answer { status, body })
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Result<Answer> {
+        Self::answer(self.agent.get(format!("{}{path}", self.base)).call(), path)
+    }
+
+    /// `POST path` with a body.
+    pub fn post(&self, path: &str, content_type: &str, body: &str) -> Result<Answer> {
+        Self::answer(
+            self.agent
+                .post(format!("{}{path}", self.base))
+                .header("content-type", content_type)
+                .send(body),
+            path,
+        )
+    }
+}

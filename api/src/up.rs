@@ -1,0 +1,1150 @@
+//! `stele up`: the runtime daemon.
+//!
+//! One *core* task owns the journal handle and the runtime state (registry,
+//! scheduler and execution views, folded from snapshot + tail). Everything
+//! else talks to it over one channel: the HTTP control API, the process
+//! runners' reports, timers, signals. The core drains what waits, decides
+//! it as one [`Batch`] (the runtime decider in `stele_engine::runtime`),
+//! appends the batch's facts as one journal group, folds the committed
+//! events (from the journal's follow stream, so events appended by others
+//! through the control socket are seen too, and event-driven agents are
+//! triggered by them), answers the callers, and only then performs the
+//! effects: a process starts only after the `TaskPlaced` that allows it is
+//! durable.
+//!
+//! Start-up kills orphans of a crashed predecessor (a recorded pid whose
+//! start time still matches), records `RuntimeStarted`, interrupts the runs
+//! that were in flight and reschedules them per their mode. Shutdown (first
+//! SIGTERM/SIGINT or `POST /v1/shutdown`) runs the six steps of
+//! `stele_engine::runtime::SHUTDOWN_STEPS`, each an event; a second signal
+//! kills what is still running at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use stele_engine::process::{self, Confinement, Launcher, ProcessEvent, ProcessHandle, ProcessSpec};
+use stele_engine::runtime::{Batch, Effect, RuntimeCommand, RuntimeRejection, RuntimeState};
+use stele_engine::{AgentDefinition, Config, ExecutionMode, Rejection, Runs};
+use stele_journal::{AgentState, Append, EventRef, Follow, Journal, ProcessExit, Reader, Receipt, Seq};
+use stele_projections::scheduler::TaskState;
+use stele_projections::{Folded, JournalView, Projection, SnapshotStore};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::journal_cmd::{open_writer, runtime};
+use crate::views;
+
+/// The file that tells clients where the daemon listens.
+pub fn up_file(data: &Path) -> PathBuf {
+    data.join("up.json")
+}
+
+/// Largest batch of commands decided and appended together.
+const MAX_BATCH: usize = 4096;
+
+type Reply = oneshot::Sender<Result<Vec<Receipt>, RuntimeRejection>>;
+
+enum Input {
+    Command(RuntimeCommand, Option<Reply>),
+    Exited(String, ProcessExit),
+    Query(Query, oneshot::Sender<Value>),
+    /// A signal or a shutdown request; `force` for a second signal.
+    Shutdown {
+        force: bool,
+    },
+    /// The shutdown sequence is done.
+    Exit,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Query {
+    Status,
+    Agents,
+    LiveProcesses,
+    KillAll,
+}
+
+/// Runs the daemon until it is shut down.
+pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Result<ExitCode> {
+    let config = crate::cli::config().clone();
+    // Definitions first: a bad file is reported before anything starts.
+    let definitions = match agents_dir {
+        Some(dir) => load_agents(dir)?,
+        None => Vec::new(),
+    };
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let journal = open_writer(data).map_err(|e| {
+        let owner = std::fs::read_to_string(up_file(data)).unwrap_or_default();
+        if owner.is_empty() {
+            e
+        } else {
+            e.context(format!(
+                "a stele runtime already runs on {}: {}",
+                data.display(),
+                owner.trim()
+            ))
+        }
+    })?;
+    let launcher = Launcher::current().context("finding the stele binary (the process launcher)")?;
+    let confinement = process::detect_confinement();
+    let rt = runtime()?;
+    let code = rt.block_on(async move {
+        let port = http_port.unwrap_or(config.runtime.http_port);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("binding the HTTP control API on 127.0.0.1:{port}"))?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut core = Core::load(data, journal, config, launcher, confinement, tx.clone(), rx)?;
+        core.start().await?;
+        for (file, def, source) in definitions {
+            core.register_from_dir(&file, def, source).await?;
+        }
+        let _control = crate::control::Server::start(data, core.journal.clone())?;
+        let app = router(tx.clone());
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP control API stopped");
+            }
+        });
+        write_up_file(data, addr)?;
+        signals(tx.clone())?;
+        println!(
+            "stele up: data {}, HTTP control API on http://{addr}/v1, {}",
+            data.display(),
+            core.confinement.describe()
+        );
+        let result = core.run().await;
+        server.abort();
+        let _ = std::fs::remove_file(up_file(data));
+        result
+    });
+    drop(rt);
+    code
+}
+
+fn write_up_file(data: &Path, addr: std::net::SocketAddr) -> Result<()> {
+    let path = up_file(data);
+    let tmp = data.join("up.json.tmp");
+    let body = json!({"pid": std::process::id(), "http": addr.to_string()}).to_string();
+    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn signals(tx: mpsc::UnboundedSender<Input>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        let mut force = false;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if tx.send(Input::Shutdown { force }).is_err() {
+                return;
+            }
+            force = true;
+        }
+    });
+    Ok(())
+}
+
+/// Every `*.toml` in `dir`, parsed; the first bad one is an error.
+fn load_agents(dir: &Path) -> Result<Vec<(PathBuf, AgentDefinition, String)>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading agents directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let def = AgentDefinition::load(&f)?;
+        let source = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        out.push((f, def, source));
+    }
+    Ok(out)
+}
+
+/// Whether the program of a definition can be started here.
+pub fn startable(def: &AgentDefinition) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match &def.runs {
+        Runs::Process { command, workdir, .. } => {
+            let meta =
+                std::fs::metadata(command).map_err(|e| format!("command {}: {e}", command.display()))?;
+            if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                return Err(format!("command {} is not an executable file", command.display()));
+            }
+            if let Some(w) = workdir
+                && !w.is_dir()
+            {
+                return Err(format!("workdir {} is not a directory", w.display()));
+            }
+            Ok(())
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err("the native runner cannot run this kind of agent".into()),
+    }
+}
+
+/// The start time (clock ticks since boot) of a live process.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the parenthesised command name.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the process group of a recorded process if it is still the same
+/// process (pid and start time), and says what was done.
+fn reap_orphan(pid: u32, recorded_start: u64) -> String {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    match start_ticks(pid) {
+        Some(t) if t == recorded_start => {
+            let Ok(raw) = i32::try_from(pid) else {
+                return format!("process {pid}: not a valid pid");
+            };
+            match killpg(Pid::from_raw(raw), Signal::SIGKILL) {
+                Ok(()) => format!("orphan process group {pid} was still running and was killed"),
+                Err(e) => format!("orphan process group {pid} was still running; killing it failed: {e}"),
+            }
+        }
+        Some(_) => format!("process {pid} had exited (its pid is now another process's)"),
+        None => format!("process {pid} had exited"),
+    }
+}
+
+struct Core {
+    data: PathBuf,
+    journal: Journal,
+    reader: Reader,
+    store: SnapshotStore,
+    state: RuntimeState,
+    journal_view: Folded<JournalView>,
+    applied: Seq,
+    follow: Follow,
+    config: Config,
+    launcher: Launcher,
+    confinement: Confinement,
+    tx: mpsc::UnboundedSender<Input>,
+    rx: mpsc::UnboundedReceiver<Input>,
+    /// Commands the core itself produced (triggers, spawn failures).
+    internal: VecDeque<RuntimeCommand>,
+    procs: HashMap<String, ProcessHandle>,
+    /// Placed tasks whose previous process is still ending.
+    deferred: HashSet<String>,
+    /// Deferred tasks whose previous process has now ended.
+    respawn: Vec<String>,
+    timers: HashMap<String, Vec<AbortHandle>>,
+    shutdown: Option<Arc<AtomicBool>>,
+    started_at_seq: Seq,
+}
+
+impl Core {
+    fn load(
+        data: &Path,
+        journal: Journal,
+        config: Config,
+        launcher: Launcher,
+        confinement: Confinement,
+        tx: mpsc::UnboundedSender<Input>,
+        rx: mpsc::UnboundedReceiver<Input>,
+    ) -> Result<Core> {
+        let reader = journal.reader();
+        let store = SnapshotStore::new(data);
+        let registry = views::load(&reader, &store)?;
+        let scheduler = views::load(&reader, &store)?;
+        let execution = views::load(&reader, &store)?;
+        let journal_view: Folded<JournalView> = views::load(&reader, &store)?;
+        let head = reader.head().seq;
+        for (name, seq) in [
+            ("registry", registry.seq),
+            ("scheduler", scheduler.seq),
+            ("execution", execution.seq),
+            ("journal", journal_view.seq),
+        ] {
+            if seq != head {
+                bail!(
+                    "the {name} view was folded to {} but the head is {}",
+                    seq.0,
+                    head.0
+                );
+            }
+        }
+        let state = RuntimeState::new(registry.state, scheduler.state, execution.state);
+        let follow = reader.follow(head.next());
+        Ok(Core {
+            data: data.to_owned(),
+            journal,
+            reader,
+            store,
+            state,
+            journal_view,
+            applied: head,
+            follow,
+            config,
+            launcher,
+            confinement,
+            tx,
+            rx,
+            internal: VecDeque::new(),
+            procs: HashMap::new(),
+            deferred: HashSet::new(),
+            respawn: Vec::new(),
+            timers: HashMap::new(),
+            shutdown: None,
+            started_at_seq: head,
+        })
+    }
+
+    /// Records the start, recovering what a crash interrupted.
+    async fn start(&mut self) -> Result<()> {
+        let mut orphans = BTreeMap::new();
+        for (task, live) in &self.state.execution.live {
+            if let Some(pid) = live.pid {
+                orphans.insert(task.clone(), reap_orphan(pid, live.start_ticks));
+            }
+        }
+        let effective = toml::to_string(&self.config).unwrap_or_default();
+        let command = RuntimeCommand::Start {
+            pid: std::process::id(),
+            software: format!("stele {}", env!("CARGO_PKG_VERSION")),
+            host: self.config.scheduler.host(),
+            confinement: self.confinement.describe(),
+            config_hash: *blake3::hash(effective.as_bytes()).as_bytes(),
+            orphans,
+        };
+        self.decide_batch(vec![(command, None)]).await?;
+        for (agent, every) in self.state.interval_timers() {
+            self.arm_interval(agent, every);
+        }
+        Ok(())
+    }
+
+    async fn register_from_dir(&mut self, file: &Path, def: AgentDefinition, source: String) -> Result<()> {
+        let hash = hex::encode(blake3::hash(source.as_bytes()).as_bytes());
+        if let Some(existing) = self.state.registry.agents.get(&def.name)
+            && !matches!(existing.state, AgentState::Terminated)
+        {
+            if existing.definition_hash != hash {
+                eprintln!(
+                    "stele up: {}: agent {} is registered with another definition; stop it to register this one",
+                    file.display(),
+                    def.name
+                );
+            }
+            return Ok(());
+        }
+        let startable = startable(&def);
+        let (reply, answer) = oneshot::channel();
+        let command = RuntimeCommand::Register {
+            definition: Box::new(def),
+            source,
+            startable,
+        };
+        self.decide_batch(vec![(command, Some(reply))]).await?;
+        if let Ok(Err(e)) = answer.await {
+            bail!("{}: {e}", file.display());
+        }
+        Ok(())
+    }
+
+    async fn run(mut self) -> Result<ExitCode> {
+        loop {
+            let mut batch: Vec<(RuntimeCommand, Option<Reply>)> = Vec::new();
+            while let Some(c) = self.internal.pop_front() {
+                batch.push((c, None));
+            }
+            if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    e = self.follow.next() => {
+                        self.fold(e)?;
+                        continue;
+                    }
+                    input = self.rx.recv() => {
+                        let Some(input) = input else { return Ok(ExitCode::SUCCESS) };
+                        if self.take(input, &mut batch) {
+                            return self.finish();
+                        }
+                    }
+                }
+            }
+            // Group what else waits into the same batch.
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(input) => {
+                        if self.take(input, &mut batch) {
+                            return self.finish();
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.decide_batch(batch).await?;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<ExitCode> {
+        for timers in self.timers.values() {
+            for t in timers {
+                t.abort();
+            }
+        }
+        self.timers.clear();
+        let head = self.reader.head();
+        println!(
+            "stele up: stopped at seq {} ({} events this run)",
+            head.seq.0,
+            head.seq.0 - self.started_at_seq.0
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Handles one input; true when the daemon should exit.
+    fn take(&mut self, input: Input, batch: &mut Vec<(RuntimeCommand, Option<Reply>)>) -> bool {
+        match input {
+            Input::Command(c, reply) => batch.push((c, reply)),
+            Input::Exited(task, exit) => {
+                self.procs.remove(&task);
+                if self.deferred.remove(&task) {
+                    self.respawn.push(task.clone());
+                }
+                batch.push((RuntimeCommand::ProcessExited { task, exit }, None));
+            }
+            Input::Query(q, reply) => {
+                let _ = reply.send(self.query(q));
+            }
+            Input::Shutdown { force } => self.begin_shutdown(force),
+            Input::Exit => return true,
+        }
+        false
+    }
+
+    fn fold(&mut self, e: Option<stele_journal::Result<EventRef>>) -> Result<()> {
+        let Some(e) = e else {
+            bail!("the journal's follow stream ended")
+        };
+        let e = e?;
+        if e.seq() <= self.applied {
+            return Ok(());
+        }
+        self.state.apply(&e);
+        self.journal_view.state.apply(&e);
+        self.journal_view.seq = e.seq();
+        self.applied = e.seq();
+        views::snapshot_if_due(&self.store, &e, &self.state.registry)?;
+        views::snapshot_if_due(&self.store, &e, &self.state.scheduler)?;
+        views::snapshot_if_due(&self.store, &e, &self.state.execution)?;
+        views::snapshot_if_due(&self.store, &e, &self.journal_view.state)?;
+        if !self.state.execution.admission_closed {
+            for agent in self
+                .state
+                .triggered_by(e.body().kind(), e.stream(), e.body().run())
+            {
+                self.internal
+                    .push_back(RuntimeCommand::Triggered { agent, by: e.seq() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides a batch, appends its facts, folds them, answers, performs.
+    async fn decide_batch(&mut self, commands: Vec<(RuntimeCommand, Option<Reply>)>) -> Result<()> {
+        let mut batch = Batch::new(&self.state);
+        let mut answers = Vec::with_capacity(commands.len());
+        for (command, reply) in commands {
+            let what = format!("{command:?}");
+            match batch.decide(command) {
+                Ok(range) => answers.push((reply, Ok(range))),
+                Err(e) => {
+                    if reply.is_none() {
+                        tracing::debug!(command = %what.chars().take(200).collect::<String>(), error = %e, "refused");
+                    }
+                    answers.push((reply, Err(e)));
+                }
+            }
+        }
+        let (facts, effects) = batch.finish();
+        let receipts = if facts.is_empty() {
+            Vec::new()
+        } else {
+            let appends = facts
+                .into_iter()
+                .map(|f| Append {
+                    stream: f.stream,
+                    cause: f.cause,
+                    body: f.body,
+                })
+                .collect();
+            match self.journal.append_many(appends).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Fail-stop: nothing of this batch is acknowledged.
+                    for (reply, _) in answers {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(RuntimeRejection::NotStarted));
+                        }
+                    }
+                    return Err(anyhow::Error::new(e).context("appending the runtime's decisions"));
+                }
+            }
+        };
+        if let Some(last) = receipts.last() {
+            while self.applied < last.seq {
+                let e = self.follow.next().await;
+                self.fold(e)?;
+            }
+        }
+        for (reply, answer) in answers {
+            if let Some(reply) = reply {
+                let _ = reply.send(answer.map(|range| receipts[range].to_vec()));
+            }
+        }
+        for effect in effects {
+            self.perform(effect);
+        }
+        for task in std::mem::take(&mut self.respawn) {
+            let placed = matches!(
+                self.state.scheduler.tasks.get(&task).map(|t| t.state),
+                Some(TaskState::Running { .. })
+            );
+            if let (true, Some(live)) = (placed, self.state.execution.live.get(&task)) {
+                let agent = live.agent.clone();
+                self.spawn(task, &agent);
+            }
+        }
+        Ok(())
+    }
+
+    fn perform(&mut self, effect: Effect) {
+        match effect {
+            Effect::Start { task, agent } => {
+                if self.procs.contains_key(&task) {
+                    self.deferred.insert(task);
+                } else {
+                    self.spawn(task, &agent);
+                }
+            }
+            Effect::Stop { task } => {
+                self.deferred.remove(&task);
+                if let Some(p) = self.procs.get(&task) {
+                    p.stop(self.config.runtime.stop_grace);
+                }
+            }
+            Effect::ArmRestart { agent, after } => {
+                let tx = self.tx.clone();
+                let name = agent.clone();
+                let handle = tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = tx.send(Input::Command(
+                        RuntimeCommand::TimerFired {
+                            agent: name,
+                            timer: "restart".into(),
+                        },
+                        None,
+                    ));
+                });
+                self.timers.entry(agent).or_default().push(handle.abort_handle());
+            }
+            Effect::ArmInterval { agent, every } => self.arm_interval(agent, every),
+            Effect::Disarm { agent } => {
+                for t in self.timers.remove(&agent).unwrap_or_default() {
+                    t.abort();
+                }
+            }
+        }
+    }
+
+    fn arm_interval(&mut self, agent: String, every: Duration) {
+        let tx = self.tx.clone();
+        let name = agent.clone();
+        let handle = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                ticks.tick().await;
+                let command = RuntimeCommand::TimerFired {
+                    agent: name.clone(),
+                    timer: "interval".into(),
+                };
+                if tx.send(Input::Command(command, None)).is_err() {
+                    return;
+                }
+            }
+        });
+        self.timers.entry(agent).or_default().push(handle.abort_handle());
+    }
+
+    fn spawn(&mut self, task: String, agent: &str) {
+        let Some(def) = self.state.definition(agent).cloned() else {
+            self.internal.push_back(RuntimeCommand::SpawnFailed {
+                task,
+                error: format!("agent {agent} has no usable definition"),
+            });
+            return;
+        };
+        let Runs::Process {
+            command,
+            args,
+            env,
+            workdir,
+        } = &def.runs
+        else {
+            self.internal.push_back(RuntimeCommand::SpawnFailed {
+                task,
+                error: "the native runner cannot run this kind of agent".into(),
+            });
+            return;
+        };
+        let spec = ProcessSpec {
+            task: task.clone(),
+            command: command.display().to_string(),
+            args: args.clone(),
+            env: env.clone(),
+            workdir: workdir.clone(),
+            memory_mb: def.limits.memory_mb,
+            cpu_cores: def.limits.cpu_cores,
+            timeout: def.limits.execution_timeout,
+            output_limit: usize::try_from(self.config.runtime.output_limit).unwrap_or(usize::MAX),
+            sample_every: self.config.runtime.sample_interval,
+        };
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        match process::spawn(spec, &self.launcher, &self.confinement, events_tx) {
+            Ok(handle) => {
+                self.procs.insert(task.clone(), handle);
+                let tx = self.tx.clone();
+                let probe = def.health.clone().map(|h| Probe {
+                    check: h,
+                    task: task.clone(),
+                    launcher: self.launcher.clone(),
+                    confinement: self.confinement.clone(),
+                    tx: self.tx.clone(),
+                });
+                tokio::spawn(async move {
+                    let mut prober: Option<tokio::task::JoinHandle<()>> = None;
+                    while let Some(ev) = events.recv().await {
+                        if matches!(ev, ProcessEvent::Exited(_))
+                            && let Some(p) = prober.take()
+                        {
+                            p.abort();
+                        }
+                        let input = match ev {
+                            ProcessEvent::Started { pid, confinement } => {
+                                if let Some(p) = &probe {
+                                    prober = Some(tokio::spawn(p.clone().run()));
+                                }
+                                Input::Command(
+                                    RuntimeCommand::ProcessStarted {
+                                        task: task.clone(),
+                                        pid,
+                                        start_ticks: start_ticks(pid).unwrap_or(0),
+                                        confinement,
+                                    },
+                                    None,
+                                )
+                            }
+                            ProcessEvent::Sampled { rss_kb, cpu_ms } => Input::Command(
+                                RuntimeCommand::Sampled {
+                                    task: task.clone(),
+                                    rss_kb,
+                                    cpu_ms,
+                                },
+                                None,
+                            ),
+                            ProcessEvent::Exited(r) => Input::Exited(
+                                task.clone(),
+                                ProcessExit {
+                                    code: r.code,
+                                    signal: r.signal,
+                                    timed_out: r.timed_out,
+                                    stopped: r.stopped,
+                                    stdout: r.stdout,
+                                    stderr: r.stderr,
+                                    output_dropped: r.stdout_dropped + r.stderr_dropped,
+                                    wall_ms: r.wall_ms,
+                                    cpu_ms: r.cpu_ms,
+                                    max_rss_kb: r.max_rss_kb,
+                                },
+                            ),
+                        };
+                        if tx.send(input).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => self.internal.push_back(RuntimeCommand::SpawnFailed {
+                task,
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    fn begin_shutdown(&mut self, force: bool) {
+        if let Some(forced) = &self.shutdown {
+            if force {
+                forced.store(true, Ordering::SeqCst);
+                self.kill_all();
+            }
+            return;
+        }
+        let forced = Arc::new(AtomicBool::new(force));
+        self.shutdown = Some(Arc::clone(&forced));
+        let tx = self.tx.clone();
+        let grace = self.config.runtime.stop_grace;
+        let journal = self.journal.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shutdown_sequence(&tx, &journal, grace, &forced).await {
+                eprintln!("stele up: shutdown: {e:#}");
+            }
+            let _ = tx.send(Input::Exit);
+        });
+    }
+
+    fn kill_all(&self) -> Vec<String> {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        let mut killed = Vec::new();
+        for (task, p) in &self.procs {
+            if let Ok(pid) = i32::try_from(p.pid())
+                && killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+            {
+                killed.push(task.clone());
+            }
+        }
+        killed.sort();
+        killed
+    }
+
+    fn query(&self, q: Query) -> Value {
+        match q {
+            Query::Status => self.status(),
+            Query::Agents => self.agents(),
+            Query::LiveProcesses => json!(self.procs.len()),
+            Query::KillAll => json!(self.kill_all()),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let s = &self.state;
+        let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+        for a in s.registry.agents.values() {
+            *by_state.entry(a.state.name()).or_default() += 1;
+        }
+        let host = s.host();
+        let slots: Vec<Value> = host
+            .map(|h| {
+                h.slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let used = u32::try_from(i).ok().and_then(|i| s.scheduler.slots.get(&i));
+                        json!({
+                            "slot": i,
+                            "memory_mb": c.memory_mb,
+                            "cpu_millis": c.cpu_millis,
+                            "used_memory_mb": used.map_or(0, |u| u.memory_mb),
+                            "used_cpu_millis": used.map_or(0, |u| u.cpu_millis),
+                            "tasks": used.map(|u| u.tasks.iter().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut queued = 0;
+        let mut running = Vec::new();
+        for (task, live) in &s.execution.live {
+            match s.scheduler.tasks.get(task).map(|t| t.state) {
+                Some(TaskState::Queued) => queued += 1,
+                Some(TaskState::Running { slot }) => running.push(json!({
+                    "task": task, "agent": live.agent, "slot": slot, "pid": live.pid,
+                    "rss_kb": live.rss_kb, "cpu_ms": live.cpu_ms,
+                })),
+                _ => {}
+            }
+        }
+        json!({
+            "running": true,
+            "pid": std::process::id(),
+            "data": self.data.display().to_string(),
+            "head": self.applied.0,
+            "events_this_run": self.applied.0 - self.started_at_seq.0,
+            "confinement": self.confinement.describe(),
+            "placement": s.execution.host.as_ref().map(|h| h.placement.clone()),
+            "shutting_down": s.execution.admission_closed,
+            "shutdown_step": s.execution.shutdown_step,
+            "agents": by_state,
+            "tasks": {"queued": queued, "running": running.len()},
+            "running_tasks": running,
+            "slots": slots,
+        })
+    }
+
+    fn agents(&self) -> Value {
+        let s = &self.state;
+        let list: Vec<Value> = s
+            .registry
+            .agents
+            .iter()
+            .map(|(name, a)| {
+                let def = s.definition(name);
+                let runs = s.execution.agents.get(name);
+                json!({
+                    "name": name,
+                    "state": a.state.name(),
+                    "priority": def.map(|d| format!("{:?}", d.priority).to_lowercase()),
+                    "mode": def.map(|d| mode_name(&d.mode)),
+                    "active_task": runs.and_then(|r| r.active_task.clone()),
+                    "runs": runs.map_or(0, |r| r.runs),
+                    "last_exit": runs.and_then(|r| r.last_exit.clone()),
+                    "registered_seq": a.registered_seq,
+                    "changed_seq": a.changed_seq,
+                    "last_reason": a.last_reason,
+                })
+            })
+            .collect();
+        Value::Array(list)
+    }
+}
+
+/// A task's health probe loop (see `stele_engine::agent::HealthCheck`).
+#[derive(Clone)]
+struct Probe {
+    check: stele_engine::agent::HealthCheck,
+    task: String,
+    launcher: Launcher,
+    confinement: Confinement,
+    tx: mpsc::UnboundedSender<Input>,
+}
+
+impl Probe {
+    /// Probes every interval until aborted (when the task's process exits).
+    async fn run(self) {
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.check.interval,
+            self.check.interval,
+        );
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let (ok, detail) = self.once().await;
+            let command = RuntimeCommand::HealthProbe {
+                task: self.task.clone(),
+                ok,
+                detail,
+            };
+            if self.tx.send(Input::Command(command, None)).is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn once(&self) -> (bool, String) {
+        let spec = ProcessSpec {
+            task: format!("{}-probe", self.task),
+            command: self.check.command.display().to_string(),
+            args: self.check.args.clone(),
+            env: BTreeMap::new(),
+            workdir: None,
+            memory_mb: 64,
+            cpu_cores: 0.1,
+            timeout: self.check.timeout,
+            output_limit: 256,
+            sample_every: self.check.timeout + Duration::from_secs(1),
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if let Err(e) = process::spawn(spec, &self.launcher, &self.confinement, tx) {
+            return (false, format!("probe cannot start: {e}"));
+        }
+        while let Some(ev) = rx.recv().await {
+            if let ProcessEvent::Exited(r) = ev {
+                let output = format!("{}{}", r.stdout.trim(), r.stderr.trim());
+                let detail = if output.is_empty() {
+                    r.summary()
+                } else {
+                    format!("{}: {output}", r.summary())
+                };
+                return (r.success(), detail);
+            }
+        }
+        (false, "the probe ended without a report".into())
+    }
+}
+
+pub fn mode_name(m: &ExecutionMode) -> String {
+    match m {
+        ExecutionMode::Ephemeral => "ephemeral".into(),
+        ExecutionMode::Persistent => "persistent".into(),
+        ExecutionMode::Scheduled { interval } => {
+            format!("scheduled every {}", humantime::format_duration(*interval))
+        }
+        ExecutionMode::EventDriven { .. } => "event-driven".into(),
+    }
+}
+
+async fn ask(tx: &mpsc::UnboundedSender<Input>, q: Query) -> Result<Value> {
+    let (reply, answer) = oneshot::channel();
+    tx.send(Input::Query(q, reply))
+        .map_err(|_| anyhow::anyhow!("the runtime core stopped"))?;
+    answer.await.context("the runtime core stopped")
+}
+
+async fn command(tx: &mpsc::UnboundedSender<Input>, c: RuntimeCommand) -> Result<Vec<Receipt>> {
+    let (reply, answer) = oneshot::channel();
+    tx.send(Input::Command(c, Some(reply)))
+        .map_err(|_| anyhow::anyhow!("the runtime core stopped"))?;
+    Ok(answer.await.context("the runtime core stopped")??)
+}
+
+/// The six steps, each recorded by the core as a `ShutdownStep`.
+async fn shutdown_sequence(
+    tx: &mpsc::UnboundedSender<Input>,
+    journal: &Journal,
+    grace: Duration,
+    forced: &AtomicBool,
+) -> Result<()> {
+    let step = |n: u32, detail: String| RuntimeCommand::Shutdown { step: n, detail };
+    command(tx, step(1, String::new())).await?;
+    command(
+        tx,
+        step(2, format!("grace {}", humantime::format_duration(grace))),
+    )
+    .await?;
+    // Step 3: wait for the processes to end within the grace; kill the rest.
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut killed: Vec<String> = Vec::new();
+    loop {
+        let live = ask(tx, Query::LiveProcesses).await?.as_u64().unwrap_or(0);
+        if live == 0 {
+            break;
+        }
+        if (forced.load(Ordering::SeqCst) || tokio::time::Instant::now() >= deadline)
+            && let Value::Array(k) = ask(tx, Query::KillAll).await?
+        {
+            killed.extend(k.into_iter().filter_map(|v| v.as_str().map(str::to_owned)));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    killed.sort();
+    killed.dedup();
+    let three = if killed.is_empty() {
+        "every process ended within the grace".to_owned()
+    } else {
+        format!("killed (SIGKILL): {}", killed.join(", "))
+    };
+    command(tx, step(3, three)).await?;
+    journal.sync().await.context("flushing the journal")?;
+    let head = journal.reader().head();
+    command(tx, step(4, format!("journal synced through seq {}", head.seq.0))).await?;
+    command(
+        tx,
+        step(5, "process cgroups and pipes closed by their runners".into()),
+    )
+    .await?;
+    command(tx, step(6, String::new())).await?;
+    Ok(())
+}
+
+// ---- HTTP control API ----
+
+fn router(tx: mpsc::UnboundedSender<Input>) -> Router {
+    Router::new()
+        .route("/v1/status", get(http_status))
+        .route("/v1/agents", get(http_agents).post(http_register))
+        .route("/v1/agents/{name}/stop", post(http_stop))
+        .route("/v1/shutdown", post(http_shutdown))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            stele_engine::agent::MAX_DEFINITION_BYTES,
+        ))
+        .with_state(tx)
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+fn unavailable(e: &anyhow::Error) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}"))
+}
+
+fn rejection(e: &RuntimeRejection) -> Response {
+    let (status, code) = match e {
+        RuntimeRejection::Lifecycle(Rejection::UnknownAgent { .. }) => {
+            (StatusCode::NOT_FOUND, "unknown_agent")
+        }
+        RuntimeRejection::Lifecycle(Rejection::AlreadyRegistered { .. }) => {
+            (StatusCode::CONFLICT, "already_registered")
+        }
+        RuntimeRejection::Lifecycle(Rejection::IllegalTransition { .. }) => {
+            (StatusCode::CONFLICT, "illegal_transition")
+        }
+        RuntimeRejection::Terminated { .. } => (StatusCode::CONFLICT, "terminated"),
+        RuntimeRejection::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        _ => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+    };
+    error(status, code, e.to_string())
+}
+
+async fn http_status(State(tx): State<mpsc::UnboundedSender<Input>>) -> Response {
+    match ask(&tx, Query::Status).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn http_agents(State(tx): State<mpsc::UnboundedSender<Input>>) -> Response {
+    match ask(&tx, Query::Agents).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => unavailable(&e),
+    }
+}
+
+fn seqs(receipts: &[Receipt]) -> Vec<u64> {
+    receipts.iter().map(|r| r.seq.0).collect()
+}
+
+/// The body, or the API's error for one that could not be read (too large).
+fn read_body(body: Result<axum::body::Bytes, BytesRejection>) -> Result<axum::body::Bytes, Box<Response>> {
+    body.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_body"
+        };
+        Box::new(error(status, code, e.body_text()))
+    })
+}
+
+async fn http_register(
+    State(tx): State<mpsc::UnboundedSender<Input>>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match read_body(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_definition",
+            "the body is not UTF-8 TOML".into(),
+        );
+    };
+    let def = match AgentDefinition::parse(Path::new("(request body)"), text) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_definition", e.to_string()),
+    };
+    let name = def.name.clone();
+    let can_start = startable(&def);
+    let c = RuntimeCommand::Register {
+        definition: Box::new(def),
+        source: text.to_owned(),
+        startable: can_start,
+    };
+    let (reply, answer) = oneshot::channel();
+    if tx.send(Input::Command(c, Some(reply))).is_err() {
+        return unavailable(&anyhow::anyhow!("the runtime core stopped"));
+    }
+    match answer.await {
+        Ok(Ok(receipts)) => {
+            let state = ask(&tx, Query::Agents)
+                .await
+                .ok()
+                .and_then(|v| {
+                    v.as_array()?
+                        .iter()
+                        .find(|a| a["name"] == name.as_str())
+                        .map(|a| a["state"].clone())
+                })
+                .unwrap_or(Value::Null);
+            (
+                StatusCode::CREATED,
+                Json(json!({"agent": name, "state": state, "seqs": seqs(&receipts)})),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => rejection(&e),
+        Err(_) => unavailable(&anyhow::anyhow!("the runtime core stopped")),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StopBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn http_stop(
+    State(tx): State<mpsc::UnboundedSender<Input>>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match read_body(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let parsed: StopBody = if body.is_empty() {
+        StopBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("expected {{\"reason\": \"…\"}}: {e}"),
+                );
+            }
+        }
+    };
+    let reason = parsed.reason.unwrap_or_else(|| "stopped by operator".into());
+    let c = RuntimeCommand::Stop {
+        agent: name.clone(),
+        reason,
+    };
+    match command_raw(&tx, c).await {
+        Ok(Ok(receipts)) => Json(json!({"agent": name, "seqs": seqs(&receipts)})).into_response(),
+        Ok(Err(e)) => rejection(&e),
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn command_raw(
+    tx: &mpsc::UnboundedSender<Input>,
+    c: RuntimeCommand,
+) -> Result<Result<Vec<Receipt>, RuntimeRejection>> {
+    let (reply, answer) = oneshot::channel();
+    tx.send(Input::Command(c, Some(reply)))
+        .map_err(|_| anyhow::anyhow!("the runtime core stopped"))?;
+    answer.await.context("the runtime core stopped")
+}
+
+async fn http_shutdown(State(tx): State<mpsc::UnboundedSender<Input>>) -> Response {
+    if tx.send(Input::Shutdown { force: false }).is_err() {
+        return unavailable(&anyhow::anyhow!("the runtime core stopped"));
+    }
+    (StatusCode::ACCEPTED, Json(json!({"shutting_down": true}))).into_response()
+}
