@@ -47,6 +47,32 @@ pub enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
+    /// Run a reasoning agent (a registered name, or its .toml file, which
+    /// is registered first) on an input until it answers or waits for an
+    /// approval (exit 3).
+    Run {
+        /// The agent's name or definition file.
+        agent: String,
+        /// What to ask it.
+        #[arg(long)]
+        input: String,
+        /// The Cedar policy directory (schema + *.cedar).
+        #[arg(long, default_value = "fixtures/policies")]
+        policies: PathBuf,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a call a run waits on; the run goes on.
+    Approve(DecideArgs),
+    /// Reject a call a run waits on; the run goes on without it.
+    Reject(DecideArgs),
+    /// List reasoning runs.
+    Runs {
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The running runtime's state: agents, tasks, slots, processes.
     Status {
         /// JSON.
@@ -96,6 +122,35 @@ pub enum Command {
     /// A short scripted session on the data directory: append, checkpoint,
     /// verify, prove and check a proof.
     Demo,
+    /// Compliance exports: offline-verifiable bundles of the journal (with
+    /// OCSF for SIEMs), their offline verification, framework reports.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Publish the journal to NATS JetStream (CloudEvents 1.0 JSON on
+    /// `<prefix>.<kind>.<stream>`), from the cursor `DATA/nats.cursor`, then
+    /// live, until Ctrl-C. Works whether or not another process owns the
+    /// data directory. `[nats]` in stele.toml configures the rest.
+    Publish(PublishArgs),
+    /// Print the events of a NATS JetStream stream live, from any seq.
+    Subscribe(SubscribeArgs),
+    /// Cedar policy sets: validate a directory as the gate loads it.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Load DIR (`*.cedar` and at most one `*.cedarschema`, else the embedded
+    /// schema), validate it strictly, and list each policy with what it does,
+    /// or every problem with its file, line:column and policy id. Exit 0 when
+    /// the set loads, 1 when it does not.
+    Check {
+        /// The policy directory.
+        dir: PathBuf,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,6 +252,65 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PublishArgs {
+    /// NATS server URL (default: `[nats] url`).
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// Start at this seq instead of after the cursor (what the stream
+    /// already holds is never published twice).
+    #[arg(long, value_name = "SEQ")]
+    pub from: Option<u64>,
+    #[command(subcommand)]
+    pub command: Option<PublishCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PublishCmd {
+    /// Measure the publisher against the journal's append rate and a raw
+    /// JetStream publish of same-size messages, in a temporary journal.
+    Bench(PublishBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishBenchArgs {
+    /// NATS server URL (default: `[nats] url`).
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// Events appended in each phase.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Concurrent appenders.
+    #[arg(long, default_value_t = 64)]
+    pub writers: u64,
+    /// Acknowledge appends after fsync (sync) or before (buffered).
+    #[arg(long, value_enum, default_value = "sync")]
+    pub durability: DurabilityArg,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubscribeArgs {
+    /// NATS server URL (default: `[nats] url`).
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// The JetStream stream (default: `[nats] stream`).
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// First journal seq to print (default: only events published from now on).
+    #[arg(long, value_name = "SEQ")]
+    pub from: Option<u64>,
+    /// Subject filter, e.g. 'stele.task_finished.>' (default: `<prefix>.>`).
+    #[arg(long, value_name = "SUBJECT")]
+    pub filter: Option<String>,
+    /// Each event as `stele events --json` prints it.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct TailArgs {
     /// First seq (default: after the current head).
     #[arg(long)]
@@ -226,6 +340,35 @@ pub enum KeysCmd {
         #[arg(long, default_value = "operator rotation")]
         reason: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecideArgs {
+    /// The run.
+    pub run: String,
+    /// The call awaiting a decision.
+    pub call: String,
+    /// Why.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Who decides (default: $USER).
+    #[arg(long = "as")]
+    pub approver: Option<String>,
+    /// The Cedar policy directory.
+    #[arg(long, default_value = "fixtures/policies")]
+    pub policies: PathBuf,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DecideArgs {
+    fn approver(&self) -> String {
+        self.approver
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "operator".into())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,9 +411,112 @@ pub enum AgentCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Write a self-contained bundle an auditor can verify offline: the
+    /// events with their hashed bytes, the key history, the signed
+    /// checkpoints, Merkle proofs and a manifest (docs/VERIFYING.md). Makes a
+    /// checkpoint first when none covers the export.
+    Export(AuditExportArgs),
+    /// Verify a bundle offline (no journal needed); names the first failure.
+    /// Exit 0 when it verifies, 1 when it does not.
+    Verify(AuditVerifyArgs),
+    /// What a compliance framework asks about, with counts and seqs.
+    Report(AuditReportArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AuditFormat {
+    /// events.jsonl and the proofs.
+    Jsonl,
+    /// Also ocsf.jsonl: each event as an OCSF 1.3.0 record.
+    Ocsf,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("selection").required(true).args(["from", "run", "agent"])))]
+pub struct AuditExportArgs {
+    /// First seq of a contiguous range (with --to).
+    #[arg(long, requires = "to", conflicts_with_all = ["run", "agent"])]
+    pub from: Option<u64>,
+    /// Last seq of the range.
+    #[arg(long, requires = "from")]
+    pub to: Option<u64>,
+    /// The events of one run (task), each proven without revealing the others.
+    #[arg(long, conflicts_with = "agent")]
+    pub run: Option<String>,
+    /// The events of one agent: its stream `agent:NAME`, events naming it,
+    /// and the runs of its tasks.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// `ocsf` adds ocsf.jsonl beside events.jsonl.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: AuditFormat,
+    /// Withhold the bodies of events on streams starting with PREFIX
+    /// (`stream=PREFIX`, repeatable); their hashes, signatures and proofs stay.
+    #[arg(long, value_name = "stream=PREFIX")]
+    pub redact: Vec<String>,
+    /// The bundle directory to create (must not exist, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditVerifyArgs {
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// Require this Ed25519 public key (hex) to be the journal's first key
+    /// or the signer of the latest checkpoint.
+    #[arg(long)]
+    pub trusted_key: Option<String>,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Framework {
+    /// HIPAA Security Rule.
+    Hipaa,
+    /// GDPR.
+    Gdpr,
+    /// SOX section 404 IT general controls.
+    Sox,
+    /// The event kinds of --kinds.
+    Custom,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditReportArgs {
+    /// Which framework's questions to answer.
+    #[arg(long, value_enum)]
+    pub framework: Framework,
+    /// First seq (default 1).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Last seq (default: the head).
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// For `custom`: event kinds, comma-separated (e.g. key_rotated,agent_registered).
+    #[arg(long)]
+    pub kinds: Option<String>,
+    /// JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// Write to FILE instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Concurrent appenders against the journal.
     Journal(BenchJournalArgs),
+    /// Agents registered, scheduling decisions through the decider, the
+    /// journal and the view, fold rates and restart time.
+    Scheduler(BenchSchedulerArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -298,6 +544,38 @@ pub struct BenchJournalArgs {
     /// Also measure plain fjall batch writes of the same size and durability.
     #[arg(long)]
     pub baseline: bool,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchSchedulerArgs {
+    /// Logical agents to register.
+    #[arg(long, default_value_t = 10_000)]
+    pub agents: u64,
+    /// Scheduling decisions (enqueue, finish, cancel) to make.
+    #[arg(long, default_value_t = 100_000)]
+    pub tasks: u64,
+    /// Worker slots (32 GiB, 16 cores each).
+    #[arg(long, default_value_t = 8)]
+    pub slots: u64,
+    /// Tasks kept open (queued or running): enqueue below it, finish above.
+    #[arg(long, default_value_t = 1000)]
+    pub open: u64,
+    /// Most decisions in one journal group.
+    #[arg(long, default_value_t = 256)]
+    pub batch: u64,
+    /// Acknowledge after fsync (sync) or before (buffered).
+    #[arg(long, value_enum, default_value = "sync")]
+    pub durability: DurabilityArg,
+    /// Also append the same groups of facts with no deciding, in a fresh journal.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Before measuring the restart, keep scheduling (unmeasured) until the
+    /// journal holds this many events.
+    #[arg(long, default_value_t = 0)]
+    pub restart_events: u64,
     /// One JSON object.
     #[arg(long)]
     pub json: bool,
@@ -352,12 +630,44 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(KeysCmd::Export { out }) => journal_cmd::keys_export(&data, out.as_deref()),
         Command::Keys(KeysCmd::Rotate { reason }) => journal_cmd::keys_rotate(&data, &reason),
         Command::Bench(BenchCmd::Journal(args)) => bench::journal(cli.data.as_deref(), &args),
+        Command::Bench(BenchCmd::Scheduler(args)) => bench::scheduler(cli.data.as_deref(), &args),
         Command::Demo => journal_cmd::demo(&data),
+        Command::Audit(cmd) => crate::audit::run(&data, &cmd),
+        Command::Publish(args) => crate::nats::publish_cmd(&data, &args),
+        Command::Subscribe(args) => crate::nats::subscribe_cmd(&args),
+        Command::Policy(PolicyCmd::Check { dir, json }) => crate::policy_cmd::check(&dir, json),
         Command::Config(ConfigCmd::Show) => {
             print!("{}", toml::to_string_pretty(config())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Up { agents, port } => crate::up::up(&data, agents.as_deref(), port),
+        Command::Run {
+            agent,
+            input,
+            policies,
+            json,
+        } => crate::run_cmd::run(&data, &agent, &input, &policies, json),
+        Command::Approve(a) => crate::run_cmd::decide(
+            &data,
+            &a.run,
+            &a.call,
+            true,
+            &a.approver(),
+            &a.reason,
+            &a.policies,
+            a.json,
+        ),
+        Command::Reject(a) => crate::run_cmd::decide(
+            &data,
+            &a.run,
+            &a.call,
+            false,
+            &a.approver(),
+            &a.reason,
+            &a.policies,
+            a.json,
+        ),
+        Command::Runs { json } => crate::run_cmd::list(&data, json),
         Command::Status { json } => crate::agent_cmd::status(&data, json),
         Command::Down { no_wait } => crate::agent_cmd::down(&data, no_wait),
         Command::Agent(AgentCmd::Validate { files, json }) => crate::agent_cmd::validate(&files, json),

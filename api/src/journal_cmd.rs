@@ -307,6 +307,34 @@ fn summary(e: &EventRef) -> String {
             let verdict = if *ok { "healthy again" } else { "unhealthy" };
             format!("{task}: {verdict} ({} in a row): {detail}", failures.to_native())
         }
+        ArchivedEventBody::RunFinished {
+            run,
+            outcome,
+            answer,
+            steps,
+            ..
+        } => format!("{run} {outcome} after {} steps: {answer}", steps.to_native()),
+        ArchivedEventBody::PolicyDecided {
+            point,
+            verdict,
+            detail,
+            policies,
+            ..
+        } => {
+            let ids: Vec<&str> = policies.iter().map(|p| p.as_str()).collect();
+            format!("{point}: {verdict} [{}] {detail}", ids.join(", "))
+        }
+        _ => match e.to_event() {
+            // Every other fact: its fields as compact JSON.
+            Ok(ev) => {
+                let mut v = serde_json::to_value(&ev.body).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("kind");
+                }
+                v.to_string()
+            }
+            Err(err) => format!("(undecodable: {err})"),
+        },
     }
 }
 

@@ -3,12 +3,16 @@
 //! decision lives in the library crates.
 
 mod agent_cmd;
+mod audit;
 mod bench;
 mod cli;
 mod client;
 mod control;
 mod journal_cmd;
+mod nats;
+mod policy_cmd;
 mod proof;
+mod run_cmd;
 mod up;
 mod views;
 

@@ -187,6 +187,28 @@ pub enum Runs {
         #[serde(default)]
         workdir: Option<PathBuf>,
     },
+    /// An LLM reasoning loop (Observe–Reason–Gate–Act) with tools.
+    Reasoning {
+        /// The model (default: `[inference] model`).
+        #[serde(default)]
+        model: Option<String>,
+        /// The system prompt.
+        #[serde(default)]
+        system: String,
+        /// Tool profile: glob patterns of the built-in tools the model sees
+        /// (`read_*`, `write_file`, `*`).
+        #[serde(default)]
+        tools: Vec<String>,
+        /// The directory its file tools work in (a relative path is taken
+        /// from the directory stele runs in; created if missing).
+        workspace: PathBuf,
+        /// Most loop iterations (default 16).
+        #[serde(default)]
+        max_steps: Option<u32>,
+        /// The scripted provider's fixture (overrides `[inference] script`).
+        #[serde(default)]
+        script: Option<PathBuf>,
+    },
 }
 
 /// A definition that does not parse or validate.
@@ -277,7 +299,7 @@ fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
     let p = PathBuf::deserialize(d)?;
     if !p.is_absolute() {
         return Err(serde::de::Error::custom(format!(
-            "command {} must be an absolute path",
+            "{} must be an absolute path",
             p.display()
         )));
     }

@@ -1,5 +1,6 @@
 //! `stele.toml`: the runtime configuration (the seed's `[runtime]`,
-//! `[security]`, `[context]`, `[mcp]` sections, plus `[journal]`), with
+//! `[security]`, `[context]`, `[mcp]` sections, plus `[journal]`,
+//! `[scheduler]`, `[nats]` and `[inference]`), with
 //! `STELE_<SECTION>_<KEY>` environment overrides. Unknown sections and keys
 //! are errors; file errors name the file, line and column, environment
 //! errors name the variable.
@@ -28,6 +29,10 @@ pub struct Config {
     pub journal: JournalConfig,
     /// Worker slots and placement.
     pub scheduler: SchedulerConfig,
+    /// The NATS JetStream event feed.
+    pub nats: NatsConfig,
+    /// The inference provider of the reasoning loop.
+    pub inference: InferenceConfig,
 }
 
 /// `[runtime]`.
@@ -295,6 +300,286 @@ impl Default for JournalConfig {
     }
 }
 
+/// `[nats]`: the JetStream event feed (`stele publish`, and the publisher
+/// task of `stele up` when `enabled`). Off by default.
+///
+/// Checked as it is read: names, subjects and the URL have the shapes NATS
+/// accepts, `cert` and `key` come together, `max_pending` is 1–16384, and
+/// `duplicate_window` is not longer than a non-zero `max_age` (the server
+/// refuses that). The section-wide checks report the position of `[nats]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "NatsConfigFile")]
+pub struct NatsConfig {
+    /// Run the publisher inside `stele up`.
+    pub enabled: bool,
+    /// Server URL(s), comma separated: `nats://host:port`, `tls://host:port`.
+    pub url: String,
+    /// The JetStream stream the events go to.
+    pub stream: String,
+    /// First subject token(s): events go to `<prefix>.<kind>.<stream>`.
+    pub subject_prefix: String,
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// The stream's retention policy (only when the publisher creates it:
+    /// NATS cannot change the retention of an existing stream).
+    pub retention: NatsRetention,
+    /// How long the stream keeps a message (0: forever).
+    #[serde(serialize_with = "ser_duration_or_zero")]
+    pub max_age: std::time::Duration,
+    /// The stream's deduplication window (`Nats-Msg-Id`): a publisher that
+    /// restarts within it never stores an event twice.
+    #[serde(with = "duration_text")]
+    pub duplicate_window: std::time::Duration,
+    /// Publishes awaiting their acknowledgement at once (the pipeline depth).
+    pub max_pending: u32,
+    /// TLS: `tls = true` requires it with the system roots; a `[nats.tls]`
+    /// table adds a CA and a client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<NatsTlsConfig>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            enabled: false,
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "STELE".into(),
+            subject_prefix: "stele".into(),
+            credentials: None,
+            retention: NatsRetention::Limits,
+            max_age: std::time::Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: std::time::Duration::from_secs(120),
+            max_pending: 256,
+            tls: None,
+        }
+    }
+}
+
+/// `[nats]` as written; [`NatsConfig`] after the checks across fields.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct NatsConfigFile {
+    enabled: bool,
+    #[serde(deserialize_with = "nats_url")]
+    url: String,
+    #[serde(deserialize_with = "nats_stream_name")]
+    stream: String,
+    #[serde(deserialize_with = "nats_subject_prefix")]
+    subject_prefix: String,
+    credentials: Option<PathBuf>,
+    retention: NatsRetention,
+    #[serde(deserialize_with = "duration_or_zero")]
+    max_age: std::time::Duration,
+    #[serde(with = "duration_text")]
+    duplicate_window: std::time::Duration,
+    #[serde(deserialize_with = "nats_max_pending")]
+    max_pending: u32,
+    #[serde(deserialize_with = "nats_tls")]
+    tls: Option<NatsTlsConfig>,
+}
+
+impl Default for NatsConfigFile {
+    fn default() -> Self {
+        let d = NatsConfig::default();
+        NatsConfigFile {
+            enabled: d.enabled,
+            url: d.url,
+            stream: d.stream,
+            subject_prefix: d.subject_prefix,
+            credentials: d.credentials,
+            retention: d.retention,
+            max_age: d.max_age,
+            duplicate_window: d.duplicate_window,
+            max_pending: d.max_pending,
+            tls: d.tls,
+        }
+    }
+}
+
+impl TryFrom<NatsConfigFile> for NatsConfig {
+    type Error = String;
+
+    fn try_from(f: NatsConfigFile) -> Result<Self, String> {
+        if !f.max_age.is_zero() && f.duplicate_window > f.max_age {
+            return Err(format!(
+                "[nats] duplicate_window ({}) must not be longer than max_age ({}); NATS refuses such a stream",
+                humantime::format_duration(f.duplicate_window),
+                humantime::format_duration(f.max_age)
+            ));
+        }
+        Ok(NatsConfig {
+            enabled: f.enabled,
+            url: f.url,
+            stream: f.stream,
+            subject_prefix: f.subject_prefix,
+            credentials: f.credentials,
+            retention: f.retention,
+            max_age: f.max_age,
+            duplicate_window: f.duplicate_window,
+            max_pending: f.max_pending,
+            tls: f.tls,
+        })
+    }
+}
+
+/// The retention policy of the JetStream stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsRetention {
+    /// Kept until `max_age` (or the server's limits): every subscriber can
+    /// read from any seq.
+    Limits,
+    /// Kept while a consumer has not acknowledged it.
+    Interest,
+    /// Removed once one consumer acknowledges it.
+    Workqueue,
+}
+
+/// `[nats.tls]` (or `tls = true`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsTlsConfig {
+    /// Refuse a connection without TLS.
+    pub require: bool,
+    /// PEM file of the CA(s) to trust besides the system roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (with `key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+fn nats_tls<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NatsTlsConfig>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = NatsTlsConfig;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("true, false, or a table with require, ca, cert, key")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<NatsTlsConfig, E> {
+            Ok(NatsTlsConfig {
+                require: v,
+                ..NatsTlsConfig::default()
+            })
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<NatsTlsConfig, A::Error> {
+            NatsTlsConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    let tls = d.deserialize_any(V)?;
+    if tls.cert.is_some() != tls.key.is_some() {
+        return Err(serde::de::Error::custom(
+            "tls needs both cert and key for a client certificate, or neither",
+        ));
+    }
+    Ok(Some(tls))
+}
+
+fn nats_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    for one in s.split(',') {
+        let one = one.trim();
+        let rest = match one.split_once("://") {
+            Some((scheme, rest)) => {
+                if !matches!(scheme, "nats" | "tls" | "ws" | "wss") {
+                    return Err(serde::de::Error::custom(format!(
+                        "url {one:?}: scheme {scheme:?} is not one of nats, tls, ws, wss"
+                    )));
+                }
+                rest
+            }
+            None => one,
+        };
+        let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let host_port = host_port.split('/').next().unwrap_or_default();
+        let bad = host_port.is_empty()
+            || host_port.chars().any(char::is_whitespace)
+            || host_port
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| (h.contains(':') && !h.ends_with(']')) || p.parse::<u16>().is_err());
+        if bad {
+            return Err(serde::de::Error::custom(format!(
+                "url {one:?} is not a NATS server address like \"nats://127.0.0.1:4222\""
+            )));
+        }
+    }
+    Ok(s)
+}
+
+fn nats_stream_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(serde::de::Error::custom(format!(
+            "stream {s:?} must be 1 to 64 ASCII letters, digits, _ or -"
+        )));
+    }
+    Ok(s)
+}
+
+fn nats_subject_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
+    };
+    if s.len() > 64 || !s.split('.').all(token_ok) {
+        return Err(serde::de::Error::custom(format!(
+            "subject_prefix {s:?} must be dot-separated tokens of ASCII letters, digits, _ - : (no wildcards, at most 64 bytes)"
+        )));
+    }
+    Ok(s)
+}
+
+fn nats_max_pending<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if !(1..=16_384).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "max_pending must be 1 to 16384, not {v}"
+        )));
+    }
+    Ok(v)
+}
+
+/// A duration as text, or 0 (as a number or text) for "unlimited".
+fn duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(0) => Ok(std::time::Duration::ZERO),
+        Raw::Number(n) => Err(serde::de::Error::custom(format!(
+            "{n} needs a unit: write a duration like \"7d\", or 0 for unlimited"
+        ))),
+        Raw::Text(t) if t.trim() == "0" => Ok(std::time::Duration::ZERO),
+        Raw::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{t:?} is not a duration like \"7d\" (or 0 for unlimited): {e}"
+            ))
+        }),
+    }
+}
+
+fn ser_duration_or_zero<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    if d.is_zero() {
+        s.serialize_str("0")
+    } else {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
 fn crypto_provider<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     match s.as_str() {
@@ -356,6 +641,127 @@ fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
+/// Which inference provider answers the reasoning loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Answers from a fixture file (`script`): deterministic, offline.
+    Scripted,
+    /// An HTTP server speaking the OpenAI chat-completions format.
+    Openai,
+}
+
+/// `[inference]`: the provider the reasoning loop asks, and how.
+///
+/// The API key is never in the file: `api_key_env` names the environment
+/// variable that holds it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// `scripted` (the default) or `openai`.
+    pub provider: ProviderKind,
+    /// The API root; requests go to `<base_url>/chat/completions`.
+    #[serde(deserialize_with = "inference_base_url")]
+    pub base_url: String,
+    /// The NAME of the environment variable holding the API key (not the
+    /// key). Not needed when `base_url` is a loopback address.
+    #[serde(deserialize_with = "env_var_name")]
+    pub api_key_env: String,
+    /// The model asked for when the agent names none.
+    #[serde(deserialize_with = "non_empty_model")]
+    pub model: String,
+    /// How long one attempt (the whole HTTP request) may take.
+    #[serde(with = "duration_text")]
+    pub timeout: std::time::Duration,
+    /// Retries after a failed attempt that may succeed on retry (0–100).
+    #[serde(deserialize_with = "max_retries")]
+    pub max_retries: u32,
+    /// The scripted provider's fixture (JSON).
+    pub script: PathBuf,
+    /// Most tokens one completion may generate when the agent sets none.
+    pub max_tokens: u32,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            provider: ProviderKind::Scripted,
+            base_url: "https://api.openai.com/v1".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            model: "gpt-4o-mini".into(),
+            timeout: std::time::Duration::from_secs(60),
+            max_retries: 3,
+            script: PathBuf::from("fixtures/scripts/demo.json"),
+            max_tokens: 1024,
+        }
+    }
+}
+
+fn inference_base_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let trimmed = s.trim_end_matches('/');
+    let bad = |why: &str| {
+        serde::de::Error::custom(format!(
+            "base_url {s:?} {why}; write the API root like \"https://api.openai.com/v1\""
+        ))
+    };
+    let Some(rest) = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+    else {
+        return Err(bad("is not an http:// or https:// URL"));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || rest.chars().any(char::is_whitespace) {
+        return Err(bad("has no host"));
+    }
+    if authority.contains('@') {
+        return Err(bad(
+            "holds credentials; put the key in the variable named by api_key_env",
+        ));
+    }
+    if rest.contains(['?', '#']) {
+        return Err(bad("has a query or fragment"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn env_var_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 128;
+    if !ok {
+        // Say nothing of the value: it may be a key pasted in by mistake.
+        return Err(serde::de::Error::custom(
+            "api_key_env must be the NAME of the environment variable holding the key \
+             (letters, digits and _, like \"OPENAI_API_KEY\"), never the key itself",
+        ));
+    }
+    Ok(s)
+}
+
+fn non_empty_model<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Err(serde::de::Error::custom("model must not be empty"));
+    }
+    Ok(s)
+}
+
+fn max_retries<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if v > 100 {
+        return Err(serde::de::Error::custom(format!(
+            "max_retries must be 0 to 100, not {v}"
+        )));
+    }
+    Ok(v)
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -381,7 +787,16 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 6] = ["runtime", "security", "context", "mcp", "journal", "scheduler"];
+const SECTIONS: [&str; 8] = [
+    "runtime",
+    "security",
+    "context",
+    "mcp",
+    "journal",
+    "scheduler",
+    "nats",
+    "inference",
+];
 
 fn env_value(raw: &str) -> toml::Value {
     if let Ok(b) = raw.parse::<bool>() {

@@ -90,6 +90,15 @@ pub struct CompletionRequest {
     pub max_tokens: u32,
 }
 
+impl CompletionRequest {
+    /// Assistant messages in the conversation: how many times the model has
+    /// answered so far (the scripted provider's step).
+    #[must_use]
+    pub fn assistant_turns(&self) -> usize {
+        self.messages.iter().filter(|m| m.role == Role::Assistant).count()
+    }
+}
+
 /// A completion.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {
@@ -169,3 +178,23 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 /// Free-form key/value conditions attached to an allowed action (from the
 /// policy's annotations), ordered so they hash the same.
 pub type Conditions = BTreeMap<String, String>;
+
+/// The provider `[inference]` selects: the scripted one (its fixture
+/// loaded and checked now) or the OpenAI chat-completions one (its key read
+/// now from the variable `api_key_env` names).
+///
+/// # Errors
+/// [`ProviderError::Config`]: an unreadable or invalid script, a bad base
+/// URL, or a missing key (naming the variable).
+pub fn provider_from_config(
+    config: &crate::config::InferenceConfig,
+) -> Result<std::sync::Arc<dyn Provider>, ProviderError> {
+    Ok(match config.provider {
+        crate::config::ProviderKind::Scripted => {
+            std::sync::Arc::new(crate::scripted::ScriptedProvider::from_config(config)?)
+        }
+        crate::config::ProviderKind::Openai => {
+            std::sync::Arc::new(crate::openai::OpenAiProvider::from_config(config)?)
+        }
+    })
+}

@@ -280,6 +280,187 @@ mod body {
             /// The probe's outcome (exit status, timeout, output).
             detail: String,
         },
+        /// A reasoning run started (`stele run`, a task of a reasoning agent,
+        /// or a fork of another run).
+        RunStarted {
+            /// The run id (`run-<n>`; its events carry it).
+            run: String,
+            /// The agent.
+            agent: String,
+            /// The operator's input.
+            input: String,
+            /// The run (and seq) it was forked from, as `run@seq`.
+            parent: Option<String>,
+        },
+        /// A run entered a phase of its Observe–Reason–Gate–Act loop.
+        PhaseEntered {
+            /// The run.
+            run: String,
+            /// The step (1-based iteration of the loop).
+            step: u32,
+            /// `reasoning`, `policy_check`, `tool_dispatching`, `observing`.
+            phase: String,
+        },
+        /// The inference provider answered (the effect's result: served from
+        /// the journal on replay).
+        CompletionReceived {
+            /// The run.
+            run: String,
+            /// The step.
+            step: u32,
+            /// The provider (`openai`, `scripted`).
+            provider: String,
+            /// The model.
+            model: String,
+            /// The text.
+            content: String,
+            /// The tool calls, a JSON array of `{id, name, arguments}`.
+            tool_calls: String,
+            /// Why it stopped.
+            finish_reason: String,
+            /// Prompt tokens.
+            prompt_tokens: u32,
+            /// Completion tokens.
+            completion_tokens: u32,
+        },
+        /// An attempt at a completion failed.
+        CompletionFailed {
+            /// The run.
+            run: String,
+            /// The step.
+            step: u32,
+            /// The attempt (1-based).
+            attempt: u32,
+            /// What went wrong.
+            error: String,
+            /// The backoff before the next attempt, ms (0: no retry).
+            retry_in_ms: u64,
+        },
+        /// The model proposed an action (a tool call).
+        ActionProposed {
+            /// The run.
+            run: String,
+            /// The step.
+            step: u32,
+            /// The provider's call id.
+            call_id: String,
+            /// The tool.
+            tool: String,
+            /// Its arguments (JSON text).
+            arguments: String,
+        },
+        /// The policy gate decided a request.
+        PolicyDecided {
+            /// The run, when the request came from one.
+            run: Option<String>,
+            /// The enforcement point (`agent_creation`, `message_send`,
+            /// `resource_allocation`, `tool_invocation`, `data_access`).
+            point: String,
+            /// The full request (principal, action, resource, context) as
+            /// canonical JSON, so a backtest can re-evaluate it.
+            request: String,
+            /// `allow`, `deny`, `allow_with_conditions`, `require_approval`.
+            verdict: String,
+            /// The deny reason, the conditions or the approval reason.
+            detail: String,
+            /// The ids of the determining policies.
+            policies: Vec<String>,
+            /// BLAKE3 (hex) of the policy set that decided.
+            policy_set: String,
+        },
+        /// A tool call was dispatched (with the arguments as allowed).
+        ToolCalled {
+            /// The run.
+            run: String,
+            /// The step.
+            step: u32,
+            /// The call id.
+            call_id: String,
+            /// The tool.
+            tool: String,
+            /// Its arguments (JSON text, after any policy conditions).
+            arguments: String,
+        },
+        /// A tool call returned (the effect's result).
+        ToolReturned {
+            /// The run.
+            run: String,
+            /// The step.
+            step: u32,
+            /// The call id.
+            call_id: String,
+            /// Whether it succeeded.
+            ok: bool,
+            /// Its output or error (bounded).
+            output: String,
+            /// How long it took, ms.
+            duration_ms: u64,
+        },
+        /// A tool's circuit breaker changed state.
+        BreakerChanged {
+            /// The tool.
+            tool: String,
+            /// `closed`, `open`, `half_open`.
+            from: String,
+            /// The new state.
+            to: String,
+            /// Why.
+            reason: String,
+        },
+        /// A run parked waiting for a human decision on an action.
+        ApprovalRequested {
+            /// The run.
+            run: String,
+            /// The step.
+            step: u32,
+            /// The call awaiting approval.
+            call_id: String,
+            /// Why approval is needed.
+            reason: String,
+            /// How long the run waits before the request expires, ms.
+            timeout_ms: u64,
+        },
+        /// A human (or the expiry) decided an approval request.
+        ApprovalDecided {
+            /// The run.
+            run: String,
+            /// The step.
+            step: u32,
+            /// The call.
+            call_id: String,
+            /// Approved or not.
+            approved: bool,
+            /// Who decided (`expired` for a timeout).
+            approver: String,
+            /// Their reason.
+            reason: String,
+        },
+        /// A run ended.
+        RunFinished {
+            /// The run.
+            run: String,
+            /// `completed`, `failed`, `stuck`, `step_limit`, `rejected`, `cancelled`.
+            outcome: String,
+            /// The final answer or the error.
+            answer: String,
+            /// Steps taken.
+            steps: u32,
+            /// Prompt tokens over the run.
+            prompt_tokens: u64,
+            /// Completion tokens over the run.
+            completion_tokens: u64,
+        },
+        /// The policy set changed (hot reload).
+        PolicySetLoaded {
+            /// BLAKE3 (hex) of the previous set (empty: none).
+            old: String,
+            /// BLAKE3 (hex) of the new set.
+            new: String,
+            /// Policies in it.
+            policies: u32,
+            /// Where it was loaded from.
+            source: String,
+        },
     }
 
     /// The host a runtime schedules on, as `RuntimeStarted` records it.
@@ -522,6 +703,19 @@ impl EventBody {
             EventBody::RunInterrupted { .. } => "run_interrupted",
             EventBody::ShutdownStep { .. } => "shutdown_step",
             EventBody::HealthChecked { .. } => "health_checked",
+            EventBody::RunStarted { .. } => "run_started",
+            EventBody::PhaseEntered { .. } => "phase_entered",
+            EventBody::CompletionReceived { .. } => "completion_received",
+            EventBody::CompletionFailed { .. } => "completion_failed",
+            EventBody::ActionProposed { .. } => "action_proposed",
+            EventBody::PolicyDecided { .. } => "policy_decided",
+            EventBody::ToolCalled { .. } => "tool_called",
+            EventBody::ToolReturned { .. } => "tool_returned",
+            EventBody::BreakerChanged { .. } => "breaker_changed",
+            EventBody::ApprovalRequested { .. } => "approval_requested",
+            EventBody::ApprovalDecided { .. } => "approval_decided",
+            EventBody::RunFinished { .. } => "run_finished",
+            EventBody::PolicySetLoaded { .. } => "policy_set_loaded",
         }
     }
 
@@ -542,6 +736,17 @@ impl EventBody {
             | EventBody::ProcessExited { task, .. }
             | EventBody::RunInterrupted { task, .. }
             | EventBody::HealthChecked { task, .. } => RunId::new(task.clone()).map(Some),
+            EventBody::RunStarted { run, .. }
+            | EventBody::PhaseEntered { run, .. }
+            | EventBody::CompletionReceived { run, .. }
+            | EventBody::CompletionFailed { run, .. }
+            | EventBody::ActionProposed { run, .. }
+            | EventBody::ToolCalled { run, .. }
+            | EventBody::ToolReturned { run, .. }
+            | EventBody::ApprovalRequested { run, .. }
+            | EventBody::ApprovalDecided { run, .. }
+            | EventBody::RunFinished { run, .. } => RunId::new(run.clone()).map(Some),
+            EventBody::PolicyDecided { run: Some(r), .. } => RunId::new(r.clone()).map(Some),
             _ => Ok(None),
         }
     }
@@ -580,6 +785,17 @@ impl ArchivedEventBody {
             | ArchivedEventBody::ProcessExited { task, .. }
             | ArchivedEventBody::RunInterrupted { task, .. }
             | ArchivedEventBody::HealthChecked { task, .. } => Some(task.as_str()),
+            ArchivedEventBody::RunStarted { run, .. }
+            | ArchivedEventBody::PhaseEntered { run, .. }
+            | ArchivedEventBody::CompletionReceived { run, .. }
+            | ArchivedEventBody::CompletionFailed { run, .. }
+            | ArchivedEventBody::ActionProposed { run, .. }
+            | ArchivedEventBody::ToolCalled { run, .. }
+            | ArchivedEventBody::ToolReturned { run, .. }
+            | ArchivedEventBody::ApprovalRequested { run, .. }
+            | ArchivedEventBody::ApprovalDecided { run, .. }
+            | ArchivedEventBody::RunFinished { run, .. } => Some(run.as_str()),
+            ArchivedEventBody::PolicyDecided { run, .. } => run.as_ref().map(|r| r.as_str()),
             _ => None,
         }
     }
@@ -607,6 +823,19 @@ impl ArchivedEventBody {
             ArchivedEventBody::RunInterrupted { .. } => "run_interrupted",
             ArchivedEventBody::ShutdownStep { .. } => "shutdown_step",
             ArchivedEventBody::HealthChecked { .. } => "health_checked",
+            ArchivedEventBody::RunStarted { .. } => "run_started",
+            ArchivedEventBody::PhaseEntered { .. } => "phase_entered",
+            ArchivedEventBody::CompletionReceived { .. } => "completion_received",
+            ArchivedEventBody::CompletionFailed { .. } => "completion_failed",
+            ArchivedEventBody::ActionProposed { .. } => "action_proposed",
+            ArchivedEventBody::PolicyDecided { .. } => "policy_decided",
+            ArchivedEventBody::ToolCalled { .. } => "tool_called",
+            ArchivedEventBody::ToolReturned { .. } => "tool_returned",
+            ArchivedEventBody::BreakerChanged { .. } => "breaker_changed",
+            ArchivedEventBody::ApprovalRequested { .. } => "approval_requested",
+            ArchivedEventBody::ApprovalDecided { .. } => "approval_decided",
+            ArchivedEventBody::RunFinished { .. } => "run_finished",
+            ArchivedEventBody::PolicySetLoaded { .. } => "policy_set_loaded",
         }
     }
 }

@@ -7,6 +7,7 @@
 //!   proofs);
 //! - [`merkle`]: RFC 6962 checkpoints and proofs, checkable offline;
 //! - [`verify`]: whole-journal verification;
+//! - [`export`]: audit bundles and their offline verifier;
 //! - `writer`, `store`, `head`, [`keys`]: the writer pipeline, the fjall
 //!   layout, the head file, the node keys.
 //!
@@ -17,6 +18,7 @@
 
 pub mod error;
 pub mod event;
+pub mod export;
 mod head;
 pub mod ids;
 pub mod journal;
@@ -33,6 +35,7 @@ pub use event::{
     AgentState, ArchivedAgentState, ArchivedEventBody, Event, EventBody, EventRef, ProcessExit, RuntimeHost,
     TaskOutcome, TaskPriority,
 };
+pub use export::{BundleReport, Selection, verify_bundle};
 pub use head::HeadRecord;
 pub use ids::{Hash, KeyId, RunId, Seq, StreamId};
 pub use journal::{Append, Follow, Journal, Options, Reader};

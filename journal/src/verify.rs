@@ -360,7 +360,20 @@ fn check_body(
         | ArchivedEventBody::ProcessExited { .. }
         | ArchivedEventBody::RunInterrupted { .. }
         | ArchivedEventBody::ShutdownStep { .. }
-        | ArchivedEventBody::HealthChecked { .. } => {}
+        | ArchivedEventBody::HealthChecked { .. }
+        | ArchivedEventBody::RunStarted { .. }
+        | ArchivedEventBody::PhaseEntered { .. }
+        | ArchivedEventBody::CompletionReceived { .. }
+        | ArchivedEventBody::CompletionFailed { .. }
+        | ArchivedEventBody::ActionProposed { .. }
+        | ArchivedEventBody::PolicyDecided { .. }
+        | ArchivedEventBody::ToolCalled { .. }
+        | ArchivedEventBody::ToolReturned { .. }
+        | ArchivedEventBody::BreakerChanged { .. }
+        | ArchivedEventBody::ApprovalRequested { .. }
+        | ArchivedEventBody::ApprovalDecided { .. }
+        | ArchivedEventBody::RunFinished { .. }
+        | ArchivedEventBody::PolicySetLoaded { .. } => {}
     }
     if seq.0 == 1 && !matches!(e.body(), ArchivedEventBody::JournalOpened { .. }) {
         return Err(bad("the first event is not JournalOpened".into()));

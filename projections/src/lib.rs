@@ -12,6 +12,7 @@
 //!   stream, runs, keys, checkpoints);
 //! - [`registry`]: the agent registry and each agent's lifecycle state;
 //! - [`scheduler`]: tasks, the priority queue, slot reservations, run history;
+//! - [`runs`]: reasoning runs, their step, approvals and outcome;
 //! - [`execution`]: the host, admission, live processes, timers, failure streaks.
 //!
 //! Nothing here reads the clock, draws randomness or decides anything: a
@@ -22,6 +23,7 @@ pub mod execution;
 pub mod fold;
 pub mod journal_view;
 pub mod registry;
+pub mod runs;
 pub mod scheduler;
 pub mod snapshot;
 
@@ -29,6 +31,7 @@ pub use execution::ExecutionView;
 pub use fold::{Folded, fold_range, maintain_snapshots, state_at};
 pub use journal_view::JournalView;
 pub use registry::{AgentEntry, AgentRegistry};
+pub use runs::RunsView;
 pub use scheduler::SchedulerView;
 pub use snapshot::SnapshotStore;
 

@@ -66,7 +66,10 @@ impl Projection for AgentRegistry {
                     a.state = to.to_native();
                     a.changed_seq = seq;
                     a.transitions += 1;
-                    a.last_reason = reason.to_string();
+                    // Reuse the string's allocation: state changes are the
+                    // bulk of a registry's events.
+                    a.last_reason.clear();
+                    a.last_reason.push_str(reason.as_str());
                 }
             }
             _ => {}

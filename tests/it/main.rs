@@ -3,16 +3,22 @@
 //! Every test works on a real journal in a temporary directory.
 
 mod agents;
+mod audit;
 mod cli;
 mod config;
 mod crash;
 mod golden;
 mod layering;
 mod lifecycle;
+mod nats;
+mod orga;
 mod poison;
+mod policy;
 mod process;
 mod projections;
 mod prop;
+mod provider;
+mod reasoning;
 mod runtime;
 mod scheduler;
 mod tamper;

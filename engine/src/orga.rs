@@ -1,0 +1,626 @@
+//! The reasoning loop — Observe, Reason, Gate, Act — as a typestate
+//! machine. `AgentLoop<Phase>` is the run's state in one phase; every
+//! transition consumes `self` and returns the loop in the next phase, so a
+//! phase cannot be skipped or repeated: there is no way to dispatch a tool
+//! call that did not go through the policy check.
+//!
+//! ```text
+//! start ─► Reasoning ─reasoned─► PolicyCheck ─checked─► ToolDispatching ─returned─► Observing ─observe─► Reasoning …
+//!              │ (no tool call: the answer)         └─► AwaitingApproval ─decided─┘                 └─► Finished
+//!              └──────────────────────────────► Finished (also: provider gave up)
+//! ```
+//!
+//! The loop is pure: it never calls the provider, the gate or a tool. The
+//! driver does (`crate::reasoning`), and hands the results in; every
+//! transition records its facts (`take_facts`) — phase entries, the
+//! completion with its token counts, each proposed action, each verdict,
+//! each call and result — which the driver appends to the journal. Replay
+//! feeds the journaled results back through the same transitions and
+//! compares the facts.
+//!
+//! Skipping the policy check does not compile:
+//!
+//! ```compile_fail
+//! use stele_engine::orga::{AgentLoop, RunSpec};
+//! let spec = RunSpec::new("run-1", "a", "m");
+//! let reasoning = AgentLoop::start(spec, "hi".into(), None);
+//! // A loop in the Reasoning phase has no `returned`: tools run only
+//! // after `reasoned` → `checked`.
+//! let _ = reasoning.returned(Vec::new());
+//! ```
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stele_journal::EventBody;
+
+use crate::llm::{Completion, CompletionRequest, Message, ProviderError, Role, ToolCall, ToolSpec};
+
+/// Phase marker: asking the model.
+#[derive(Debug)]
+pub struct Reasoning;
+/// Phase marker: the proposed actions go through the policy gate.
+#[derive(Debug)]
+pub struct PolicyCheck;
+/// Phase marker: parked until a human decides.
+#[derive(Debug)]
+pub struct AwaitingApproval;
+/// Phase marker: the allowed calls run.
+#[derive(Debug)]
+pub struct ToolDispatching;
+/// Phase marker: the results are looked at; stop or go round again.
+#[derive(Debug)]
+pub struct Observing;
+
+/// What a run is allowed to do and with what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSpec {
+    /// The run id (its events carry it).
+    pub run: String,
+    /// The agent.
+    pub agent: String,
+    /// The model.
+    pub model: String,
+    /// The system prompt.
+    pub system: String,
+    /// Tools the model sees (already filtered by the agent's profile).
+    pub tools: Vec<ToolSpec>,
+    /// Most loop iterations.
+    pub max_steps: u32,
+    /// Most tokens per completion (0: provider default).
+    pub max_tokens: u32,
+    /// Attempts per completion before the run fails.
+    pub max_attempts: u32,
+    /// The same action proposed this many times means the run is stuck.
+    pub stuck_after: u32,
+    /// Bytes of a tool result kept in the conversation and the journal.
+    pub max_tool_output: usize,
+}
+
+impl RunSpec {
+    /// A spec with the defaults: 16 steps, 3 attempts, stuck after 3 equal
+    /// actions, 16 KiB of tool output.
+    #[must_use]
+    pub fn new(run: &str, agent: &str, model: &str) -> RunSpec {
+        RunSpec {
+            run: run.to_owned(),
+            agent: agent.to_owned(),
+            model: model.to_owned(),
+            system: String::new(),
+            tools: Vec::new(),
+            max_steps: 16,
+            max_tokens: 0,
+            max_attempts: 3,
+            stuck_after: 3,
+            max_tool_output: 16 * 1024,
+        }
+    }
+}
+
+/// The gate's answer for one proposed call, as the loop needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Run it with these arguments (the proposed ones, or as the policy's
+    /// conditions changed them).
+    Allow {
+        /// JSON arguments.
+        arguments: String,
+    },
+    /// Do not run it; the model is told why.
+    Deny {
+        /// Why.
+        reason: String,
+    },
+    /// A human must approve it first.
+    Approval {
+        /// Why.
+        reason: String,
+        /// How long the run waits, ms.
+        timeout_ms: u64,
+    },
+}
+
+/// One call's check: the verdict and the `PolicyDecided` fact recording it.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// The call.
+    pub call_id: String,
+    /// The verdict.
+    pub gate: Gate,
+    /// The decision as journaled (`EventBody::PolicyDecided`).
+    pub decided: EventBody,
+}
+
+/// A tool's result, from the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolOutcome {
+    /// The call.
+    pub call_id: String,
+    /// Success.
+    pub ok: bool,
+    /// Output or error.
+    pub output: String,
+    /// Duration, ms.
+    pub duration_ms: u64,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// The run.
+    pub run: String,
+    /// `completed`, `failed`, `stuck`, `step_limit`, `cancelled`.
+    pub outcome: String,
+    /// The answer or the error.
+    pub answer: String,
+    /// Steps taken.
+    pub steps: u32,
+    /// The facts not yet taken (the last ones, `RunFinished` included).
+    pub facts: Vec<EventBody>,
+}
+
+#[derive(Clone, Debug)]
+struct State {
+    spec: Arc<RunSpec>,
+    step: u32,
+    messages: Vec<Message>,
+    /// Calls proposed this step, in order.
+    proposed: Vec<ToolCall>,
+    /// Verdicts of this step, by call id.
+    gates: BTreeMap<String, Gate>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// How often each (tool, arguments) was proposed: stuck-loop detection.
+    seen: BTreeMap<(String, String), u32>,
+    facts: Vec<EventBody>,
+}
+
+/// The run in phase `P`. See the module documentation.
+#[derive(Debug)]
+pub struct AgentLoop<P> {
+    s: State,
+    _phase: PhantomData<P>,
+}
+
+impl<P> AgentLoop<P> {
+    fn into<Q>(self) -> AgentLoop<Q> {
+        AgentLoop {
+            s: self.s,
+            _phase: PhantomData,
+        }
+    }
+
+    /// The facts recorded since the last call, to append in order.
+    pub fn take_facts(&mut self) -> Vec<EventBody> {
+        std::mem::take(&mut self.s.facts)
+    }
+
+    /// The run id.
+    #[must_use]
+    pub fn run(&self) -> &str {
+        &self.s.spec.run
+    }
+
+    /// The current step (1-based).
+    #[must_use]
+    pub fn step(&self) -> u32 {
+        self.s.step
+    }
+
+    /// The conversation so far.
+    #[must_use]
+    pub fn messages(&self) -> &[Message] {
+        &self.s.messages
+    }
+
+    fn phase(&mut self, phase: &str) {
+        let body = EventBody::PhaseEntered {
+            run: self.s.spec.run.clone(),
+            step: self.s.step,
+            phase: phase.to_owned(),
+        };
+        self.s.facts.push(body);
+    }
+
+    fn finish(mut self, outcome: &str, answer: String) -> Finished {
+        let s = &mut self.s;
+        s.facts.push(EventBody::RunFinished {
+            run: s.spec.run.clone(),
+            outcome: outcome.to_owned(),
+            answer: answer.clone(),
+            steps: s.step,
+            prompt_tokens: s.prompt_tokens,
+            completion_tokens: s.completion_tokens,
+        });
+        Finished {
+            run: s.spec.run.clone(),
+            outcome: outcome.to_owned(),
+            answer,
+            steps: s.step,
+            facts: std::mem::take(&mut s.facts),
+        }
+    }
+
+    /// Ends the run from any phase (an operator's cancel, a shutdown).
+    #[must_use]
+    pub fn cancel(self, reason: &str) -> Finished {
+        self.finish("cancelled", reason.to_owned())
+    }
+}
+
+/// What the model's answer leads to.
+#[derive(Debug)]
+pub enum Reasoned {
+    /// It proposed actions: check them.
+    Gate(AgentLoop<PolicyCheck>),
+    /// It answered: the run is done.
+    Done(Finished),
+}
+
+impl AgentLoop<Reasoning> {
+    /// Starts a run: `RunStarted`, then the first reasoning phase.
+    #[must_use]
+    pub fn start(spec: RunSpec, input: String, parent: Option<String>) -> AgentLoop<Reasoning> {
+        let mut messages = Vec::new();
+        if !spec.system.is_empty() {
+            messages.push(Message::text(Role::System, spec.system.clone()));
+        }
+        messages.push(Message::text(Role::User, input.clone()));
+        let facts = vec![EventBody::RunStarted {
+            run: spec.run.clone(),
+            agent: spec.agent.clone(),
+            input,
+            parent,
+        }];
+        let mut lp = AgentLoop {
+            s: State {
+                spec: Arc::new(spec),
+                step: 1,
+                messages,
+                proposed: Vec::new(),
+                gates: BTreeMap::new(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                seen: BTreeMap::new(),
+                facts,
+            },
+            _phase: PhantomData,
+        };
+        lp.phase("reasoning");
+        lp
+    }
+
+    /// What to ask the provider.
+    #[must_use]
+    pub fn request(&self) -> CompletionRequest {
+        CompletionRequest {
+            model: self.s.spec.model.clone(),
+            messages: self.s.messages.clone(),
+            tools: self.s.spec.tools.clone(),
+            max_tokens: self.s.spec.max_tokens,
+        }
+    }
+
+    /// Records a failed attempt; returns the backoff before the next one, or
+    /// `None` when the run should give up (not retryable, or out of
+    /// attempts). The backoff is 500 ms × 2^(attempt-1), or what a rate
+    /// limit asked for, at most 30 s.
+    pub fn failed(&mut self, attempt: u32, error: &ProviderError) -> Option<Duration> {
+        let retry = error.retryable() && attempt < self.s.spec.max_attempts;
+        let backoff = match error {
+            ProviderError::RateLimited {
+                retry_after: Some(after),
+            } => *after,
+            _ => Duration::from_millis(500u64 << attempt.saturating_sub(1).min(6)),
+        }
+        .min(Duration::from_secs(30));
+        let wait = retry.then_some(backoff);
+        self.s.facts.push(EventBody::CompletionFailed {
+            run: self.s.spec.run.clone(),
+            step: self.s.step,
+            attempt,
+            error: error.to_string(),
+            retry_in_ms: wait.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        });
+        wait
+    }
+
+    /// The provider could not answer: the run fails.
+    #[must_use]
+    pub fn give_up(self, error: &ProviderError) -> Finished {
+        self.finish("failed", format!("inference failed: {error}"))
+    }
+
+    /// The provider answered.
+    #[must_use]
+    pub fn reasoned(mut self, provider: &str, completion: Completion) -> Reasoned {
+        let s = &mut self.s;
+        s.prompt_tokens += u64::from(completion.prompt_tokens);
+        s.completion_tokens += u64::from(completion.completion_tokens);
+        let calls_json = serde_json::to_string(&completion.tool_calls).unwrap_or_else(|_| "[]".into());
+        s.facts.push(EventBody::CompletionReceived {
+            run: s.spec.run.clone(),
+            step: s.step,
+            provider: provider.to_owned(),
+            model: s.spec.model.clone(),
+            content: completion.content.clone(),
+            tool_calls: calls_json,
+            finish_reason: completion.finish_reason.clone(),
+            prompt_tokens: completion.prompt_tokens,
+            completion_tokens: completion.completion_tokens,
+        });
+        s.messages.push(Message {
+            role: Role::Assistant,
+            content: completion.content.clone(),
+            tool_calls: completion.tool_calls.clone(),
+            tool_call_id: None,
+        });
+        if completion.tool_calls.is_empty() {
+            return Reasoned::Done(self.finish("completed", completion.content));
+        }
+        s.proposed = completion.tool_calls;
+        s.gates.clear();
+        let mut gate: AgentLoop<PolicyCheck> = self.into();
+        gate.phase("policy_check");
+        let proposed = gate.s.proposed.clone();
+        for call in proposed {
+            *gate
+                .s
+                .seen
+                .entry((call.name.clone(), call.arguments.clone()))
+                .or_default() += 1;
+            gate.s.facts.push(EventBody::ActionProposed {
+                run: gate.s.spec.run.clone(),
+                step: gate.s.step,
+                call_id: call.id,
+                tool: call.name,
+                arguments: call.arguments,
+            });
+        }
+        Reasoned::Gate(gate)
+    }
+}
+
+/// What the policy check leads to.
+#[derive(Debug)]
+pub enum GateOutcome {
+    /// Run what was allowed.
+    Dispatch(AgentLoop<ToolDispatching>),
+    /// Wait for a human first.
+    Park(AgentLoop<AwaitingApproval>),
+}
+
+impl AgentLoop<PolicyCheck> {
+    /// The calls to check, in order.
+    #[must_use]
+    pub fn proposed(&self) -> &[ToolCall] {
+        &self.s.proposed
+    }
+
+    /// Hands in one verdict per proposed call (missing ones are denied:
+    /// fail closed).
+    #[must_use]
+    pub fn checked(mut self, checks: Vec<Checked>) -> GateOutcome {
+        let mut by_id: BTreeMap<String, Checked> =
+            checks.into_iter().map(|c| (c.call_id.clone(), c)).collect();
+        let proposed = self.s.proposed.clone();
+        let mut awaiting = Vec::new();
+        for call in &proposed {
+            let gate = match by_id.remove(&call.id) {
+                Some(c) => {
+                    self.s.facts.push(c.decided);
+                    c.gate
+                }
+                None => Gate::Deny {
+                    reason: "no policy decision was made for this call".into(),
+                },
+            };
+            if let Gate::Approval { reason, timeout_ms } = &gate {
+                awaiting.push(EventBody::ApprovalRequested {
+                    run: self.s.spec.run.clone(),
+                    step: self.s.step,
+                    call_id: call.id.clone(),
+                    reason: reason.clone(),
+                    timeout_ms: *timeout_ms,
+                });
+            }
+            self.s.gates.insert(call.id.clone(), gate);
+        }
+        if awaiting.is_empty() {
+            let mut d: AgentLoop<ToolDispatching> = self.into();
+            d.phase("tool_dispatching");
+            GateOutcome::Dispatch(d)
+        } else {
+            self.s.facts.extend(awaiting);
+            GateOutcome::Park(self.into())
+        }
+    }
+}
+
+impl AgentLoop<AwaitingApproval> {
+    /// The calls waiting for a decision: (call id, reason).
+    #[must_use]
+    pub fn awaiting(&self) -> Vec<(String, String)> {
+        self.s
+            .gates
+            .iter()
+            .filter_map(|(id, g)| match g {
+                Gate::Approval { reason, .. } => Some((id.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A decision on one waiting call. Once none waits, the calls run.
+    ///
+    /// # Errors
+    /// The call is not waiting; the loop is handed back unchanged.
+    pub fn decided(
+        mut self,
+        call_id: &str,
+        approved: bool,
+        approver: &str,
+        reason: &str,
+    ) -> Result<ApprovalOutcome, (Box<AgentLoop<AwaitingApproval>>, String)> {
+        let arguments = self
+            .s
+            .proposed
+            .iter()
+            .find(|c| c.id == call_id)
+            .map(|c| c.arguments.clone());
+        match (self.s.gates.get(call_id), arguments) {
+            (Some(Gate::Approval { .. }), Some(arguments)) => {
+                self.s.facts.push(EventBody::ApprovalDecided {
+                    run: self.s.spec.run.clone(),
+                    step: self.s.step,
+                    call_id: call_id.to_owned(),
+                    approved,
+                    approver: approver.to_owned(),
+                    reason: reason.to_owned(),
+                });
+                let gate = if approved {
+                    Gate::Allow { arguments }
+                } else {
+                    Gate::Deny {
+                        reason: format!("rejected by {approver}: {reason}"),
+                    }
+                };
+                self.s.gates.insert(call_id.to_owned(), gate);
+                if self.awaiting().is_empty() {
+                    let mut d: AgentLoop<ToolDispatching> = self.into();
+                    d.phase("tool_dispatching");
+                    Ok(ApprovalOutcome::Dispatch(d))
+                } else {
+                    Ok(ApprovalOutcome::StillWaiting(self))
+                }
+            }
+            _ => Err((Box::new(self), format!("call {call_id} is not awaiting approval"))),
+        }
+    }
+}
+
+/// After an approval decision.
+#[derive(Debug)]
+pub enum ApprovalOutcome {
+    /// Every call is decided.
+    Dispatch(AgentLoop<ToolDispatching>),
+    /// Others still wait.
+    StillWaiting(AgentLoop<AwaitingApproval>),
+}
+
+impl AgentLoop<ToolDispatching> {
+    /// The calls to run (allowed, with their arguments), recording a
+    /// `ToolCalled` for each — call this once, before running them.
+    pub fn calls(&mut self) -> Vec<ToolCall> {
+        let mut out = Vec::new();
+        for call in &self.s.proposed {
+            if let Some(Gate::Allow { arguments }) = self.s.gates.get(&call.id) {
+                self.s.facts.push(EventBody::ToolCalled {
+                    run: self.s.spec.run.clone(),
+                    step: self.s.step,
+                    call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    arguments: arguments.clone(),
+                });
+                out.push(ToolCall {
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                    arguments: arguments.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Hands in the results of the calls that ran; denied calls are
+    /// answered with their reason so the model sees every call answered.
+    #[must_use]
+    pub fn returned(mut self, results: Vec<ToolOutcome>) -> AgentLoop<Observing> {
+        let max = self.s.spec.max_tool_output;
+        let mut by_id: BTreeMap<String, ToolOutcome> =
+            results.into_iter().map(|r| (r.call_id.clone(), r)).collect();
+        let proposed = self.s.proposed.clone();
+        for call in &proposed {
+            let content = match self.s.gates.get(&call.id) {
+                Some(Gate::Allow { .. }) => {
+                    let r = by_id.remove(&call.id).unwrap_or(ToolOutcome {
+                        call_id: call.id.clone(),
+                        ok: false,
+                        output: "the tool did not report a result".into(),
+                        duration_ms: 0,
+                    });
+                    let output = bounded(&r.output, max);
+                    self.s.facts.push(EventBody::ToolReturned {
+                        run: self.s.spec.run.clone(),
+                        step: self.s.step,
+                        call_id: call.id.clone(),
+                        ok: r.ok,
+                        output: output.clone(),
+                        duration_ms: r.duration_ms,
+                    });
+                    if r.ok { output } else { format!("error: {output}") }
+                }
+                Some(Gate::Deny { reason }) => format!("denied by policy: {reason}"),
+                Some(Gate::Approval { reason, .. }) => format!("not run: awaiting approval ({reason})"),
+                None => "not run".to_owned(),
+            };
+            self.s.messages.push(Message {
+                role: Role::Tool,
+                content,
+                tool_calls: Vec::new(),
+                tool_call_id: Some(call.id.clone()),
+            });
+        }
+        let mut o: AgentLoop<Observing> = self.into();
+        o.phase("observing");
+        o
+    }
+}
+
+/// What observing leads to.
+#[derive(Debug)]
+pub enum Observed {
+    /// Another round.
+    Next(AgentLoop<Reasoning>),
+    /// The run stops (stuck or out of steps).
+    Done(Finished),
+}
+
+impl AgentLoop<Observing> {
+    /// Decides whether to go round again: a run that proposes the same
+    /// action `stuck_after` times is stuck; one that used `max_steps` stops.
+    #[must_use]
+    pub fn observe(mut self) -> Observed {
+        let stuck_after = self.s.spec.stuck_after;
+        if let Some(((tool, _), n)) = self.s.seen.iter().find(|(_, n)| **n >= stuck_after) {
+            let why = format!("proposed the same {tool} call {n} times");
+            return Observed::Done(self.finish("stuck", why));
+        }
+        if self.s.step >= self.s.spec.max_steps {
+            let why = format!("no answer within {} steps", self.s.spec.max_steps);
+            return Observed::Done(self.finish("step_limit", why));
+        }
+        self.s.step += 1;
+        self.s.proposed.clear();
+        self.s.gates.clear();
+        let mut r: AgentLoop<Reasoning> = self.into();
+        r.phase("reasoning");
+        Observed::Next(r)
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary, with a note of
+/// what was cut.
+#[must_use]
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} more bytes]", &s[..end], s.len() - end)
+}

@@ -1,0 +1,509 @@
+//! The driver of a reasoning run: it performs what the typestate loop
+//! (`crate::orga`) cannot — the completion, the policy check, the tool
+//! calls — and records the loop's facts through a [`Sink`] before each
+//! effect, so an effect never happens without its intent in the journal.
+//!
+//! - Completions: one attempt per call to the provider; failures are
+//!   recorded (`CompletionFailed`) and retried with the loop's backoff.
+//! - Policy: every proposed call becomes an `AuthzRequest` (principal the
+//!   agent with its priority, action `invoke_tool`, resource the tool,
+//!   context the call's arguments and whether its `path` stays in the
+//!   workspace), decided by the Cedar gate; the decision is journaled with
+//!   the full request and the determining policies. `allow_with_conditions`
+//!   overrides arguments with the conditions (`max_bytes=1024` sets
+//!   `max_bytes` to 1024; values that parse as JSON are JSON).
+//! - Tools: allowed calls run concurrently; each result is journaled.
+//! - Approval: the run parks; [`resume`] rebuilds it from its journaled
+//!   facts (no effect is repeated) and a decision continues it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Component, Path};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use stele_journal::{ArchivedEventBody, EventBody, EventRef};
+
+use crate::agent::{AgentDefinition, Runs};
+use crate::llm::{Completion, Provider, ProviderError, ToolCall};
+use crate::orga::{
+    AgentLoop, ApprovalOutcome, AwaitingApproval, Checked, Finished, Gate, GateOutcome, Observed, Reasoned,
+    Reasoning, RunSpec, ToolDispatching, ToolOutcome,
+};
+use crate::policy::{AuthzRequest, Entity, Point, PolicyGate, Verdict};
+use crate::tools::{self, ToolBox};
+
+/// Where the loop's facts go (the journal, or a replay's comparison).
+pub trait Sink: Send {
+    /// Records facts in order; returns once they are durable.
+    fn record<'a>(
+        &'a mut self,
+        facts: Vec<EventBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// How a drive ended.
+#[derive(Debug)]
+pub enum Stop {
+    /// The run finished.
+    Finished(Finished),
+    /// The run waits for a human decision.
+    Parked(AgentLoop<AwaitingApproval>),
+}
+
+/// The run spec of a reasoning agent.
+///
+/// # Errors
+/// The agent does not run a reasoning loop.
+pub fn spec_for(
+    def: &AgentDefinition,
+    run: &str,
+    default_model: &str,
+    max_tokens: u32,
+) -> Result<RunSpec, String> {
+    let Runs::Reasoning {
+        model,
+        system,
+        tools,
+        max_steps,
+        ..
+    } = &def.runs
+    else {
+        return Err(format!("agent {} does not run a reasoning loop", def.name));
+    };
+    let mut spec = RunSpec::new(run, &def.name, model.as_deref().unwrap_or(default_model));
+    spec.system.clone_from(system);
+    let patterns = if tools.is_empty() {
+        vec!["*".to_owned()]
+    } else {
+        tools.clone()
+    };
+    spec.tools = tools::profile(&patterns);
+    if let Some(m) = max_steps {
+        spec.max_steps = *m;
+    }
+    spec.max_tokens = max_tokens;
+    Ok(spec)
+}
+
+/// The policy request for a proposed call.
+#[must_use]
+pub fn tool_request(agent: &str, priority: &str, call: &ToolCall) -> AuthzRequest {
+    let args: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
+    let mut policy_args = Map::new();
+    if let Some(o) = args.as_object() {
+        for (k, v) in o {
+            policy_args.insert(k.clone(), v.clone());
+        }
+        if let Some(Value::String(content)) = o.get("content") {
+            policy_args.insert("size_bytes".into(), Value::from(content.len()));
+        }
+    }
+    let mut context = Map::new();
+    if let Some(Value::String(path)) = args.get("path") {
+        let p = Path::new(path);
+        let inside = !p.is_absolute() && !p.components().any(|c| matches!(c, Component::ParentDir));
+        context.insert("in_workspace".into(), Value::Bool(inside));
+    }
+    context.insert("args".into(), Value::Object(policy_args));
+    AuthzRequest {
+        point: Point::ToolInvocation,
+        principal: Entity {
+            kind: "Agent".into(),
+            id: agent.to_owned(),
+            attrs: serde_json::json!({ "priority": priority }),
+        },
+        action: Point::ToolInvocation.default_action().to_owned(),
+        resource: Entity {
+            kind: "Tool".into(),
+            id: call.name.clone(),
+            attrs: Value::Object(Map::new()),
+        },
+        context: Value::Object(context),
+    }
+}
+
+/// The arguments after a policy's conditions.
+#[must_use]
+pub fn apply_conditions(arguments: &str, conditions: &BTreeMap<String, String>) -> String {
+    let mut args: Map<String, Value> = serde_json::from_str(arguments).unwrap_or_default();
+    for (k, v) in conditions {
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
+        args.insert(k.clone(), value);
+    }
+    Value::Object(args).to_string()
+}
+
+/// The loop's gate answer for a journaled verdict.
+fn gate_of(verdict: &Verdict, arguments: &str) -> Gate {
+    match verdict {
+        Verdict::Allow => Gate::Allow {
+            arguments: arguments.to_owned(),
+        },
+        Verdict::AllowWithConditions { conditions } => Gate::Allow {
+            arguments: apply_conditions(arguments, conditions),
+        },
+        Verdict::Deny { reason } => Gate::Deny {
+            reason: reason.clone(),
+        },
+        Verdict::RequireApproval { reason, timeout } => Gate::Approval {
+            reason: reason.clone(),
+            timeout_ms: timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        },
+    }
+}
+
+/// Checks one proposed call.
+#[must_use]
+pub fn check(gate: &PolicyGate, run: &str, agent: &str, priority: &str, call: &ToolCall) -> Checked {
+    let request = tool_request(agent, priority, call);
+    let decision = gate.decide(&request);
+    let mut detail = decision.verdict.detail();
+    if !decision.errors.is_empty() {
+        detail = format!("{detail} (errors: {})", decision.errors.join("; "));
+    }
+    Checked {
+        call_id: call.id.clone(),
+        gate: gate_of(&decision.verdict, &call.arguments),
+        decided: EventBody::PolicyDecided {
+            run: Some(run.to_owned()),
+            point: Point::ToolInvocation.name().to_owned(),
+            request: request.canonical_json(),
+            verdict: decision.verdict.name().to_owned(),
+            detail,
+            policies: decision.policies,
+            policy_set: gate.hash(),
+        },
+    }
+}
+
+/// Performs a run's effects.
+#[derive(Debug)]
+pub struct Driver {
+    /// The inference provider.
+    pub provider: Arc<dyn Provider>,
+    /// The policy gate.
+    pub gate: Arc<PolicyGate>,
+    /// The agent's tools.
+    pub tools: ToolBox,
+    /// The agent.
+    pub agent: String,
+    /// The agent's priority (a policy attribute).
+    pub priority: String,
+}
+
+impl Driver {
+    /// Drives a run in the reasoning phase until it finishes or parks.
+    ///
+    /// # Errors
+    /// The sink failed (the journal refused the facts): the run stops where
+    /// it is, and nothing after the last recorded fact happened.
+    pub async fn drive(&self, mut lp: AgentLoop<Reasoning>, sink: &mut dyn Sink) -> Result<Stop, String> {
+        loop {
+            sink.record(lp.take_facts()).await?;
+            let completion = match self.complete(&mut lp, sink).await? {
+                Ok(c) => c,
+                Err(e) => {
+                    let f = lp.give_up(&e);
+                    sink.record(f.facts.clone()).await?;
+                    return Ok(Stop::Finished(f));
+                }
+            };
+            let mut check_phase = match lp.reasoned(self.provider.name(), completion) {
+                Reasoned::Done(f) => {
+                    sink.record(f.facts.clone()).await?;
+                    return Ok(Stop::Finished(f));
+                }
+                Reasoned::Gate(g) => g,
+            };
+            sink.record(check_phase.take_facts()).await?;
+            let run = check_phase.run().to_owned();
+            let agent = self.agent.clone();
+            let checks = check_phase
+                .proposed()
+                .iter()
+                .map(|c| check(&self.gate, &run, &agent, &self.priority, c))
+                .collect();
+            let dispatch = match check_phase.checked(checks) {
+                GateOutcome::Dispatch(d) => d,
+                GateOutcome::Park(mut p) => {
+                    sink.record(p.take_facts()).await?;
+                    return Ok(Stop::Parked(p));
+                }
+            };
+            match self.act_and_observe(dispatch, sink).await? {
+                Observed::Next(next) => lp = next,
+                Observed::Done(f) => {
+                    sink.record(f.facts.clone()).await?;
+                    return Ok(Stop::Finished(f));
+                }
+            }
+        }
+    }
+
+    /// Continues a parked run after a decision on one call.
+    ///
+    /// # Errors
+    /// The call is not awaiting approval (the run is handed back), or the
+    /// sink failed.
+    pub async fn decide(
+        &self,
+        parked: AgentLoop<AwaitingApproval>,
+        call_id: &str,
+        approved: bool,
+        approver: &str,
+        reason: &str,
+        sink: &mut dyn Sink,
+    ) -> Result<Stop, String> {
+        match parked.decided(call_id, approved, approver, reason) {
+            Err((_, why)) => Err(why),
+            Ok(ApprovalOutcome::StillWaiting(mut p)) => {
+                sink.record(p.take_facts()).await?;
+                Ok(Stop::Parked(p))
+            }
+            Ok(ApprovalOutcome::Dispatch(d)) => match self.act_and_observe(d, sink).await? {
+                Observed::Next(next) => Box::pin(self.drive(next, sink)).await,
+                Observed::Done(f) => {
+                    sink.record(f.facts.clone()).await?;
+                    Ok(Stop::Finished(f))
+                }
+            },
+        }
+    }
+
+    async fn complete(
+        &self,
+        lp: &mut AgentLoop<Reasoning>,
+        sink: &mut dyn Sink,
+    ) -> Result<Result<Completion, ProviderError>, String> {
+        let mut attempt = 1;
+        loop {
+            let request = lp.request();
+            match self.provider.complete(&request).await {
+                Ok(c) => return Ok(Ok(c)),
+                Err(e) => match lp.failed(attempt, &e) {
+                    Some(wait) => {
+                        sink.record(lp.take_facts()).await?;
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    None => {
+                        sink.record(lp.take_facts()).await?;
+                        return Ok(Err(e));
+                    }
+                },
+            }
+        }
+    }
+
+    async fn act_and_observe(
+        &self,
+        mut d: AgentLoop<ToolDispatching>,
+        sink: &mut dyn Sink,
+    ) -> Result<Observed, String> {
+        let calls = d.calls();
+        // The intent is durable before any tool runs.
+        sink.record(d.take_facts()).await?;
+        let results = futures::future::join_all(calls.iter().map(|c| self.run_tool(c))).await;
+        let mut observing = d.returned(results);
+        sink.record(observing.take_facts()).await?;
+        Ok(observing.observe())
+    }
+
+    #[allow(clippy::disallowed_methods)] // an effect runner measures how long the effect took
+    async fn run_tool(&self, call: &ToolCall) -> ToolOutcome {
+        let started = std::time::Instant::now();
+        let result = self.tools.call(&call.name, &call.arguments).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (ok, output) = match result {
+            Ok(o) => (true, o),
+            Err(e) => (false, e),
+        };
+        ToolOutcome {
+            call_id: call.id.clone(),
+            ok,
+            output,
+            duration_ms,
+        }
+    }
+}
+
+/// Where a rebuilt run stands.
+#[derive(Debug)]
+pub enum Resumed {
+    /// It waits for approval.
+    Parked(AgentLoop<AwaitingApproval>),
+    /// It is in its reasoning phase (a crash interrupted it, or it was
+    /// never driven): drive it on.
+    Reasoning(AgentLoop<Reasoning>),
+    /// It had finished.
+    Finished,
+}
+
+/// Rebuilds a run from its journaled facts (in seq order) by feeding the
+/// recorded results back through the loop: no provider, gate or tool is
+/// called. The facts the rebuild produces are the ones already journaled,
+/// so they are dropped.
+///
+/// # Errors
+/// The facts do not form a run the loop can rebuild (names the seq).
+pub fn resume(spec: RunSpec, events: &[EventRef]) -> Result<Resumed, String> {
+    let bad = |e: &EventRef, why: &str| format!("seq {}: {why}", e.seq().0);
+    let mut it = events.iter().peekable();
+    let first = it.next().ok_or("the run has no events")?;
+    let ArchivedEventBody::RunStarted { input, parent, .. } = first.body() else {
+        return Err(bad(first, "a run starts with RunStarted"));
+    };
+    let mut lp = AgentLoop::start(spec, input.to_string(), parent.as_ref().map(|p| p.to_string()));
+    loop {
+        lp.take_facts();
+        // Reasoning: skip failed attempts, take the completion.
+        let completion = loop {
+            let Some(e) = it.next() else {
+                return Ok(Resumed::Reasoning(lp));
+            };
+            match e.body() {
+                ArchivedEventBody::CompletionFailed { .. } | ArchivedEventBody::PhaseEntered { .. } => {}
+                ArchivedEventBody::RunFinished { .. } => return Ok(Resumed::Finished),
+                ArchivedEventBody::CompletionReceived {
+                    content,
+                    tool_calls,
+                    finish_reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    ..
+                } => {
+                    let tool_calls: Vec<ToolCall> =
+                        serde_json::from_str(tool_calls.as_str()).map_err(|err| bad(e, &err.to_string()))?;
+                    break (
+                        e,
+                        Completion {
+                            content: content.to_string(),
+                            tool_calls,
+                            finish_reason: finish_reason.to_string(),
+                            prompt_tokens: prompt_tokens.to_native(),
+                            completion_tokens: completion_tokens.to_native(),
+                        },
+                    );
+                }
+                _ => return Err(bad(e, "expected a completion")),
+            }
+        };
+        let (at, completion) = completion;
+        let ArchivedEventBody::CompletionReceived { provider, .. } = at.body() else {
+            return Err(bad(at, "expected a completion"));
+        };
+        let mut gate = match lp.reasoned(provider.as_str(), completion) {
+            Reasoned::Done(_) => return Ok(Resumed::Finished),
+            Reasoned::Gate(g) => g,
+        };
+        gate.take_facts();
+        // Policy: the journaled decisions, in the order of the proposals.
+        let proposed = gate.proposed().to_vec();
+        let mut checks = Vec::new();
+        for call in &proposed {
+            let decided = loop {
+                let e = it.next().ok_or("the run ends inside its policy check")?;
+                match e.body() {
+                    ArchivedEventBody::ActionProposed { .. } | ArchivedEventBody::PhaseEntered { .. } => {}
+                    ArchivedEventBody::PolicyDecided { verdict, detail, .. } => {
+                        break (e, verdict.to_string(), detail.to_string());
+                    }
+                    _ => return Err(bad(e, "expected a policy decision")),
+                }
+            };
+            let (e, verdict, detail) = decided;
+            let gate_answer = match verdict.as_str() {
+                "allow" => Gate::Allow {
+                    arguments: call.arguments.clone(),
+                },
+                "allow_with_conditions" => Gate::Allow {
+                    arguments: apply_conditions(&call.arguments, &parse_conditions(&detail)),
+                },
+                "deny" => Gate::Deny { reason: detail },
+                "require_approval" => Gate::Approval {
+                    reason: detail,
+                    timeout_ms: 0,
+                },
+                other => return Err(bad(e, &format!("unknown verdict {other:?}"))),
+            };
+            checks.push(Checked {
+                call_id: call.id.clone(),
+                gate: gate_answer,
+                decided: e.to_event().map_err(|err| err.to_string())?.body,
+            });
+        }
+        let mut dispatch = match gate.checked(checks) {
+            GateOutcome::Dispatch(d) => d,
+            GateOutcome::Park(mut p) => {
+                p.take_facts();
+                loop {
+                    let Some(e) = it.next() else {
+                        return Ok(Resumed::Parked(p));
+                    };
+                    match e.body() {
+                        ArchivedEventBody::ApprovalRequested { .. } => {}
+                        ArchivedEventBody::RunFinished { .. } => return Ok(Resumed::Finished),
+                        ArchivedEventBody::ApprovalDecided {
+                            call_id,
+                            approved,
+                            approver,
+                            reason,
+                            ..
+                        } => match p.decided(call_id.as_str(), *approved, approver.as_str(), reason.as_str())
+                        {
+                            Ok(ApprovalOutcome::StillWaiting(q)) => p = q,
+                            Ok(ApprovalOutcome::Dispatch(d)) => break d,
+                            Err((_, why)) => return Err(bad(e, &why)),
+                        },
+                        _ => return Err(bad(e, "expected an approval decision")),
+                    }
+                }
+            }
+        };
+        dispatch.calls();
+        dispatch.take_facts();
+        // Tools: the journaled results.
+        let mut results = Vec::new();
+        while let Some(e) = it.peek() {
+            match e.body() {
+                ArchivedEventBody::ToolCalled { .. } | ArchivedEventBody::PhaseEntered { .. } => {
+                    it.next();
+                }
+                ArchivedEventBody::ToolReturned {
+                    call_id,
+                    ok,
+                    output,
+                    duration_ms,
+                    ..
+                } => {
+                    results.push(ToolOutcome {
+                        call_id: call_id.to_string(),
+                        ok: *ok,
+                        output: output.to_string(),
+                        duration_ms: duration_ms.to_native(),
+                    });
+                    it.next();
+                }
+                _ => break,
+            }
+        }
+        let observing = dispatch.returned(results);
+        match observing.observe() {
+            Observed::Next(next) => lp = next,
+            Observed::Done(_) => return Ok(Resumed::Finished),
+        }
+    }
+}
+
+/// Conditions as `Verdict::detail` writes them (`k=v; k=v`).
+fn parse_conditions(detail: &str) -> BTreeMap<String, String> {
+    detail
+        .split(';')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}

@@ -1,0 +1,248 @@
+//! The built-in tools a reasoning agent can call — real ones, confined to
+//! the agent's workspace directory — and tool profiles (glob patterns of
+//! what the model may see). Tools are effects: the driver runs them after
+//! the policy gate allowed the call, and journals each result.
+//!
+//! - `read_file {path, max_bytes?}`: a file under the workspace (at most
+//!   64 KiB, or `max_bytes`, which a policy condition may set);
+//! - `list_dir {path?}`: the entries of a directory under the workspace;
+//! - `write_file {path, content}`: creates or replaces a file under the
+//!   workspace (at most 1 MiB);
+//! - `run_command {command, args?}`: a program run through the process
+//!   runner with the agent's limits, in the workspace; exit status and
+//!   output come back.
+//!
+//! A path that leaves the workspace (`..`, an absolute path elsewhere, a
+//! symlink pointing out) is refused.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::llm::ToolSpec;
+use crate::process::{self, Confinement, Launcher, ProcessEvent, ProcessSpec};
+
+/// Largest file `read_file` returns.
+pub const MAX_READ_BYTES: u64 = 64 * 1024;
+/// Largest content `write_file` accepts.
+pub const MAX_WRITE_BYTES: usize = 1024 * 1024;
+
+/// Every built-in tool as the model sees it.
+#[must_use]
+pub fn builtin() -> Vec<ToolSpec> {
+    let spec = |name: &str, description: &str, parameters: Value| ToolSpec {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        parameters: parameters.to_string(),
+    };
+    vec![
+        spec(
+            "read_file",
+            "Read a text file of the workspace.",
+            serde_json::json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        ),
+        spec(
+            "list_dir",
+            "List the entries of a directory of the workspace.",
+            serde_json::json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+        ),
+        spec(
+            "write_file",
+            "Create or replace a file of the workspace.",
+            serde_json::json!({"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}, "required": ["path", "content"]}),
+        ),
+        spec(
+            "run_command",
+            "Run a program in the workspace with the agent's resource limits.",
+            serde_json::json!({"type": "object", "properties": {"command": {"type": "string"}, "args": {"type": "array", "items": {"type": "string"}}}, "required": ["command"]}),
+        ),
+    ]
+}
+
+/// Whether `name` matches a glob `pattern` (`*` any run, `?` one character).
+#[must_use]
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// The built-in tools a profile lets the model see (every tool matching
+/// one of the patterns), in a stable order.
+#[must_use]
+pub fn profile(patterns: &[String]) -> Vec<ToolSpec> {
+    builtin()
+        .into_iter()
+        .filter(|t| patterns.iter().any(|p| glob_match(p, &t.name)))
+        .collect()
+}
+
+/// Where and with what limits tools run for one agent.
+#[derive(Clone, Debug)]
+pub struct ToolBox {
+    /// The workspace directory (absolute).
+    pub workspace: PathBuf,
+    /// Memory for `run_command`, MiB.
+    pub memory_mb: u64,
+    /// CPU for `run_command`, cores.
+    pub cpu_cores: f64,
+    /// Timeout of `run_command`.
+    pub timeout: Duration,
+    /// The process launcher (the `stele` binary).
+    pub launcher: Launcher,
+    /// What confines processes here.
+    pub confinement: Confinement,
+}
+
+/// The result of a tool: success and its text.
+pub type ToolResult = Result<String, String>;
+
+impl ToolBox {
+    /// A path of the workspace, refusing anything that leaves it.
+    fn resolve(&self, path: &str) -> Result<PathBuf, String> {
+        let rel = Path::new(path);
+        if rel.is_absolute() {
+            return Err(format!("path {path:?} must be relative to the workspace"));
+        }
+        if rel.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(format!("path {path:?} leaves the workspace"));
+        }
+        let full = self.workspace.join(rel);
+        // Symlinks may point out: check the real location of what exists.
+        let existing = full.ancestors().find(|a| a.exists()).unwrap_or(&self.workspace);
+        let real = existing.canonicalize().map_err(|e| format!("{path}: {e}"))?;
+        let root = self
+            .workspace
+            .canonicalize()
+            .map_err(|e| format!("workspace {}: {e}", self.workspace.display()))?;
+        if !real.starts_with(&root) {
+            return Err(format!("path {path:?} leaves the workspace"));
+        }
+        Ok(full)
+    }
+
+    /// Runs tool `name` with JSON `arguments`.
+    pub async fn call(&self, name: &str, arguments: &str) -> ToolResult {
+        let args: Value =
+            serde_json::from_str(arguments).map_err(|e| format!("arguments are not JSON: {e}"))?;
+        let Some(args) = args.as_object() else {
+            return Err("arguments must be a JSON object".into());
+        };
+        let text = |key: &str| -> Result<String, String> {
+            args.get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("argument {key:?} (a string) is missing"))
+        };
+        match name {
+            "read_file" => {
+                let path = self.resolve(&text("path")?)?;
+                let meta = tokio::fs::metadata(&path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if meta.len() > MAX_READ_BYTES {
+                    return Err(format!(
+                        "file is {} bytes, over the {MAX_READ_BYTES} read limit",
+                        meta.len()
+                    ));
+                }
+                let mut bytes = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                // A policy condition may cap what is returned.
+                if let Some(max) = args.get("max_bytes").and_then(Value::as_u64) {
+                    bytes.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+                }
+                String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_owned())
+            }
+            "list_dir" => {
+                let rel = args.get("path").and_then(Value::as_str).unwrap_or(".");
+                let dir = self.resolve(rel)?;
+                let mut rd = tokio::fs::read_dir(&dir)
+                    .await
+                    .map_err(|e| format!("{rel}: {e}"))?;
+                let mut names = Vec::new();
+                while let Some(e) = rd.next_entry().await.map_err(|e| e.to_string())? {
+                    let mut n = e.file_name().to_string_lossy().into_owned();
+                    if e.file_type().await.is_ok_and(|t| t.is_dir()) {
+                        n.push('/');
+                    }
+                    names.push(n);
+                }
+                names.sort();
+                Ok(names.join("\n"))
+            }
+            "write_file" => {
+                let path = self.resolve(&text("path")?)?;
+                let content = text("content")?;
+                if content.len() > MAX_WRITE_BYTES {
+                    return Err(format!(
+                        "content is {} bytes, over the {MAX_WRITE_BYTES} limit",
+                        content.len()
+                    ));
+                }
+                if let Some(parent) = path.parent() {
+                    tokio::fs::create_dir_all(parent)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                tokio::fs::write(&path, content.as_bytes())
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(format!("wrote {} bytes to {}", content.len(), text("path")?))
+            }
+            "run_command" => {
+                let command = text("command")?;
+                let argv: Vec<String> = match args.get("args") {
+                    None => Vec::new(),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_owned).ok_or("args must be strings"))
+                        .collect::<Result<_, _>>()?,
+                    Some(_) => return Err("args must be an array of strings".into()),
+                };
+                self.run(command, argv).await
+            }
+            other => Err(format!("no tool named {other:?}")),
+        }
+    }
+
+    async fn run(&self, command: String, args: Vec<String>) -> ToolResult {
+        let spec = ProcessSpec {
+            task: "tool".into(),
+            command,
+            args,
+            env: BTreeMap::new(),
+            workdir: Some(self.workspace.clone()),
+            memory_mb: self.memory_mb,
+            cpu_cores: self.cpu_cores,
+            timeout: self.timeout,
+            output_limit: 16 * 1024,
+            sample_every: self.timeout + Duration::from_secs(1),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        process::spawn(spec, &self.launcher, &self.confinement, tx).map_err(|e| e.to_string())?;
+        while let Some(ev) = rx.recv().await {
+            if let ProcessEvent::Exited(r) = ev {
+                let out = format!("{}{}", r.stdout, r.stderr);
+                return if r.success() {
+                    Ok(out)
+                } else {
+                    Err(format!("{}: {out}", r.summary()))
+                };
+            }
+        }
+        Err("the command ended without a report".into())
+    }
+}

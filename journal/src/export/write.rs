@@ -1,0 +1,513 @@
+//! Writing a bundle from a [`Reader`]: resolve the selection, prove it
+//! against the checkpoint that covers it, write the files into a temporary
+//! directory beside `--out`, and rename it into place once complete.
+//!
+//! The writer does not verify the journal (that is `stele journal verify`
+//! and, for the bundle, [`super::verify_bundle`]); it needs a checkpoint
+//! covering the last selected event and says so when there is none.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::format::{
+    self, AnchorsProof, BUNDLE_FORMAT, CHECKPOINTS_FILE, CheckpointRef, ConsistencyProof, EVENTS_FILE,
+    EventCounts, EventsProof, FileEntry, KEYS_FILE, MANIFEST_FILE, Manifest, PROOFS_FILE, PROOFS_FORMAT,
+    Proofs, Selection,
+};
+use super::{
+    Attachment, BundleEvent, EXPORT_CHUNK_EVENTS, KeyHistory, agent_member, multiproof, redacted_stream,
+};
+use crate::error::{Error, Result};
+use crate::event::EventRef;
+use crate::ids::{RunId, Seq, StreamId};
+use crate::journal::Reader;
+use crate::merkle::{self, Digest, NodeSource};
+use crate::store::{CheckpointInfo, Store};
+use crate::verify::Progress;
+
+/// A resolved selection: which events an export holds.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What was asked for.
+    pub selection: Selection,
+    /// The seqs of a subset (`None`: the whole range `first..=last`).
+    seqs: Option<Vec<Seq>>,
+    /// First selected seq.
+    pub first: Seq,
+    /// Last selected seq: the covering checkpoint must cover it.
+    pub last: Seq,
+    /// Selected events.
+    pub count: u64,
+}
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidInput {
+        what: "export selection",
+        reason,
+    }
+}
+
+/// Resolves a selection against the journal, refusing empty or impossible
+/// ones with a one-line reason.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a bad selection; storage errors.
+pub fn plan(reader: &Reader, selection: Selection) -> Result<Plan> {
+    let head = reader.head().seq;
+    let (seqs, first, last) = match &selection {
+        Selection::Range { from, to } => {
+            if *from == 0 {
+                return Err(invalid(
+                    "--from must be at least 1 (the first event is seq 1)".into(),
+                ));
+            }
+            if from > to {
+                return Err(invalid(format!("--from {from} is after --to {to}")));
+            }
+            if *to > head.0 {
+                return Err(invalid(format!(
+                    "--to {to} is beyond the head of the journal (seq {head})"
+                )));
+            }
+            (None, Seq(*from), Seq(*to))
+        }
+        Selection::Run { run } => {
+            let id = RunId::new(run.clone())?;
+            let seqs: Vec<Seq> = reader
+                .run(&id, Seq(1))
+                .map(|e| e.map(|e| e.seq()))
+                .collect::<Result<_>>()?;
+            if seqs.is_empty() {
+                return Err(invalid(format!("run {run} has no events in this journal")));
+            }
+            (Some(seqs.clone()), seqs[0], seqs[seqs.len() - 1])
+        }
+        Selection::Agent { agent } => {
+            StreamId::new(format!("agent:{agent}")).map_err(|e| match e {
+                Error::InvalidInput { reason, .. } => invalid(format!("agent name {agent:?}: {reason}")),
+                e => e,
+            })?;
+            let mut tasks = BTreeSet::new();
+            let mut seqs = Vec::new();
+            for e in reader.range(Seq(1), head) {
+                let e = e?;
+                if agent_member(e.stream(), e.body(), agent, &mut tasks) {
+                    seqs.push(e.seq());
+                }
+            }
+            if seqs.is_empty() {
+                return Err(invalid(format!("agent {agent} has no events in this journal")));
+            }
+            (Some(seqs.clone()), seqs[0], seqs[seqs.len() - 1])
+        }
+    };
+    let count = seqs
+        .as_ref()
+        .map_or(last.0 - first.0 + 1, |s: &Vec<Seq>| s.len() as u64);
+    Ok(Plan {
+        selection,
+        seqs,
+        first,
+        last,
+        count,
+    })
+}
+
+/// The oldest checkpoint whose tree holds event `last`.
+///
+/// # Errors
+/// Storage errors.
+pub fn covering_checkpoint(reader: &Reader, last: Seq) -> Result<Option<CheckpointInfo>> {
+    Ok(reader.checkpoints()?.into_iter().find(|c| c.size >= last.0))
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    /// Where.
+    pub out: PathBuf,
+    /// The manifest as written.
+    pub manifest: Manifest,
+    /// Events written per second.
+    pub events_per_s: f64,
+}
+
+/// `MTH(D[lo:hi])` from the store. Ranges of the RFC 6962 recursion start
+/// at a multiple of a power of two at least their length, so every node of
+/// the subtree lies at an aligned address of the whole tree.
+struct Offset<'a> {
+    store: &'a Store,
+    base: u64,
+}
+
+impl NodeSource for Offset<'_> {
+    type Error = Error;
+    fn node(&self, level: u8, index: u64) -> Result<Digest> {
+        debug_assert_eq!(self.base % (1 << level), 0, "subtree must be aligned");
+        NodeSource::node(self.store, level, index + (self.base >> level))
+    }
+}
+
+fn subtree(store: &Store, lo: u64, hi: u64) -> Result<Digest> {
+    merkle::root_at(&Offset { store, base: lo }, hi - lo).map_err(|e| match e {
+        merkle::ProofFailure::Merkle(m) => Error::Merkle(m.to_string()),
+        merkle::ProofFailure::Source(e) => e,
+    })
+}
+
+fn prove(store: &Store, indices: &[u64], size: u64) -> Result<Vec<Digest>> {
+    multiproof::prove(indices, size, &mut |lo, hi| subtree(store, lo, hi))?
+        .map_err(|e| Error::Merkle(e.to_string()))
+}
+
+/// A file being written, hashed as it goes.
+struct Hashed {
+    path: PathBuf,
+    file: BufWriter<File>,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl Hashed {
+    fn create(path: PathBuf) -> Result<Hashed> {
+        let file = File::create(&path).map_err(Error::io(&path))?;
+        Ok(Hashed {
+            path,
+            file: BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.bytes += bytes.len() as u64;
+        self.file.write_all(bytes).map_err(Error::io(&self.path))
+    }
+
+    fn finish(self) -> Result<FileEntry> {
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io(&self.path)(e.into_error()))?;
+        file.sync_all().map_err(Error::io(&self.path))?;
+        Ok(FileEntry {
+            bytes: self.bytes,
+            blake3: self.hasher.finalize().to_hex().to_string(),
+        })
+    }
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8], files: &mut BTreeMap<String, FileEntry>) -> Result<()> {
+    let mut f = Hashed::create(dir.join(name))?;
+    f.write(bytes)?;
+    files.insert(name.to_owned(), f.finish()?);
+    Ok(())
+}
+
+fn event_at(reader: &Reader, seq: Seq) -> Result<EventRef> {
+    reader.get(seq)?.ok_or_else(|| Error::Tampered {
+        seq,
+        reason: "the event is not stored".into(),
+    })
+}
+
+/// Refuses an `--out` that exists and is not an empty directory.
+fn check_out(out: &Path) -> Result<()> {
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::InvalidInput {
+                    what: "--out",
+                    reason: format!(
+                        "{} exists and is not empty; choose a new directory",
+                        out.display()
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) if out.exists() => Err(Error::InvalidInput {
+            what: "--out",
+            reason: format!("{} exists and is not a directory", out.display()),
+        }),
+        Err(e) => Err(Error::io(out)(e)),
+    }
+}
+
+/// Writes the bundle of `plan` into `out` (which must not exist or be an
+/// empty directory). Redacts the bodies of events on streams starting with
+/// one of `redact`; renders each attachment beside the events.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when no checkpoint covers the selection or
+/// `out` is taken; storage and I/O errors.
+pub fn write_bundle(
+    reader: &Reader,
+    plan: &Plan,
+    redact: &[String],
+    attachments: &[&dyn Attachment],
+    out: &Path,
+    progress: Progress<'_>,
+) -> Result<ExportSummary> {
+    let started = Instant::now();
+    if let Some(p) = redact.iter().find(|p| p.is_empty()) {
+        return Err(Error::InvalidInput {
+            what: "--redact",
+            reason: format!("empty stream prefix {p:?} would redact everything; name a prefix"),
+        });
+    }
+    check_out(out)?;
+    let checkpoints = reader.checkpoints()?;
+    let covering = checkpoints
+        .iter()
+        .find(|c| c.size >= plan.last.0)
+        .copied()
+        .ok_or_else(|| Error::InvalidInput {
+            what: "export",
+            reason: format!(
+                "no checkpoint covers event {} (the newest covers {}); make one with `stele journal checkpoint`",
+                plan.last,
+                checkpoints
+                    .last()
+                    .map_or_else(|| "nothing".to_owned(), |c| format!("1..={}", c.size))
+            ),
+        })?;
+    let latest = *checkpoints.last().expect("a covering checkpoint exists");
+
+    let name = out
+        .file_name()
+        .map_or_else(|| "bundle".into(), |n| n.to_string_lossy().into_owned());
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(Error::io(&tmp))?;
+    let result = write_into(
+        reader,
+        plan,
+        redact,
+        attachments,
+        &tmp,
+        covering,
+        latest,
+        progress,
+    );
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        std::fs::remove_dir(out).map_err(Error::io(out))?;
+    }
+    std::fs::rename(&tmp, out).map_err(Error::io(out))?;
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(parent))?;
+    let secs = started.elapsed().as_secs_f64();
+    Ok(ExportSummary {
+        out: out.to_owned(),
+        events_per_s: if secs > 0.0 { plan.count as f64 / secs } else { 0.0 },
+        manifest,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_into(
+    reader: &Reader,
+    plan: &Plan,
+    redact: &[String],
+    attachments: &[&dyn Attachment],
+    dir: &Path,
+    covering: CheckpointInfo,
+    latest: CheckpointInfo,
+    progress: Progress<'_>,
+) -> Result<Manifest> {
+    let store = reader.store();
+    let mut files = BTreeMap::new();
+
+    // events.jsonl (and the attachments, line for line)
+    let mut events = Hashed::create(dir.join(EVENTS_FILE))?;
+    let mut extra: Vec<Hashed> = attachments
+        .iter()
+        .map(|a| Hashed::create(dir.join(a.file_name())))
+        .collect::<Result<_>>()?;
+    let mut leaves: Vec<u64> = Vec::with_capacity(usize::try_from(plan.count).unwrap_or(0));
+    let mut redacted = 0u64;
+    let mut source: Box<dyn Iterator<Item = Result<EventRef>> + '_> = match &plan.seqs {
+        None => Box::new(reader.range(plan.first, plan.last)),
+        Some(seqs) => Box::new(seqs.iter().map(|s| event_at(reader, *s))),
+    };
+    let mut expected = plan.first;
+    let mut chunk: Vec<EventRef> = Vec::with_capacity(EXPORT_CHUNK_EVENTS);
+    let mut done = 0u64;
+    loop {
+        chunk.clear();
+        for e in source.by_ref().take(EXPORT_CHUNK_EVENTS) {
+            chunk.push(e?);
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        type Rendered = (Vec<u8>, Vec<Vec<u8>>, bool);
+        let rendered: Vec<Result<Rendered>> = chunk
+            .par_iter()
+            .map(|r| {
+                let hide = redacted_stream(r.stream(), redact);
+                let ev = BundleEvent::from_record(r.clone(), hide)?;
+                let lines = attachments.iter().map(|a| a.render(&ev)).collect();
+                Ok((format::render_line(&ev), lines, hide))
+            })
+            .collect();
+        for (r, item) in chunk.iter().zip(rendered) {
+            let (mut line, lines, hide) = item?;
+            if plan.seqs.is_none() {
+                if r.seq() != expected {
+                    return Err(Error::Tampered {
+                        seq: expected,
+                        reason: format!(
+                            "event {expected} is missing (the next stored event is {})",
+                            r.seq()
+                        ),
+                    });
+                }
+                expected = expected.next();
+            }
+            line.push(b'\n');
+            events.write(&line)?;
+            for (f, mut l) in extra.iter_mut().zip(lines) {
+                l.push(b'\n');
+                f.write(&l)?;
+            }
+            leaves.push(r.seq().0 - 1);
+            redacted += u64::from(hide);
+        }
+        done += chunk.len() as u64;
+        progress(done, plan.count);
+    }
+    drop(source);
+    if plan.seqs.is_none() && expected != plan.last.next() {
+        return Err(Error::Tampered {
+            seq: expected,
+            reason: format!("event {expected} is missing; the range ends at {}", plan.last),
+        });
+    }
+    files.insert(EVENTS_FILE.to_owned(), events.finish()?);
+    for (a, f) in attachments.iter().zip(extra) {
+        files.insert(a.file_name().to_owned(), f.finish()?);
+    }
+
+    // keys.json: JournalOpened at 1 and every rotation the latest tree holds
+    let key_seqs: Vec<Seq> = reader
+        .keys()?
+        .iter()
+        .map(|k| {
+            if k.since.0 <= 1 {
+                Seq(1)
+            } else {
+                Seq(k.since.0 - 1)
+            }
+        })
+        .filter(|s| s.0 <= latest.size)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let key_events: Vec<BundleEvent> = key_seqs
+        .iter()
+        .map(|s| BundleEvent::from_record(event_at(reader, *s)?, false))
+        .collect::<Result<_>>()?;
+    let history = KeyHistory::derive(&key_events).map_err(|(i, reason)| Error::Corrupt {
+        seq: key_events.get(i).map_or(Seq(1), |e| e.seq),
+        reason: format!("the key events do not form a key history: {reason}"),
+    })?;
+    write_file(
+        dir,
+        KEYS_FILE,
+        &format::render_keys(&history.entries, &key_events),
+        &mut files,
+    )?;
+
+    // checkpoints.json
+    let cp_event = |c: &CheckpointInfo| BundleEvent::from_record(event_at(reader, c.seq)?, false);
+    let (cov_ev, lat_ev) = (cp_event(&covering)?, cp_event(&latest)?);
+    write_file(
+        dir,
+        CHECKPOINTS_FILE,
+        &format::render_checkpoints(
+            (covering.size, &covering.root, &cov_ev),
+            (latest.size, &latest.root, &lat_ev),
+        ),
+        &mut files,
+    )?;
+
+    // proofs.json
+    let events_proof = prove(store, &leaves, covering.size)?;
+    let mut anchor_seqs: BTreeSet<u64> = key_seqs.iter().map(|s| s.0).collect();
+    if covering.seq.0 <= latest.size {
+        anchor_seqs.insert(covering.seq.0);
+    }
+    let anchor_seqs: Vec<u64> = anchor_seqs.into_iter().collect();
+    let anchor_idx: Vec<u64> = anchor_seqs.iter().map(|s| s - 1).collect();
+    let anchors_proof = prove(store, &anchor_idx, latest.size)?;
+    let consistency = reader.consistency_proof(covering.size, latest.size)?;
+    let proofs = Proofs {
+        format: PROOFS_FORMAT.into(),
+        events: EventsProof {
+            size: covering.size,
+            hashes: format::hex_list(&events_proof),
+        },
+        anchors: AnchorsProof {
+            size: latest.size,
+            seqs: anchor_seqs,
+            hashes: format::hex_list(&anchors_proof),
+        },
+        consistency: ConsistencyProof {
+            old_size: covering.size,
+            new_size: latest.size,
+            hashes: consistency.iter().map(|h| h.to_hex()).collect(),
+        },
+    };
+    write_file(dir, PROOFS_FILE, &format::render_proofs(&proofs), &mut files)?;
+
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT.into(),
+        selection: plan.selection.clone(),
+        redact: redact.to_vec(),
+        events: EventCounts {
+            count: plan.count,
+            redacted,
+            first_seq: plan.first.0,
+            last_seq: plan.last.0,
+        },
+        checkpoint: CheckpointRef {
+            size: covering.size,
+            seq: covering.seq.0,
+        },
+        latest_checkpoint: CheckpointRef {
+            size: latest.size,
+            seq: latest.seq.0,
+        },
+        keys: history.entries.len() as u64,
+        attachments: attachments
+            .iter()
+            .map(|a| (a.file_name().to_owned(), a.describe()))
+            .collect(),
+        files,
+    };
+    let mut m = Hashed::create(dir.join(MANIFEST_FILE))?;
+    m.write(&format::render_manifest(&manifest))?;
+    m.finish()?;
+    Ok(manifest)
+}
