@@ -35,7 +35,8 @@
 //! publish that still reaches the server expects the same stream sequence
 //! as its replacement, so only one of them is stored. The
 //! cursor `<data>/nats.cursor` (the last acknowledged seq and its hash,
-//! replaced atomically and fsynced at most every 250 ms and on exit) is
+//! replaced atomically and fsynced at most every 250 ms and on exit, by a
+//! thread of its own so that a slow fsync never holds up publishing) is
 //! checked against the journal at start; a mismatch is refused.
 //!
 //! Where events come from: in `stele up`, the daemon's own [`Reader`]
@@ -269,7 +270,7 @@ fn data_slice(payload: &[u8]) -> Option<&[u8]> {
 
 // ------------------------------------------------ cursor and publisher lock
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct CursorRecord {
     format: String,
     stream: String,
@@ -278,6 +279,9 @@ struct CursorRecord {
 }
 
 /// `<data>/nats.cursor`: the last seq JetStream acknowledged and its hash.
+/// Written by a thread of its own, so an fsync (slow while the disk is
+/// busy) never holds up publishing; the newest record waiting replaces an
+/// older one, and dropping the cursor writes the last one and waits for it.
 #[derive(Debug)]
 struct Cursor {
     path: PathBuf,
@@ -285,6 +289,62 @@ struct Cursor {
     saved: (u64, String),
     current: (u64, String),
     last_flush: Instant,
+    writer: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<CursorShared>,
+}
+
+#[derive(Debug, Default)]
+struct CursorShared {
+    slot: Mutex<CursorSlot>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct CursorSlot {
+    pending: Option<CursorRecord>,
+    stop: bool,
+    error: Option<String>,
+}
+
+/// Replaces `path` atomically: write, fsync, rename, fsync the directory.
+fn write_cursor(path: &Path, rec: &CursorRecord) -> std::io::Result<()> {
+    let tmp = path.with_extension("cursor.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(serde_json::to_string(rec)?.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn lock(s: &CursorShared) -> std::sync::MutexGuard<'_, CursorSlot> {
+    s.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn cursor_writer(path: PathBuf, shared: Arc<CursorShared>) {
+    loop {
+        let (rec, stop) = {
+            let mut slot = lock(&shared);
+            while slot.pending.is_none() && !slot.stop {
+                slot = shared
+                    .wake
+                    .wait(slot)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            (slot.pending.take(), slot.stop)
+        };
+        if let Some(rec) = rec
+            && let Err(e) = write_cursor(&path, &rec)
+        {
+            lock(&shared).error = Some(format!("writing {}: {e}", path.display()));
+        }
+        if stop && lock(&shared).pending.is_none() {
+            return;
+        }
+    }
 }
 
 fn cursor_path(data: &Path) -> PathBuf {
@@ -321,12 +381,22 @@ impl Cursor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, String::new()),
             Err(e) => return Err(anyhow!(e).context(format!("reading {}", path.display()))),
         };
+        let shared = Arc::new(CursorShared::default());
+        let writer = {
+            let (path, shared) = (path.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("stele-nats-cursor".into())
+                .spawn(move || cursor_writer(path, shared))
+                .context("starting the cursor writer")?
+        };
         Ok(Cursor {
             path,
             stream: stream.to_owned(),
             saved: at.clone(),
             current: at,
             last_flush: Instant::now(),
+            writer: Some(writer),
+            shared,
         })
     }
 
@@ -351,39 +421,37 @@ impl Cursor {
         Ok(())
     }
 
-    /// Replaces the file atomically (write, fsync, rename, fsync the dir).
+    /// Hands the current record to the writer thread; fails if an earlier
+    /// write failed (the data directory is in trouble: stop).
     fn flush(&mut self) -> Result<()> {
-        if !self.dirty() {
-            return Ok(());
+        let mut slot = lock(&self.shared);
+        if let Some(e) = &slot.error {
+            bail!("{e}");
         }
-        let rec = CursorRecord {
-            format: CURSOR_FORMAT.into(),
-            stream: self.stream.clone(),
-            seq: self.current.0,
-            hash: self.current.1.clone(),
-        };
-        let tmp = self.path.with_extension("cursor.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(serde_json::to_string(&rec)?.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_data()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().with_context(|| format!("writing {}", self.path.display()))?;
-        self.saved = self.current.clone();
-        self.last_flush = Instant::now();
+        if self.current != self.saved {
+            slot.pending = Some(CursorRecord {
+                format: CURSOR_FORMAT.into(),
+                stream: self.stream.clone(),
+                seq: self.current.0,
+                hash: self.current.1.clone(),
+            });
+            self.shared.wake.notify_one();
+            self.saved = self.current.clone();
+            self.last_flush = Instant::now();
+        }
         Ok(())
     }
 }
 
 impl Drop for Cursor {
     fn drop(&mut self) {
-        if let Err(e) = self.flush() {
+        let _ = self.flush();
+        lock(&self.shared).stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.writer.take() {
+            let _ = t.join();
+        }
+        if let Some(e) = &lock(&self.shared).error {
             tracing::warn!(target: "stele::nats", error = %e, "could not save the nats cursor");
         }
     }

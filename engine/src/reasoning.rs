@@ -10,8 +10,9 @@
 //!   context the call's arguments and whether its `path` stays in the
 //!   workspace), decided by the Cedar gate; the decision is journaled with
 //!   the full request and the determining policies. `allow_with_conditions`
-//!   overrides arguments with the conditions (`max_bytes=1024` sets
-//!   `max_bytes` to 1024; values that parse as JSON are JSON).
+//!   overrides arguments with the conditions (values that parse as JSON
+//!   are JSON); a `max_*` condition is a cap (`max_bytes=1024` lowers a
+//!   larger or missing `max_bytes` to 1024, keeps a smaller one).
 //! - Tools: allowed calls run concurrently; each result is journaled.
 //! - Approval: the run parks; [`resume`] rebuilds it from its journaled
 //!   facts (no effect is repeated) and a decision continues it.
@@ -130,7 +131,12 @@ pub fn apply_conditions(arguments: &str, conditions: &BTreeMap<String, String>) 
     let mut args: Map<String, Value> = serde_json::from_str(arguments).unwrap_or_default();
     for (k, v) in conditions {
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
-        args.insert(k.clone(), value);
+        // A `max_*` condition is a cap: a smaller value the call asked for stays.
+        let asked_less = k.starts_with("max_")
+            && matches!((args.get(k).and_then(Value::as_f64), value.as_f64()), (Some(a), Some(c)) if a <= c);
+        if !asked_less {
+            args.insert(k.clone(), value);
+        }
     }
     Value::Object(args).to_string()
 }
