@@ -165,6 +165,22 @@ pub fn status(data: &Path, json: bool) -> Result<ExitCode> {
     );
     println!("confine: {}", v["confinement"].as_str().unwrap_or("?"));
     println!("agents:  {}", v["agents"]);
+    if let Some(n) = v.get("nats").filter(|n| !n.is_null()) {
+        println!(
+            "nats:    published through seq {} of {} (lag {}), {}",
+            n["published_seq"],
+            n["head_seq"],
+            n["lag"],
+            if n["connected"] == true {
+                "connected"
+            } else {
+                "disconnected"
+            }
+        );
+        if let Some(e) = n["last_error"].as_str() {
+            println!("         last error: {e}");
+        }
+    }
     println!(
         "tasks:   {} running, {} queued",
         v["tasks"]["running"], v["tasks"]["queued"]

@@ -107,8 +107,26 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Res
             .with_context(|| format!("binding the HTTP control API on 127.0.0.1:{port}"))?;
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let nats_cfg = config.nats.clone();
         let mut core = Core::load(data, journal, config, launcher, confinement, tx.clone(), rx)?;
         core.start().await?;
+        // The JetStream feed, when configured: it follows the journal from its
+        // cursor; NATS outages never touch the runtime.
+        let nats_status = nats_cfg
+            .enabled
+            .then(|| Arc::new(crate::nats::PublisherStatus::default()));
+        core.nats.clone_from(&nats_status);
+        let nats_task = nats_status.clone().map(|status| {
+            let (reader, data, cfg) = (core.journal.reader(), data.to_owned(), nats_cfg.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::nats::run_publisher(reader, &data, &cfg, status.clone()).await {
+                    let msg = format!("NATS publisher stopped: {e:#}");
+                    status.set_error(&msg);
+                    eprintln!("stele up: {msg}");
+                }
+            })
+        });
+        let head_reader = core.journal.reader();
         for (file, def, source) in definitions {
             core.register_from_dir(&file, def, source).await?;
         }
@@ -127,6 +145,17 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Res
             core.confinement.describe()
         );
         let result = core.run().await;
+        if let (Some(task), Some(status)) = (nats_task, &nats_status) {
+            // Let it publish the shutdown's events (5 s at most), then stop it.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while status.published_seq.load(Ordering::Relaxed) < head_reader.head().seq.0
+                && !task.is_finished()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            task.abort();
+        }
         server.abort();
         let _ = std::fs::remove_file(up_file(data));
         result
@@ -255,6 +284,8 @@ struct Core {
     timers: HashMap<String, Vec<AbortHandle>>,
     shutdown: Option<Arc<AtomicBool>>,
     started_at_seq: Seq,
+    /// The NATS publisher's progress, when `[nats] enabled`.
+    nats: Option<Arc<crate::nats::PublisherStatus>>,
 }
 
 impl Core {
@@ -311,6 +342,7 @@ impl Core {
             timers: HashMap::new(),
             shutdown: None,
             started_at_seq: head,
+            nats: None,
         })
     }
 
@@ -797,6 +829,7 @@ impl Core {
             "tasks": {"queued": queued, "running": running.len()},
             "running_tasks": running,
             "slots": slots,
+            "nats": self.nats.as_ref().map(|s| s.to_json()),
         })
     }
 
