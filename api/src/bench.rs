@@ -62,6 +62,15 @@ fn note(writer: u64, i: u64) -> String {
     format!("bench writer {writer:04} event {i:010} {}", "x".repeat(160))
 }
 
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Durability {
+        match d {
+            DurabilityArg::Sync => Durability::Sync,
+            DurabilityArg::Buffered => Durability::Buffered,
+        }
+    }
+}
+
 pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode> {
     ensure!(args.writers >= 1, "--writers must be at least 1");
     ensure!(args.events >= args.writers, "--events must be at least --writers");
@@ -73,10 +82,7 @@ pub fn journal(data: Option<&Path>, args: &BenchJournalArgs) -> Result<ExitCode>
             tmp.path().join("journal")
         }
     };
-    let durability = match args.durability {
-        DurabilityArg::Sync => Durability::Sync,
-        DurabilityArg::Buffered => Durability::Buffered,
-    };
+    let durability = Durability::from(args.durability);
     let open = || {
         Journal::open(
             &dir,
@@ -814,10 +820,7 @@ pub fn scheduler(data: Option<&Path>, args: &BenchSchedulerArgs) -> Result<ExitC
             tmp.path().join("data")
         }
     };
-    let durability = match args.durability {
-        DurabilityArg::Sync => Durability::Sync,
-        DurabilityArg::Buffered => Durability::Buffered,
-    };
+    let durability = Durability::from(args.durability);
     let open = || {
         Journal::open(
             &dir,

@@ -1749,10 +1749,7 @@ fn bench(args: &PublishBenchArgs) -> Result<ExitCode> {
     cfg.max_age = Duration::ZERO;
     let tmp = tempfile::tempdir().context("creating a temporary data directory")?;
     let data = tmp.path().join("journal");
-    let durability = match args.durability {
-        crate::cli::DurabilityArg::Sync => stele_journal::Durability::Sync,
-        crate::cli::DurabilityArg::Buffered => stele_journal::Durability::Buffered,
-    };
+    let durability = stele_journal::Durability::from(args.durability);
     let journal = stele_journal::Journal::open(
         &data,
         stele_journal::Options {
