@@ -678,47 +678,69 @@ fn ser_hex<S: serde::Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S:
     s.serialize_str(&hex::encode(v))
 }
 
-impl EventBody {
-    /// The fact's name in snake case (`annotated`, `checkpoint_signed`), as
-    /// used in JSON and in subjects.
-    #[must_use]
-    pub fn kind(&self) -> &'static str {
-        match self {
-            EventBody::JournalOpened { .. } => "journal_opened",
-            EventBody::KeyRotated { .. } => "key_rotated",
-            EventBody::CheckpointSigned { .. } => "checkpoint_signed",
-            EventBody::Annotated { .. } => "annotated",
-            EventBody::AgentRegistered { .. } => "agent_registered",
-            EventBody::AgentStateChanged { .. } => "agent_state_changed",
-            EventBody::TaskQueued { .. } => "task_queued",
-            EventBody::TaskPlaced { .. } => "task_placed",
-            EventBody::TaskPreempted { .. } => "task_preempted",
-            EventBody::TaskFinished { .. } => "task_finished",
-            EventBody::RuntimeStarted { .. } => "runtime_started",
-            EventBody::TimerFired { .. } => "timer_fired",
-            EventBody::AgentStopRequested { .. } => "agent_stop_requested",
-            EventBody::ProcessStarted { .. } => "process_started",
-            EventBody::ResourcesSampled { .. } => "resources_sampled",
-            EventBody::ProcessExited { .. } => "process_exited",
-            EventBody::RunInterrupted { .. } => "run_interrupted",
-            EventBody::ShutdownStep { .. } => "shutdown_step",
-            EventBody::HealthChecked { .. } => "health_checked",
-            EventBody::RunStarted { .. } => "run_started",
-            EventBody::PhaseEntered { .. } => "phase_entered",
-            EventBody::CompletionReceived { .. } => "completion_received",
-            EventBody::CompletionFailed { .. } => "completion_failed",
-            EventBody::ActionProposed { .. } => "action_proposed",
-            EventBody::PolicyDecided { .. } => "policy_decided",
-            EventBody::ToolCalled { .. } => "tool_called",
-            EventBody::ToolReturned { .. } => "tool_returned",
-            EventBody::BreakerChanged { .. } => "breaker_changed",
-            EventBody::ApprovalRequested { .. } => "approval_requested",
-            EventBody::ApprovalDecided { .. } => "approval_decided",
-            EventBody::RunFinished { .. } => "run_finished",
-            EventBody::PolicySetLoaded { .. } => "policy_set_loaded",
+/// One list of every fact and its kind name, generating `kind()` for both
+/// the native and the archived body so the two can never disagree.
+macro_rules! kinds {
+    ($($variant:ident => $name:literal,)*) => {
+        impl EventBody {
+            /// The fact's name in snake case (`annotated`, `checkpoint_signed`),
+            /// as used in JSON and in subjects.
+            #[must_use]
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(EventBody::$variant { .. } => $name,)*
+                }
+            }
         }
-    }
 
+        impl ArchivedEventBody {
+            /// See [`EventBody::kind`].
+            #[must_use]
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(ArchivedEventBody::$variant { .. } => $name,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    JournalOpened => "journal_opened",
+    KeyRotated => "key_rotated",
+    CheckpointSigned => "checkpoint_signed",
+    Annotated => "annotated",
+    AgentRegistered => "agent_registered",
+    AgentStateChanged => "agent_state_changed",
+    TaskQueued => "task_queued",
+    TaskPlaced => "task_placed",
+    TaskPreempted => "task_preempted",
+    TaskFinished => "task_finished",
+    RuntimeStarted => "runtime_started",
+    TimerFired => "timer_fired",
+    AgentStopRequested => "agent_stop_requested",
+    ProcessStarted => "process_started",
+    ResourcesSampled => "resources_sampled",
+    ProcessExited => "process_exited",
+    RunInterrupted => "run_interrupted",
+    ShutdownStep => "shutdown_step",
+    HealthChecked => "health_checked",
+    RunStarted => "run_started",
+    PhaseEntered => "phase_entered",
+    CompletionReceived => "completion_received",
+    CompletionFailed => "completion_failed",
+    ActionProposed => "action_proposed",
+    PolicyDecided => "policy_decided",
+    ToolCalled => "tool_called",
+    ToolReturned => "tool_returned",
+    BreakerChanged => "breaker_changed",
+    ApprovalRequested => "approval_requested",
+    ApprovalDecided => "approval_decided",
+    RunFinished => "run_finished",
+    PolicySetLoaded => "policy_set_loaded",
+}
+
+impl EventBody {
     /// The run this event belongs to, when it carries one.
     ///
     /// # Errors
@@ -797,45 +819,6 @@ impl ArchivedEventBody {
             | ArchivedEventBody::RunFinished { run, .. } => Some(run.as_str()),
             ArchivedEventBody::PolicyDecided { run, .. } => run.as_ref().map(|r| r.as_str()),
             _ => None,
-        }
-    }
-
-    /// See [`EventBody::kind`].
-    #[must_use]
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ArchivedEventBody::JournalOpened { .. } => "journal_opened",
-            ArchivedEventBody::KeyRotated { .. } => "key_rotated",
-            ArchivedEventBody::CheckpointSigned { .. } => "checkpoint_signed",
-            ArchivedEventBody::Annotated { .. } => "annotated",
-            ArchivedEventBody::AgentRegistered { .. } => "agent_registered",
-            ArchivedEventBody::AgentStateChanged { .. } => "agent_state_changed",
-            ArchivedEventBody::TaskQueued { .. } => "task_queued",
-            ArchivedEventBody::TaskPlaced { .. } => "task_placed",
-            ArchivedEventBody::TaskPreempted { .. } => "task_preempted",
-            ArchivedEventBody::TaskFinished { .. } => "task_finished",
-            ArchivedEventBody::RuntimeStarted { .. } => "runtime_started",
-            ArchivedEventBody::TimerFired { .. } => "timer_fired",
-            ArchivedEventBody::AgentStopRequested { .. } => "agent_stop_requested",
-            ArchivedEventBody::ProcessStarted { .. } => "process_started",
-            ArchivedEventBody::ResourcesSampled { .. } => "resources_sampled",
-            ArchivedEventBody::ProcessExited { .. } => "process_exited",
-            ArchivedEventBody::RunInterrupted { .. } => "run_interrupted",
-            ArchivedEventBody::ShutdownStep { .. } => "shutdown_step",
-            ArchivedEventBody::HealthChecked { .. } => "health_checked",
-            ArchivedEventBody::RunStarted { .. } => "run_started",
-            ArchivedEventBody::PhaseEntered { .. } => "phase_entered",
-            ArchivedEventBody::CompletionReceived { .. } => "completion_received",
-            ArchivedEventBody::CompletionFailed { .. } => "completion_failed",
-            ArchivedEventBody::ActionProposed { .. } => "action_proposed",
-            ArchivedEventBody::PolicyDecided { .. } => "policy_decided",
-            ArchivedEventBody::ToolCalled { .. } => "tool_called",
-            ArchivedEventBody::ToolReturned { .. } => "tool_returned",
-            ArchivedEventBody::BreakerChanged { .. } => "breaker_changed",
-            ArchivedEventBody::ApprovalRequested { .. } => "approval_requested",
-            ArchivedEventBody::ApprovalDecided { .. } => "approval_decided",
-            ArchivedEventBody::RunFinished { .. } => "run_finished",
-            ArchivedEventBody::PolicySetLoaded { .. } => "policy_set_loaded",
         }
     }
 }
