@@ -16,7 +16,9 @@ need_pkgs=()
 # python3 + python3-cryptography run the independent audit-bundle verifier
 # (scripts/verify_export.py; BLAKE3 from the `blake3` package when present,
 # else scripts/blake3_pure.py).
-for pkg in ${STELE_TEST_PKGS:-} nats-server python3 python3-cryptography; do
+# docker.io (dockerd, runc), runsc (gVisor) and busybox-static (the sandbox
+# image's root fs) for the sandbox tests (tests/it/sandbox.rs).
+for pkg in ${STELE_TEST_PKGS:-} nats-server python3 python3-cryptography docker.io runsc busybox-static; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -36,7 +38,9 @@ export PATH="$PATH:/usr/sbin:/usr/local/sbin"
 export STELE_TEST_NATS="${STELE_TEST_NATS:-nats://127.0.0.1:4222}"
 nats_pid=""
 nats_dir=""
+dockerd_pid=""
 cleanup() {
+  if [ -n "${dockerd_pid:-}" ]; then kill "$dockerd_pid" 2>/dev/null || true; wait "$dockerd_pid" 2>/dev/null || true; fi
   if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; fi
   if [ -n "$nats_dir" ]; then rm -rf "$nats_dir"; fi
 }
@@ -53,10 +57,65 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
   echo "== nats-server on 127.0.0.1:4222 (JetStream in $nats_dir)"
 fi
 
+# dockerd for the sandbox tests, with gVisor's runsc registered (network off
+# inside gVisor too). The runtime is merged into an existing daemon.json.
+# dockerd is started unless it answers already (then it must list runsc),
+# and stopped at exit only if started here. If it cannot start with its
+# defaults (overlay2 on an unsupported file system, no iptables), it is
+# started again with the vfs storage driver and without a bridge: the
+# sandboxes run without network anyway.
+sudo_cmd=""
+[ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+$sudo_cmd mkdir -p /etc/docker
+$sudo_cmd python3 - /etc/docker/daemon.json <<'PY'
+import json, os, sys
+path = sys.argv[1]
+cfg = {}
+if os.path.exists(path):
+    with open(path) as f:
+        text = f.read().strip()
+    cfg = json.loads(text) if text else {}
+want = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+if cfg.get("runtimes", {}).get("runsc") != want:
+    cfg.setdefault("runtimes", {})["runsc"] = want
+    with open(path + ".tmp", "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+PY
+docker_up() { docker info >/dev/null 2>&1; }
+if ! docker_up; then
+  dockerd_log="$(mktemp)"
+  for attempt in default fallback; do
+    if [ "$attempt" = default ]; then
+      $sudo_cmd dockerd >"$dockerd_log" 2>&1 &
+    else
+      $sudo_cmd dockerd --storage-driver=vfs --iptables=false --bridge=none >"$dockerd_log" 2>&1 &
+    fi
+    dockerd_pid=$!
+    for _ in $(seq 1 150); do
+      docker_up && break
+      kill -0 "$dockerd_pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    docker_up && break
+    echo "dockerd did not start ($attempt):"; tail -n 20 "$dockerd_log"
+    kill "$dockerd_pid" 2>/dev/null || true; wait "$dockerd_pid" 2>/dev/null || true
+    dockerd_pid=""
+  done
+  docker_up || { echo "dockerd did not start; the sandbox tests need it"; exit 1; }
+  echo "== dockerd ($attempt; log in $dockerd_log)"
+fi
+docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' \
+  || { echo "the running dockerd has no runsc runtime; restart it to load /etc/docker/daemon.json"; exit 1; }
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== sandbox image (stele sandbox image build)"
+cargo build -q -p stele --locked
+"$CARGO_TARGET_DIR/debug/stele" sandbox image build
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== all tests passed"

@@ -67,11 +67,14 @@ pub enum Command {
     Approve(DecideArgs),
     /// Reject a call a run waits on; the run goes on without it.
     Reject(DecideArgs),
-    /// List reasoning runs.
+    /// List reasoning runs (resolving approvals whose timeout passed).
     Runs {
         /// JSON.
         #[arg(long)]
         json: bool,
+        /// The Cedar policy directory (for runs that go on after a timeout).
+        #[arg(long, default_value = "fixtures/policies")]
+        policies: PathBuf,
     },
     /// The running runtime's state: agents, tasks, slots, processes.
     Status {
@@ -100,13 +103,42 @@ pub enum Command {
         /// The view: `journal` (counts by kind and stream, runs, keys,
         /// checkpoints), `registry` (agents and their lifecycle states),
         /// `scheduler` (tasks, queue, slot reservations, run history) or
-        /// `execution` (host, live processes, timers, failure streaks).
+        /// `execution` (host, live processes, timers, failure streaks),
+        /// `runs` (every reasoning run) or `run` (one run's conversation,
+        /// actions and state: with --run).
         #[arg(long, default_value = "journal")]
         view: String,
+        /// With `--view run`: the run.
+        #[arg(long)]
+        run: Option<String>,
+        /// With `--view run`: as of the end of the run's step K.
+        #[arg(long, value_name = "K")]
+        step: Option<u32>,
         /// Compact JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Replay a run: its journaled inputs (completions, tool results,
+    /// approvals, clock readings) fed through the current deciders (the
+    /// reasoning loop, the Cedar gate) with no effect performed, every
+    /// produced fact compared with the recorded one. Exit 0 when identical,
+    /// 1 at the first divergence (seq, field-level diff, the path to it).
+    Replay(crate::replay_cmd::ReplayArgs),
+    /// What changed in a view between two seqs: a field-level diff of the
+    /// two states.
+    Diff(crate::replay_cmd::DiffArgs),
+    /// Step through a run's events, forward and back, showing each event
+    /// and the run's state (keys on a terminal; one command per line from
+    /// a pipe: n, p, e, s, g N, q).
+    Step {
+        /// The run.
+        run: String,
+    },
+    /// Start a new run from a run's state at a seq, optionally replacing
+    /// the next journaled input (--edit FILE); it continues live. Recorded
+    /// as the new run's events (RunForked points back); the origin is
+    /// untouched.
+    Fork(crate::replay_cmd::ForkArgs),
     /// Show, export and rotate the node's signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -119,9 +151,21 @@ pub enum Command {
     /// Whole-system benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// A short scripted session on the data directory: append, checkpoint,
-    /// verify, prove and check a proof.
-    Demo,
+    /// The reasoning demo: scripted multi-step runs on the fixture provider
+    /// (a tool call, a denied action, an approval given by a named demo
+    /// operator, a compensated saga), then where to look. `--journal`: the
+    /// short journal tour instead (append, checkpoint, verify, prove).
+    Demo {
+        /// The journal tour instead of the reasoning demo.
+        #[arg(long)]
+        journal: bool,
+        /// The Cedar policy directory (schema + *.cedar).
+        #[arg(long, default_value = "fixtures/policies")]
+        policies: PathBuf,
+    },
+    /// A run's saga: its compensable steps and their rollback.
+    #[command(subcommand)]
+    Saga(SagaCmd),
     /// Compliance exports: offline-verifiable bundles of the journal (with
     /// OCSF for SIEMs), their offline verification, framework reports.
     #[command(subcommand)]
@@ -136,6 +180,66 @@ pub enum Command {
     /// Cedar policy sets: validate a directory as the gate loads it.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Print the HTTP API's OpenAPI 3.1 document (docs/openapi.json holds a
+    /// copy: `stele openapi > docs/openapi.json`).
+    Openapi,
+    /// Bearer tokens of the HTTP API.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Sandboxes: the base image, and one command in a sandbox (native,
+    /// docker or gvisor tier), journaled.
+    #[command(subcommand)]
+    Sandbox(crate::sandbox_cmd::SandboxCmd),
+    /// The communication bus: send, publish, ask, reply, recv, ack,
+    /// subscribe, rotate, builtin, key, stats.
+    #[command(subcommand)]
+    Bus(crate::bus_cmd::BusCmd),
+    /// Agents' memory and knowledge: store, show, search, update, feedback,
+    /// share, archive, stats — every change and read journaled, checked by
+    /// the Cedar gate.
+    #[command(subcommand)]
+    Context(crate::context_cmd::ContextCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a new random token: prints the token (shown once; give it to
+    /// the client) and the `[[http.tokens]]` entry for stele.toml, which
+    /// holds only its BLAKE3 hash.
+    Create {
+        /// Who holds it (1-64 of A-Z a-z 0-9 - _ . @).
+        name: String,
+        /// What it may do: read < operate < admin.
+        #[arg(long, value_parser = ["read", "operate", "admin"], default_value = "read")]
+        scope: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SagaCmd {
+    /// The saga of a run: each compensable step, what undoes it, whether it
+    /// was compensated (and how), the saga's state.
+    Show {
+        /// The run.
+        run: String,
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ends a run whose process died mid-way: compensates what its saga
+    /// still owes (newest first; a compensation whose intent is journaled
+    /// but not its result is re-run — compensations are idempotent) and
+    /// records it `interrupted`.
+    Recover {
+        /// The run.
+        run: String,
+        /// The Cedar policy directory (schema + *.cedar).
+        #[arg(long, default_value = "fixtures/policies")]
+        policies: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +255,12 @@ pub enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Re-evaluate every journaled policy decision (PolicyDecided holds the
+    /// full request) against the policy set of --policies and list each
+    /// verdict that would flip (seq, request, old → new verdict, determining
+    /// policies), with a summary count. Exit 0 when nothing flips, 1 when
+    /// something does (or a request cannot be evaluated again).
+    Backtest(crate::replay_cmd::BacktestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -517,6 +627,15 @@ pub enum BenchCmd {
     /// Agents registered, scheduling decisions through the decider, the
     /// journal and the view, fold rates and restart time.
     Scheduler(BenchSchedulerArgs),
+    /// Start-to-exit overhead of `true` in the docker (runc) and gvisor
+    /// (runsc) tiers against a native spawn, in the same run.
+    Sandbox(crate::sandbox_cmd::BenchSandboxArgs),
+    /// `stele at` at random seqs of a large journal with snapshots, against
+    /// folding from scratch (in a temporary journal unless --data is given).
+    At(crate::replay_cmd::BenchAtArgs),
+    /// Bus routing throughput and latency, with and without the journal,
+    /// and the cost of sealing a message.
+    Bus(crate::bus_cmd::BenchBusArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -601,6 +720,7 @@ fn load_config(explicit: Option<&std::path::Path>) -> Result<stele_engine::Confi
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let data = cli.data_dir();
     let loaded = load_config(cli.config.as_deref())?;
+    crate::http::telemetry::init(&loaded.log)?;
     let _ = CONFIG.set(loaded);
     match cli.command {
         Command::Journal(JournalCmd::Append {
@@ -625,17 +745,45 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }) => proof::check_proof(&file, trusted_key.as_deref(), json),
         Command::Events(args) => journal_cmd::events(&data, &args),
         Command::Tail(args) => journal_cmd::tail(&data, &args),
-        Command::At { seq, view, json } => journal_cmd::at(&data, &seq, &view, json),
+        Command::At {
+            seq,
+            view,
+            run,
+            step,
+            json,
+        } => journal_cmd::at(&data, &seq, &view, run.as_deref(), step, json),
+        Command::Replay(args) => crate::replay_cmd::replay(&data, &args),
+        Command::Diff(args) => crate::replay_cmd::diff(&data, &args),
+        Command::Step { run } => crate::step::step(&data, &run),
+        Command::Fork(args) => crate::replay_cmd::fork(&data, &args),
+        Command::Policy(PolicyCmd::Backtest(args)) => crate::replay_cmd::backtest(&data, &args),
+        Command::Bench(BenchCmd::At(args)) => crate::replay_cmd::bench_at(cli.data.as_deref(), &args),
         Command::Keys(KeysCmd::Show { json }) => journal_cmd::keys_show(&data, json),
         Command::Keys(KeysCmd::Export { out }) => journal_cmd::keys_export(&data, out.as_deref()),
         Command::Keys(KeysCmd::Rotate { reason }) => journal_cmd::keys_rotate(&data, &reason),
         Command::Bench(BenchCmd::Journal(args)) => bench::journal(cli.data.as_deref(), &args),
         Command::Bench(BenchCmd::Scheduler(args)) => bench::scheduler(cli.data.as_deref(), &args),
-        Command::Demo => journal_cmd::demo(&data),
+        Command::Bench(BenchCmd::Sandbox(args)) => crate::sandbox_cmd::bench(&args),
+        Command::Sandbox(cmd) => crate::sandbox_cmd::run(&data, &cmd),
+        Command::Bus(cmd) => crate::bus_cmd::run(&data, cmd),
+        Command::Context(cmd) => crate::context_cmd::run(&data, cmd),
+        Command::Bench(BenchCmd::Bus(args)) => crate::bus_cmd::bench(&args),
+        Command::Demo { journal: true, .. } => journal_cmd::demo(&data),
+        Command::Demo {
+            journal: false,
+            policies,
+        } => crate::demo::run(&data, &policies),
+        Command::Saga(SagaCmd::Show { run, json }) => crate::saga_cmd::show(&data, &run, json),
+        Command::Saga(SagaCmd::Recover { run, policies }) => crate::saga_cmd::recover(&data, &run, &policies),
         Command::Audit(cmd) => crate::audit::run(&data, &cmd),
         Command::Publish(args) => crate::nats::publish_cmd(&data, &args),
         Command::Subscribe(args) => crate::nats::subscribe_cmd(&args),
         Command::Policy(PolicyCmd::Check { dir, json }) => crate::policy_cmd::check(&dir, json),
+        Command::Openapi => {
+            print!("{}", crate::http::openapi_text()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCmd::Create { name, scope, json }) => crate::http::auth::token_create(&name, &scope, json),
         Command::Config(ConfigCmd::Show) => {
             print!("{}", toml::to_string_pretty(config())?);
             Ok(ExitCode::SUCCESS)
@@ -667,7 +815,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             &a.policies,
             a.json,
         ),
-        Command::Runs { json } => crate::run_cmd::list(&data, json),
+        Command::Runs { json, policies } => crate::run_cmd::list(&data, &policies, json),
         Command::Status { json } => crate::agent_cmd::status(&data, json),
         Command::Down { no_wait } => crate::agent_cmd::down(&data, no_wait),
         Command::Agent(AgentCmd::Validate { files, json }) => crate::agent_cmd::validate(&files, json),

@@ -1,6 +1,8 @@
 //! The client side of `stele up`'s HTTP control API: commands find the
 //! daemon through `<data>/up.json` and fall back to opening the data
-//! directory themselves when none runs.
+//! directory themselves when none runs. With `[http]` tokens configured the
+//! token comes from `STELE_TOKEN`; a daemon serving HTTPS is reached with
+//! its own certificate (named in `up.json`) as the only trusted root.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,6 +16,8 @@ pub struct Daemon {
     base: String,
     pid: u32,
     agent: ureq::Agent,
+    /// `Bearer <STELE_TOKEN>`, when set.
+    auth: Option<String>,
 }
 
 /// An HTTP answer: status and JSON body.
@@ -47,15 +51,32 @@ impl Daemon {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             return None; // a killed daemon's leftover
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let scheme = v["scheme"].as_str().unwrap_or("http");
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+            .timeout_global(Some(Duration::from_secs(60)));
+        if let Some(cert) = v["tls_cert"].as_str() {
+            let pem = std::fs::read(cert).ok()?;
+            let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
         let d = Daemon {
-            base: format!("http://{http}"),
+            base: format!("{scheme}://{http}"),
             pid,
             agent,
+            auth: std::env::var("STELE_TOKEN")
+                .ok()
+                .map(|t| format!("Bearer {}", t.trim())),
         };
         d.get("/v1/status").ok().map(|_| d)
     }
@@ -78,17 +99,22 @@ impl Daemon {
 
     /// `GET path`.
     pub fn get(&self, path: &str) -> Result<Answer> {
-        Self::answer(self.agent.get(format!("{}{path}", self.base)).call(), path)
+        let mut r = self.agent.get(format!("{}{path}", self.base));
+        if let Some(a) = &self.auth {
+            r = r.header("authorization", a);
+        }
+        Self::answer(r.call(), path)
     }
 
     /// `POST path` with a body.
     pub fn post(&self, path: &str, content_type: &str, body: &str) -> Result<Answer> {
-        Self::answer(
-            self.agent
-                .post(format!("{}{path}", self.base))
-                .header("content-type", content_type)
-                .send(body),
-            path,
-        )
+        let mut r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type);
+        if let Some(a) = &self.auth {
+            r = r.header("authorization", a);
+        }
+        Self::answer(r.send(body), path)
     }
 }

@@ -444,50 +444,26 @@ pub fn events(data: &Path, args: &EventsArgs) -> Result<ExitCode> {
 /// Snapshots kept per projection.
 pub const SNAPSHOTS_KEPT: usize = 3;
 
-pub fn at(data: &Path, seq: &str, view: &str, json: bool) -> Result<ExitCode> {
-    use stele_projections::{AgentRegistry, ExecutionView, JournalView, Projection, SchedulerView};
-    match view {
-        ExecutionView::NAME => at_view::<ExecutionView>(data, seq, view, json),
-        JournalView::NAME => at_view::<JournalView>(data, seq, view, json),
-        AgentRegistry::NAME => at_view::<AgentRegistry>(data, seq, view, json),
-        SchedulerView::NAME => at_view::<SchedulerView>(data, seq, view, json),
-        _ => anyhow::bail!(
-            "unknown view {view:?}; known views: {}, {}, {}, {}",
-            JournalView::NAME,
-            AgentRegistry::NAME,
-            SchedulerView::NAME,
-            ExecutionView::NAME
-        ),
-    }
-}
-
-fn at_view<P: stele_projections::Projection>(
+/// `stele at SEQ --view NAME [--run RUN --step K]`: a view's state as of
+/// a seq, from the newest usable snapshot plus the events after it (a
+/// run's state from its own events).
+pub fn at(
     data: &Path,
     seq: &str,
     view: &str,
+    run: Option<&str>,
+    step: Option<u32>,
     json: bool,
 ) -> Result<ExitCode> {
-    use stele_projections::{SnapshotStore, state_at};
     let reader = open_reader(data)?;
-    let at = if seq == "head" {
-        reader.head().seq
-    } else {
-        Seq(seq
-            .parse()
-            .with_context(|| format!("SEQ must be a number or `head`, not {seq:?}"))?)
-    };
-    let folded = state_at::<P>(&reader, &SnapshotStore::new(data), at)?;
+    let at = crate::views::parse_seq(&reader, seq)?;
+    let store = stele_projections::SnapshotStore::new(data);
+    let state = crate::views::state_value(&reader, &store, view, at, run, step)?;
     if json {
-        println!("{}", serde_json::to_string(&folded.state)?);
+        println!("{}", serde_json::to_string(&state.value)?);
     } else {
-        let from = folded
-            .from_snapshot
-            .map_or_else(|| "no snapshot".to_owned(), |s| format!("snapshot at {s}"));
-        eprintln!(
-            "view {view} at seq {} ({from}, {} events folded)",
-            folded.seq, folded.folded_events
-        );
-        println!("{}", serde_json::to_string_pretty(&folded.state)?);
+        eprintln!("view {view} at seq {} ({})", state.seq, state.how);
+        println!("{}", serde_json::to_string_pretty(&state.value)?);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,14 +5,22 @@
 mod agent_cmd;
 mod audit;
 mod bench;
+mod bus_cmd;
 mod cli;
 mod client;
+mod context_cmd;
 mod control;
+mod demo;
+mod http;
 mod journal_cmd;
 mod nats;
 mod policy_cmd;
 mod proof;
+mod replay_cmd;
 mod run_cmd;
+mod sandbox_cmd;
+mod saga_cmd;
+mod step;
 mod up;
 mod views;
 
@@ -34,15 +42,10 @@ fn main() -> ExitCode {
         return ExitCode::from(127);
     }
     let cli = cli::Cli::parse();
-    // Quiet by default: errors reach the user as one line on stderr;
-    // STELE_LOG_LEVEL (e.g. `debug`) turns logs on.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STELE_LOG_LEVEL")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Logging is set up by `cli::run` once the configuration is loaded:
+    // quiet by default (`[log] level = "off"`); errors reach the user as one
+    // line on stderr; STELE_LOG_LEVEL (e.g. `debug`) and STELE_LOG_FORMAT
+    // (`json`) turn logs on.
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -2,7 +2,8 @@
 //!
 //! One *core* task owns the journal handle and the runtime state (registry,
 //! scheduler and execution views, folded from snapshot + tail). Everything
-//! else talks to it over one channel: the HTTP control API, the process
+//! else talks to it over one channel: the HTTP API (`crate::http`, through
+//! [`Handle`]), the process
 //! runners' reports, timers, signals. The core drains what waits, decides
 //! it as one [`Batch`] (the runtime decider in `stele_engine::runtime`),
 //! appends the batch's facts as one journal group, folds the committed
@@ -27,16 +28,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
-use stele_engine::process::{self, Confinement, Launcher, ProcessEvent, ProcessHandle, ProcessSpec};
+use stele_engine::process::{self, Confinement, Launcher, ProcessEvent, ProcessSpec};
 use stele_engine::runtime::{Batch, Effect, RuntimeCommand, RuntimeRejection, RuntimeState};
-use stele_engine::{AgentDefinition, Config, ExecutionMode, Rejection, Runs};
+use stele_engine::sandbox::{
+    ContainerOptions, DockerHost, ExecEvent, ExecHandle, NativeExecutor, Sandboxes, TaskSpec,
+};
+use stele_engine::{AgentDefinition, Config, ExecutionMode, Runs};
 use stele_journal::{AgentState, Append, EventRef, Follow, Journal, ProcessExit, Reader, Receipt, Seq};
 use stele_projections::scheduler::TaskState;
 use stele_projections::{Folded, JournalView, Projection, SnapshotStore};
@@ -59,6 +57,8 @@ type Reply = oneshot::Sender<Result<Vec<Receipt>, RuntimeRejection>>;
 enum Input {
     Command(RuntimeCommand, Option<Reply>),
     Exited(String, ProcessExit),
+    /// A sandbox could not start its task (after its handle was kept).
+    SpawnFailed(String, String),
     Query(Query, oneshot::Sender<Value>),
     /// A signal or a shutdown request; `force` for a second signal.
     Shutdown {
@@ -102,10 +102,8 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Res
     let rt = runtime()?;
     let code = rt.block_on(async move {
         let port = http_port.unwrap_or(config.runtime.http_port);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .with_context(|| format!("binding the HTTP control API on 127.0.0.1:{port}"))?;
-        let addr = listener.local_addr()?;
+        let listener = crate::http::bind(&config, port).await?;
+        let (addr, scheme) = (listener.addr, listener.scheme());
         let (tx, rx) = mpsc::unbounded_channel();
         let nats_cfg = config.nats.clone();
         let mut core = Core::load(data, journal, config, launcher, confinement, tx.clone(), rx)?;
@@ -131,16 +129,21 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Res
             core.register_from_dir(&file, def, source).await?;
         }
         let _control = crate::control::Server::start(data, core.journal.clone())?;
-        let app = router(tx.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "HTTP control API stopped");
-            }
-        });
-        write_up_file(data, addr)?;
+        let _bus = crate::bus_cmd::start_daemon(data, core.journal.clone(), &core.config).await?;
+        let server = crate::http::start(
+            listener,
+            crate::http::Parts {
+                runtime: Handle(tx.clone()),
+                journal: core.journal.clone(),
+                data: data.to_owned(),
+                config: core.config.http.clone(),
+                tier: core.config.security.default_sandbox_tier,
+            },
+        )?;
+        write_up_file(data, addr, scheme)?;
         signals(tx.clone())?;
         println!(
-            "stele up: data {}, HTTP control API on http://{addr}/v1, {}",
+            "stele up: data {}, HTTP API on {scheme}://{addr}/v1, {}",
             data.display(),
             core.confinement.describe()
         );
@@ -156,7 +159,7 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Res
             }
             task.abort();
         }
-        server.abort();
+        drop(server);
         let _ = std::fs::remove_file(up_file(data));
         result
     });
@@ -164,10 +167,12 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Res
     code
 }
 
-fn write_up_file(data: &Path, addr: std::net::SocketAddr) -> Result<()> {
+fn write_up_file(data: &Path, addr: std::net::SocketAddr, scheme: &str) -> Result<()> {
     let path = up_file(data);
     let tmp = data.join("up.json.tmp");
-    let body = json!({"pid": std::process::id(), "http": addr.to_string()}).to_string();
+    let tls_cert = crate::cli::config().http.tls_cert.as_ref().map(|p| p.display().to_string());
+    let body = json!({"pid": std::process::id(), "http": addr.to_string(), "scheme": scheme, "tls_cert": tls_cert})
+        .to_string();
     std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
@@ -214,6 +219,17 @@ fn load_agents(dir: &Path) -> Result<Vec<(PathBuf, AgentDefinition, String)>> {
 pub fn startable(def: &AgentDefinition) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     match &def.runs {
+        Runs::Process { workdir, .. }
+            if def.tier(crate::cli::config().security.default_sandbox_tier)
+                != stele_engine::config::SandboxTier::Native =>
+        {
+            // A container tier: the command is a path in the image, checked
+            // when the container starts; the workdir is inside it too.
+            match workdir {
+                Some(w) if !w.is_absolute() => Err(format!("workdir {} must be absolute", w.display())),
+                _ => Ok(()),
+            }
+        }
         Runs::Process { command, workdir, .. } => {
             let meta =
                 std::fs::metadata(command).map_err(|e| format!("command {}: {e}", command.display()))?;
@@ -276,7 +292,11 @@ struct Core {
     rx: mpsc::UnboundedReceiver<Input>,
     /// Commands the core itself produced (triggers, spawn failures).
     internal: VecDeque<RuntimeCommand>,
-    procs: HashMap<String, ProcessHandle>,
+    procs: HashMap<String, ExecHandle>,
+    /// The executors of the three sandbox tiers.
+    sandboxes: Sandboxes,
+    /// This journal's `stele.owner` container label.
+    owner: String,
     /// Placed tasks whose previous process is still ending.
     deferred: HashSet<String>,
     /// Deferred tasks whose previous process has now ended.
@@ -321,6 +341,14 @@ impl Core {
         }
         let state = RuntimeState::new(registry.state, scheduler.state, execution.state);
         let follow = reader.follow(head.next());
+        let owner = crate::sandbox_cmd::journal_owner(&journal)?;
+        let sandboxes = Sandboxes::new(
+            NativeExecutor {
+                launcher: launcher.clone(),
+                confinement: confinement.clone(),
+            },
+            DockerHost::from_env(),
+        );
         Ok(Core {
             data: data.to_owned(),
             journal,
@@ -337,6 +365,8 @@ impl Core {
             rx,
             internal: VecDeque::new(),
             procs: HashMap::new(),
+            sandboxes,
+            owner,
             deferred: HashSet::new(),
             respawn: Vec::new(),
             timers: HashMap::new(),
@@ -349,8 +379,26 @@ impl Core {
     /// Records the start, recovering what a crash interrupted.
     async fn start(&mut self) -> Result<()> {
         let mut orphans = BTreeMap::new();
+        // Containers first (found by label; each removal is a
+        // `SandboxReaped`): a container's recorded pid is gone after it.
+        // Without a dockerd socket there is nothing to reap.
+        let host = self.sandboxes.host().clone();
+        if host.socket().exists() {
+            let stream = stele_journal::StreamId::new(crate::sandbox_cmd::SANDBOX_STREAM)?;
+            match crate::sandbox_cmd::reap_and_record(&host, &self.journal, &self.owner, &stream).await {
+                Ok(reaped) => {
+                    for r in reaped {
+                        eprintln!("stele up: {} (task {})", r.detail, r.task);
+                        orphans.insert(r.task, r.detail);
+                    }
+                }
+                Err(e) => eprintln!("stele up: sandbox containers of a predecessor not checked: {e:#}"),
+            }
+        }
         for (task, live) in &self.state.execution.live {
-            if let Some(pid) = live.pid {
+            if let Some(pid) = live.pid
+                && !orphans.contains_key(task)
+            {
                 orphans.insert(task.clone(), reap_orphan(pid, live.start_ticks));
             }
         }
@@ -456,6 +504,13 @@ impl Core {
     fn take(&mut self, input: Input, batch: &mut Vec<(RuntimeCommand, Option<Reply>)>) -> bool {
         match input {
             Input::Command(c, reply) => batch.push((c, reply)),
+            Input::SpawnFailed(task, error) => {
+                self.procs.remove(&task);
+                if self.deferred.remove(&task) {
+                    self.respawn.push(task.clone());
+                }
+                batch.push((RuntimeCommand::SpawnFailed { task, error }, None));
+            }
             Input::Exited(task, exit) => {
                 self.procs.remove(&task);
                 if self.deferred.remove(&task) {
@@ -640,6 +695,9 @@ impl Core {
             args,
             env,
             workdir,
+            image,
+            network,
+            ..
         } = &def.runs
         else {
             self.internal.push_back(RuntimeCommand::SpawnFailed {
@@ -648,8 +706,10 @@ impl Core {
             });
             return;
         };
-        let spec = ProcessSpec {
+        let tier = def.tier(self.config.security.default_sandbox_tier);
+        let spec = TaskSpec {
             task: task.clone(),
+            agent: agent.to_owned(),
             command: command.display().to_string(),
             args: args.clone(),
             env: env.clone(),
@@ -659,12 +719,22 @@ impl Core {
             timeout: def.limits.execution_timeout,
             output_limit: usize::try_from(self.config.runtime.output_limit).unwrap_or(usize::MAX),
             sample_every: self.config.runtime.sample_interval,
+            container: ContainerOptions {
+                image: image.clone(),
+                // A named network only for an agent allowed network I/O.
+                network: network.clone().filter(|_| def.limits.network_io_mbps > 0),
+                pids_limit: None,
+                tmpfs_mb: None,
+                owner: self.owner.clone(),
+            },
         };
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        match process::spawn(spec, &self.launcher, &self.confinement, events_tx) {
+        match self.sandboxes.executor(tier).start(spec, events_tx) {
             Ok(handle) => {
                 self.procs.insert(task.clone(), handle);
                 let tx = self.tx.clone();
+                let journal = self.journal.clone();
+                let stream = stele_engine::agent_stream(agent);
                 let probe = def.health.clone().map(|h| Probe {
                     check: h,
                     task: task.clone(),
@@ -673,15 +743,43 @@ impl Core {
                     tx: self.tx.clone(),
                 });
                 tokio::spawn(async move {
+                    // A sandbox's own facts are durable before the runtime
+                    // hears of the start or exit they belong to.
+                    let record = |body: stele_journal::EventBody| {
+                        let (journal, stream) = (journal.clone(), stream.clone());
+                        async move {
+                            if let Err(e) = journal
+                                .append(Append {
+                                    stream,
+                                    cause: None,
+                                    body,
+                                })
+                                .await
+                            {
+                                eprintln!("stele up: journaling a sandbox report: {e}");
+                            }
+                        }
+                    };
                     let mut prober: Option<tokio::task::JoinHandle<()>> = None;
                     while let Some(ev) = events.recv().await {
-                        if matches!(ev, ProcessEvent::Exited(_))
+                        if matches!(ev, ExecEvent::Exited { .. } | ExecEvent::Failed(_))
                             && let Some(p) = prober.take()
                         {
                             p.abort();
                         }
                         let input = match ev {
-                            ProcessEvent::Started { pid, confinement } => {
+                            ExecEvent::Started {
+                                pid,
+                                confinement,
+                                sandbox,
+                            } => {
+                                if let Some(sandbox) = sandbox {
+                                    record(stele_journal::EventBody::SandboxStarted {
+                                        task: task.clone(),
+                                        sandbox,
+                                    })
+                                    .await;
+                                }
                                 if let Some(p) = &probe {
                                     prober = Some(tokio::spawn(p.clone().run()));
                                 }
@@ -695,7 +793,7 @@ impl Core {
                                     None,
                                 )
                             }
-                            ProcessEvent::Sampled { rss_kb, cpu_ms } => Input::Command(
+                            ExecEvent::Sampled { rss_kb, cpu_ms } => Input::Command(
                                 RuntimeCommand::Sampled {
                                     task: task.clone(),
                                     rss_kb,
@@ -703,21 +801,31 @@ impl Core {
                                 },
                                 None,
                             ),
-                            ProcessEvent::Exited(r) => Input::Exited(
-                                task.clone(),
-                                ProcessExit {
-                                    code: r.code,
-                                    signal: r.signal,
-                                    timed_out: r.timed_out,
-                                    stopped: r.stopped,
-                                    stdout: r.stdout,
-                                    stderr: r.stderr,
-                                    output_dropped: r.stdout_dropped + r.stderr_dropped,
-                                    wall_ms: r.wall_ms,
-                                    cpu_ms: r.cpu_ms,
-                                    max_rss_kb: r.max_rss_kb,
-                                },
-                            ),
+                            ExecEvent::Exited { report: r, sandbox } => {
+                                if let Some(exit) = sandbox {
+                                    record(stele_journal::EventBody::SandboxExited {
+                                        task: task.clone(),
+                                        exit,
+                                    })
+                                    .await;
+                                }
+                                Input::Exited(
+                                    task.clone(),
+                                    ProcessExit {
+                                        code: r.code,
+                                        signal: r.signal,
+                                        timed_out: r.timed_out,
+                                        stopped: r.stopped,
+                                        stdout: r.stdout,
+                                        stderr: r.stderr,
+                                        output_dropped: r.stdout_dropped + r.stderr_dropped,
+                                        wall_ms: r.wall_ms,
+                                        cpu_ms: r.cpu_ms,
+                                        max_rss_kb: r.max_rss_kb,
+                                    },
+                                )
+                            }
+                            ExecEvent::Failed(error) => Input::SpawnFailed(task.clone(), error),
                         };
                         if tx.send(input).is_err() {
                             return;
@@ -754,13 +862,9 @@ impl Core {
     }
 
     fn kill_all(&self) -> Vec<String> {
-        use nix::sys::signal::{Signal, killpg};
-        use nix::unistd::Pid;
         let mut killed = Vec::new();
         for (task, p) in &self.procs {
-            if let Ok(pid) = i32::try_from(p.pid())
-                && killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
-            {
+            if p.kill() {
                 killed.push(task.clone());
             }
         }
@@ -998,186 +1102,36 @@ async fn shutdown_sequence(
     Ok(())
 }
 
-// ---- HTTP control API ----
+// ---- what the HTTP API (crate::http) asks of the core ----
 
-fn router(tx: mpsc::UnboundedSender<Input>) -> Router {
-    Router::new()
-        .route("/v1/status", get(http_status))
-        .route("/v1/agents", get(http_agents).post(http_register))
-        .route("/v1/agents/{name}/stop", post(http_stop))
-        .route("/v1/shutdown", post(http_shutdown))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
-        .layer(axum::extract::DefaultBodyLimit::max(
-            stele_engine::agent::MAX_DEFINITION_BYTES,
-        ))
-        .with_state(tx)
-}
+/// The core's handle for the HTTP API.
+#[derive(Clone, Debug)]
+pub struct Handle(mpsc::UnboundedSender<Input>);
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
-}
-
-fn unavailable(e: &anyhow::Error) -> Response {
-    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}"))
-}
-
-fn rejection(e: &RuntimeRejection) -> Response {
-    let (status, code) = match e {
-        RuntimeRejection::Lifecycle(Rejection::UnknownAgent { .. }) => {
-            (StatusCode::NOT_FOUND, "unknown_agent")
-        }
-        RuntimeRejection::Lifecycle(Rejection::AlreadyRegistered { .. }) => {
-            (StatusCode::CONFLICT, "already_registered")
-        }
-        RuntimeRejection::Lifecycle(Rejection::IllegalTransition { .. }) => {
-            (StatusCode::CONFLICT, "illegal_transition")
-        }
-        RuntimeRejection::Terminated { .. } => (StatusCode::CONFLICT, "terminated"),
-        RuntimeRejection::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-        _ => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
-    };
-    error(status, code, e.to_string())
-}
-
-async fn http_status(State(tx): State<mpsc::UnboundedSender<Input>>) -> Response {
-    match ask(&tx, Query::Status).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => unavailable(&e),
+impl Handle {
+    /// The status answer (`stele status --json`).
+    pub async fn status(&self) -> Result<Value> {
+        ask(&self.0, Query::Status).await
     }
-}
 
-async fn http_agents(State(tx): State<mpsc::UnboundedSender<Input>>) -> Response {
-    match ask(&tx, Query::Agents).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => unavailable(&e),
+    /// Every agent with its state.
+    pub async fn agents(&self) -> Result<Value> {
+        ask(&self.0, Query::Agents).await
     }
-}
 
-fn seqs(receipts: &[Receipt]) -> Vec<u64> {
-    receipts.iter().map(|r| r.seq.0).collect()
-}
-
-/// The body, or the API's error for one that could not be read (too large).
-fn read_body(body: Result<axum::body::Bytes, BytesRejection>) -> Result<axum::body::Bytes, Box<Response>> {
-    body.map_err(|e| {
-        let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "bad_body"
-        };
-        Box::new(error(status, code, e.body_text()))
-    })
-}
-
-async fn http_register(
-    State(tx): State<mpsc::UnboundedSender<Input>>,
-    body: Result<axum::body::Bytes, BytesRejection>,
-) -> Response {
-    let body = match read_body(body) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_definition",
-            "the body is not UTF-8 TOML".into(),
-        );
-    };
-    let def = match AgentDefinition::parse(Path::new("(request body)"), text) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_definition", e.to_string()),
-    };
-    let name = def.name.clone();
-    let can_start = startable(&def);
-    let c = RuntimeCommand::Register {
-        definition: Box::new(def),
-        source: text.to_owned(),
-        startable: can_start,
-    };
-    let (reply, answer) = oneshot::channel();
-    if tx.send(Input::Command(c, Some(reply))).is_err() {
-        return unavailable(&anyhow::anyhow!("the runtime core stopped"));
+    /// Decides and appends one command; the outer error is the core gone.
+    pub async fn command(&self, c: RuntimeCommand) -> Result<Result<Vec<Receipt>, RuntimeRejection>> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Input::Command(c, Some(reply)))
+            .map_err(|_| anyhow::anyhow!("the runtime core stopped"))?;
+        answer.await.context("the runtime core stopped")
     }
-    match answer.await {
-        Ok(Ok(receipts)) => {
-            let state = ask(&tx, Query::Agents)
-                .await
-                .ok()
-                .and_then(|v| {
-                    v.as_array()?
-                        .iter()
-                        .find(|a| a["name"] == name.as_str())
-                        .map(|a| a["state"].clone())
-                })
-                .unwrap_or(Value::Null);
-            (
-                StatusCode::CREATED,
-                Json(json!({"agent": name, "state": state, "seqs": seqs(&receipts)})),
-            )
-                .into_response()
-        }
-        Ok(Err(e)) => rejection(&e),
-        Err(_) => unavailable(&anyhow::anyhow!("the runtime core stopped")),
+
+    /// Begins the graceful shutdown.
+    pub fn shutdown(&self) -> Result<()> {
+        self.0
+            .send(Input::Shutdown { force: false })
+            .map_err(|_| anyhow::anyhow!("the runtime core stopped"))
     }
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct StopBody {
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-async fn http_stop(
-    State(tx): State<mpsc::UnboundedSender<Input>>,
-    UrlPath(name): UrlPath<String>,
-    body: Result<axum::body::Bytes, BytesRejection>,
-) -> Response {
-    let body = match read_body(body) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let parsed: StopBody = if body.is_empty() {
-        StopBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    format!("expected {{\"reason\": \"…\"}}: {e}"),
-                );
-            }
-        }
-    };
-    let reason = parsed.reason.unwrap_or_else(|| "stopped by operator".into());
-    let c = RuntimeCommand::Stop {
-        agent: name.clone(),
-        reason,
-    };
-    match command_raw(&tx, c).await {
-        Ok(Ok(receipts)) => Json(json!({"agent": name, "seqs": seqs(&receipts)})).into_response(),
-        Ok(Err(e)) => rejection(&e),
-        Err(e) => unavailable(&e),
-    }
-}
-
-async fn command_raw(
-    tx: &mpsc::UnboundedSender<Input>,
-    c: RuntimeCommand,
-) -> Result<Result<Vec<Receipt>, RuntimeRejection>> {
-    let (reply, answer) = oneshot::channel();
-    tx.send(Input::Command(c, Some(reply)))
-        .map_err(|_| anyhow::anyhow!("the runtime core stopped"))?;
-    answer.await.context("the runtime core stopped")
-}
-
-async fn http_shutdown(State(tx): State<mpsc::UnboundedSender<Input>>) -> Response {
-    if tx.send(Input::Shutdown { force: false }).is_err() {
-        return unavailable(&anyhow::anyhow!("the runtime core stopped"));
-    }
-    (StatusCode::ACCEPTED, Json(json!({"shutting_down": true}))).into_response()
 }

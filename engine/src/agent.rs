@@ -22,6 +22,8 @@
 //! kind = "process"
 //! command = "/bin/sh"
 //! args = ["-c", "date"]
+//! tier = "gvisor"                    # optional: native | docker | gvisor
+//!                                     # (default: [security] default_sandbox_tier)
 //!
 //! [health]                            # optional probe while it runs
 //! command = "/bin/sh"
@@ -39,6 +41,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+use crate::config::SandboxTier;
 
 /// Largest definition file read.
 pub const MAX_DEFINITION_BYTES: usize = 64 * 1024;
@@ -165,6 +169,12 @@ pub struct ResourceLimits {
     /// Longest a run may take.
     #[serde(deserialize_with = "execution_timeout")]
     pub execution_timeout: Duration,
+    /// Sustained bus sends per second (0: the `[bus]` default).
+    #[serde(default)]
+    pub messages_per_second: u32,
+    /// Bus sends in a burst (0: the `[bus]` default).
+    #[serde(default)]
+    pub message_burst: u32,
 }
 
 /// What an agent runs. Open: more kinds arrive with their issues.
@@ -183,9 +193,24 @@ pub enum Runs {
         /// Extra environment (ordered, so the definition hashes the same).
         #[serde(default)]
         env: BTreeMap<String, String>,
-        /// Working directory.
+        /// Working directory (for the container tiers: a directory inside
+        /// the container; default `/work`, a size-limited tmpfs).
         #[serde(default)]
         workdir: Option<PathBuf>,
+        /// Where it runs: `native`, `docker` (runc) or `gvisor` (runsc);
+        /// default `[security] default_sandbox_tier`. In a container tier
+        /// `command` is a path inside the image.
+        #[serde(default, deserialize_with = "sandbox_tier")]
+        tier: Option<SandboxTier>,
+        /// The container image (container tiers; default: the newest image
+        /// `stele sandbox image build` made).
+        #[serde(default, deserialize_with = "sandbox_image")]
+        image: Option<String>,
+        /// A Docker network the container joins (container tiers). Used only
+        /// when `[limits] network_io_mbps` is above 0; otherwise, and by
+        /// default, the container has no network at all.
+        #[serde(default, deserialize_with = "sandbox_network")]
+        network: Option<String>,
     },
     /// An LLM reasoning loop (Observe–Reason–Gate–Act) with tools.
     Reasoning {
@@ -238,6 +263,52 @@ fn agent_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             "name {s:?} must be 1 to 64 characters of a-z, 0-9, '-', '_' and '.'"
         )))
     }
+}
+
+fn sandbox_tier<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SandboxTier>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "native" => Ok(Some(SandboxTier::Native)),
+        "docker" => Ok(Some(SandboxTier::Docker)),
+        "gvisor" => Ok(Some(SandboxTier::Gvisor)),
+        _ => Err(serde::de::Error::custom(format!(
+            "tier {s:?} is not a sandbox tier; use \"native\", \"docker\" or \"gvisor\""
+        ))),
+    }
+}
+
+/// Docker's reference grammar, loosely: what may name an image or a network
+/// without being taken for an option or a path.
+fn docker_name(what: &str, s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {s:?} must be 1 to 255 characters of A-Z a-z 0-9 - _ . : / @, starting with a letter or digit"
+        ))
+    }
+}
+
+fn sandbox_image<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    docker_name("image", &s).map_err(serde::de::Error::custom)?;
+    Ok(Some(s))
+}
+
+fn sandbox_network<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    docker_name("network", &s).map_err(serde::de::Error::custom)?;
+    if matches!(s.as_str(), "host" | "bridge" | "default") || s.starts_with("container:") {
+        return Err(serde::de::Error::custom(format!(
+            "network {s:?} is not allowed: name a network made for the agent (`host`, `bridge`, `default` and `container:` share more than a network)"
+        )));
+    }
+    Ok(Some(s))
 }
 
 fn memory_mb<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -315,6 +386,16 @@ pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl AgentDefinition {
+    /// The sandbox tier its process runs in: the one its `[runs]` names,
+    /// else `default` (`[security] default_sandbox_tier`).
+    #[must_use]
+    pub fn tier(&self, default: SandboxTier) -> SandboxTier {
+        match &self.runs {
+            Runs::Process { tier: Some(t), .. } => *t,
+            _ => default,
+        }
+    }
+
     /// Parses and validates a definition; `path` is only used in errors.
     ///
     /// # Errors

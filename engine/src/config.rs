@@ -1,6 +1,6 @@
 //! `stele.toml`: the runtime configuration (the seed's `[runtime]`,
 //! `[security]`, `[context]`, `[mcp]` sections, plus `[journal]`,
-//! `[scheduler]`, `[nats]` and `[inference]`), with
+//! `[scheduler]`, `[nats]`, `[inference]`, `[http]`, `[log]`, `[otel]` and `[tools]`), with
 //! `STELE_<SECTION>_<KEY>` environment overrides. Unknown sections and keys
 //! are errors; file errors name the file, line and column, environment
 //! errors name the variable.
@@ -33,6 +33,16 @@ pub struct Config {
     pub nats: NatsConfig,
     /// The inference provider of the reasoning loop.
     pub inference: InferenceConfig,
+    /// The HTTP API of `stele up`: bind address, tokens, TLS, limits.
+    pub http: HttpConfig,
+    /// Logging: level and format.
+    pub log: LogConfig,
+    /// OpenTelemetry trace export.
+    pub otel: OtelConfig,
+    /// The reasoning loop's tools: per-tool circuit breakers.
+    pub tools: ToolsConfig,
+    /// The communication bus: limits, this instance's name, pinned peers.
+    pub bus: BusConfig,
 }
 
 /// `[runtime]`.
@@ -207,6 +217,31 @@ pub struct ContextConfig {
     pub knowledge_retention_days: u32,
     /// Only with `vector_backend = "qdrant"`.
     pub qdrant: Option<QdrantConfig>,
+    /// The embedder: `hash` (deterministic, local, 384 dimensions) or
+    /// `openai` (an OpenAI-compatible `/embeddings` endpoint).
+    pub embedder: String,
+    /// The embeddings model (`openai` only).
+    pub embedding_model: String,
+    /// Base URL of the embeddings endpoint (`openai` only).
+    pub embedding_base_url: String,
+    /// The environment variable holding the endpoint's key (`openai` only).
+    pub embedding_api_key_env: String,
+    /// Per memory type (`[context.memory.episodic]` …): retention,
+    /// half-life, weight; absent keys keep the defaults of
+    /// `stele_engine::context::score`.
+    pub memory: std::collections::BTreeMap<String, MemoryTypeConfig>,
+}
+
+/// `[context.memory.<type>]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryTypeConfig {
+    /// Items older than this are eligible for archiving, days.
+    pub retention_days: Option<u32>,
+    /// Half-life of the recency factor, hours.
+    pub half_life_hours: Option<f64>,
+    /// Multiplier of the importance of items of this type.
+    pub weight: Option<f64>,
 }
 
 impl Default for ContextConfig {
@@ -218,6 +253,11 @@ impl Default for ContextConfig {
             context_cache_size: 1 << 30,
             knowledge_retention_days: 365,
             qdrant: None,
+            embedder: "hash".into(),
+            embedding_model: "text-embedding-3-small".into(),
+            embedding_base_url: "https://api.openai.com/v1".into(),
+            embedding_api_key_env: "OPENAI_API_KEY".into(),
+            memory: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -254,6 +294,12 @@ pub struct McpConfig {
     pub connection_timeout_s: u64,
     /// Open connections at most.
     pub max_concurrent_connections: u32,
+    /// Time limit of one request to a server (`tools/list`, `tools/call`,
+    /// `resources/list`, `resources/read`), seconds.
+    pub call_timeout_s: u64,
+    /// The servers (`[[mcp.servers]]`), each started (stdio) or reached
+    /// (streamable HTTP) when its tools are first needed.
+    pub servers: Vec<McpServerConfig>,
 }
 
 impl Default for McpConfig {
@@ -263,7 +309,85 @@ impl Default for McpConfig {
             tool_verification: ToolVerification::Strict,
             connection_timeout_s: 30,
             max_concurrent_connections: 100,
+            call_timeout_s: 60,
+            servers: Vec::new(),
         }
+    }
+}
+
+/// One MCP server of `[[mcp.servers]]`: a program speaking MCP over its
+/// stdin/stdout (`command`, `args`, `env`) or a streamable-HTTP endpoint
+/// (`url`), exactly one of the two.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "McpServerToml")]
+pub struct McpServerConfig {
+    /// Its name: `[a-z0-9-]`, 1 to 32 characters; its tools reach the
+    /// model as `mcp__<name>__<tool>`.
+    pub name: String,
+    /// The program (stdio transport).
+    pub command: Option<String>,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Variables set for it (besides the inherited environment).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The endpoint (streamable HTTP transport).
+    pub url: Option<String>,
+    /// The SchemaPin tool domain its keys are pinned under (default: the
+    /// name).
+    pub domain: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpServerToml {
+    name: String,
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    url: Option<String>,
+    domain: Option<String>,
+}
+
+impl TryFrom<McpServerToml> for McpServerConfig {
+    type Error = String;
+
+    fn try_from(t: McpServerToml) -> Result<Self, String> {
+        let name_ok = (1..=32).contains(&t.name.len())
+            && t.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return Err(format!(
+                "mcp server name {:?} is invalid; use 1 to 32 of a-z, 0-9 and -",
+                t.name
+            ));
+        }
+        match (&t.command, &t.url) {
+            (Some(_), Some(_)) => {
+                return Err(format!("mcp server {}: give either command or url, not both", t.name));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "mcp server {}: give command (a program speaking MCP on stdio) or url (streamable HTTP)",
+                    t.name
+                ));
+            }
+            (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return Err(format!("mcp server {}: url {url:?} is not http:// or https://", t.name));
+            }
+            _ => {}
+        }
+        if t.domain.as_deref().is_some_and(str::is_empty) {
+            return Err(format!("mcp server {}: domain is empty", t.name));
+        }
+        Ok(McpServerConfig {
+            name: t.name,
+            command: t.command,
+            args: t.args,
+            env: t.env,
+            url: t.url,
+            domain: t.domain,
+        })
     }
 }
 
@@ -787,7 +911,382 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 8] = [
+/// Who a bearer token lets in: `read` < `operate` < `admin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpScope {
+    /// Read the journal, the views, the status and the metrics.
+    Read,
+    /// Also change what runs: register and stop agents, verify, export.
+    Operate,
+    /// Also stop the runtime.
+    Admin,
+}
+
+impl HttpScope {
+    /// Its name in the configuration.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            HttpScope::Read => "read",
+            HttpScope::Operate => "operate",
+            HttpScope::Admin => "admin",
+        }
+    }
+}
+
+/// One `[[http.tokens]]` entry: a bearer token by the BLAKE3 of its text.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpToken {
+    /// Who holds it (logged, never the token).
+    #[serde(deserialize_with = "token_name")]
+    pub name: String,
+    /// BLAKE3 of the token, 64 lowercase hex digits (`stele token create`
+    /// prints it).
+    #[serde(deserialize_with = "token_hash")]
+    pub hash: String,
+    /// What it may do.
+    pub scope: HttpScope,
+}
+
+fn token_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+        return Err(serde::de::Error::custom(format!(
+            "token name {s:?} must be 1-64 characters of A-Z a-z 0-9 - _ . @"
+        )));
+    }
+    Ok(s)
+}
+
+fn token_hash<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.len() != 64 || !s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        return Err(serde::de::Error::custom(format!(
+            "token hash {s:?} is not 64 lowercase hex digits (the BLAKE3 of the token, as `stele token create` prints it)"
+        )));
+    }
+    Ok(s)
+}
+
+/// `[http]`: the HTTP API of `stele up` (the port is `[runtime] http_port`).
+///
+/// Checked as it is read: token names are unique, `tls_cert` and `tls_key`
+/// come together, limits are in range. Binding anywhere but loopback
+/// without tokens is refused when the server starts.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "HttpConfigFile")]
+pub struct HttpConfig {
+    /// The address to listen on.
+    pub bind: std::net::IpAddr,
+    /// Bearer tokens; none: no authentication (loopback only).
+    pub tokens: Vec<HttpToken>,
+    /// PEM certificate chain: serve HTTPS (with `tls_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body.
+    pub max_body: u64,
+    /// Longest a request may take (not the live event stream).
+    #[serde(with = "duration_text")]
+    pub request_timeout: std::time::Duration,
+    /// Requests served at once; more are refused with 429.
+    pub max_concurrent: u32,
+    /// Live event streams (SSE) open at once; more are refused with 429.
+    pub max_streams: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            tokens: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            max_body: 1 << 20,
+            request_timeout: std::time::Duration::from_secs(30),
+            max_concurrent: 256,
+            max_streams: 256,
+        }
+    }
+}
+
+/// `[http]` as written; [`HttpConfig`] after the checks across fields.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HttpConfigFile {
+    bind: std::net::IpAddr,
+    tokens: Vec<HttpToken>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(deserialize_with = "byte_size")]
+    max_body: u64,
+    #[serde(with = "duration_text")]
+    request_timeout: std::time::Duration,
+    max_concurrent: u32,
+    max_streams: u32,
+}
+
+impl Default for HttpConfigFile {
+    fn default() -> Self {
+        let d = HttpConfig::default();
+        HttpConfigFile {
+            bind: d.bind,
+            tokens: d.tokens,
+            tls_cert: d.tls_cert,
+            tls_key: d.tls_key,
+            max_body: d.max_body,
+            request_timeout: d.request_timeout,
+            max_concurrent: d.max_concurrent,
+            max_streams: d.max_streams,
+        }
+    }
+}
+
+impl TryFrom<HttpConfigFile> for HttpConfig {
+    type Error = String;
+
+    fn try_from(f: HttpConfigFile) -> Result<Self, String> {
+        let mut names = std::collections::BTreeSet::new();
+        for t in &f.tokens {
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("[http] tokens: the name {:?} is used twice", t.name));
+            }
+        }
+        if f.tls_cert.is_some() != f.tls_key.is_some() {
+            return Err("[http] tls_cert and tls_key come together: set both or neither".into());
+        }
+        if !(1..=(64 << 20)).contains(&f.max_body) {
+            return Err(format!("[http] max_body must be 1 B-64 MiB, not {}", f.max_body));
+        }
+        for (name, v) in [("max_concurrent", f.max_concurrent), ("max_streams", f.max_streams)] {
+            if !(1..=65_536).contains(&v) {
+                return Err(format!("[http] {name} must be 1-65536, not {v}"));
+            }
+        }
+        Ok(HttpConfig {
+            bind: f.bind,
+            tokens: f.tokens,
+            tls_cert: f.tls_cert,
+            tls_key: f.tls_key,
+            max_body: f.max_body,
+            request_timeout: f.request_timeout,
+            max_concurrent: f.max_concurrent,
+            max_streams: f.max_streams,
+        })
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per record.
+    Text,
+    /// One JSON object per record.
+    Json,
+}
+
+/// `[log]` (`STELE_LOG_LEVEL`, `STELE_LOG_FORMAT`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `off`, `info`, `stele=debug,info`, …
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "off".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[otel]`: OpenTelemetry trace export over OTLP/HTTP.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtelConfig {
+    /// The collector's OTLP/HTTP traces URL (`http://host:4318/v1/traces`);
+    /// none: no export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        OtelConfig {
+            endpoint: None,
+            service_name: "stele".into(),
+        }
+    }
+}
+
+/// `[tools]`: the circuit breaker each tool of a reasoning run has.
+///
+/// A tool whose calls fail `breaker_failures` times in a row opens its
+/// breaker: further calls are refused (the model is told) until
+/// `breaker_open_timeout` has passed; then calls go through as probes, and
+/// `breaker_half_open_probes` successes close it again (a failed probe opens
+/// it again).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// Failures in a row that open a tool's breaker (1–1000).
+    #[serde(deserialize_with = "breaker_count")]
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses calls.
+    #[serde(with = "duration_text")]
+    pub breaker_open_timeout: std::time::Duration,
+    /// Successful probes that close a half-open breaker (1–1000).
+    #[serde(deserialize_with = "breaker_count")]
+    pub breaker_half_open_probes: u32,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        ToolsConfig {
+            breaker_failures: 3,
+            breaker_open_timeout: std::time::Duration::from_secs(30),
+            breaker_half_open_probes: 1,
+        }
+    }
+}
+
+/// `[bus]`: the communication bus (`stele_engine::bus`). Agents of this
+/// instance are addressed as `agent`, those of a peer as `agent@peer`.
+///
+/// ```toml
+/// [bus]
+/// name = "coordinator"          # this instance's name (peers address it)
+/// mailbox_capacity = 1024       # messages waiting per agent (1–1000000)
+/// message_ttl = "5m"            # unacknowledged messages expire after this
+/// max_payload_bytes = 65536     # largest payload (1–524288)
+/// messages_per_second = 1000    # default rate per agent ([limits] overrides)
+/// burst = 100                   # default burst per agent
+/// nats = false                  # link to peers over [nats] url
+/// pin_on_first_contact = false  # pin an unknown peer's key when it first writes
+/// policies = "policies"         # Cedar policy directory; `stele up` runs the bus only with one
+///
+/// [bus.peers]
+/// worker = "<hex Ed25519 public key of its bus identity>"
+/// ```
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// This instance's name: 1–64 of `a-z 0-9 - _`.
+    #[serde(deserialize_with = "bus_name")]
+    pub name: String,
+    /// Messages waiting in one mailbox at most; a send to a full mailbox
+    /// fails (the sender sees why).
+    #[serde(deserialize_with = "bus_capacity")]
+    pub mailbox_capacity: u32,
+    /// How long a message waits for its acknowledgement before it expires.
+    #[serde(with = "duration_text")]
+    pub message_ttl: std::time::Duration,
+    /// Largest payload, bytes.
+    #[serde(deserialize_with = "bus_payload")]
+    pub max_payload_bytes: u64,
+    /// Default sustained rate of an agent's sends (its definition's
+    /// `[limits] messages_per_second` overrides).
+    #[serde(deserialize_with = "bus_rate")]
+    pub messages_per_second: u32,
+    /// Default burst of an agent's sends (`[limits] message_burst` overrides).
+    #[serde(deserialize_with = "bus_rate")]
+    pub burst: u32,
+    /// Carry messages to and from peers over NATS (`[nats] url`).
+    pub nats: bool,
+    /// Pin the key of a peer not in `peers` when it first writes (recorded
+    /// as `BusPeerPinned`); off: unknown peers are refused.
+    pub pin_on_first_contact: bool,
+    /// Peer instances: name → hex Ed25519 public key of its bus identity
+    /// (`stele bus key` prints an instance's).
+    pub peers: std::collections::BTreeMap<String, String>,
+    /// The Cedar policy directory the bus's `message_send` gate loads.
+    /// `stele up` runs the bus only when this is set.
+    pub policies: Option<PathBuf>,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            name: "local".into(),
+            mailbox_capacity: 1024,
+            message_ttl: std::time::Duration::from_secs(300),
+            max_payload_bytes: 64 * 1024,
+            messages_per_second: 1000,
+            burst: 100,
+            nats: false,
+            pin_on_first_contact: false,
+            peers: std::collections::BTreeMap::new(),
+            policies: None,
+        }
+    }
+}
+
+fn bus_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(serde::de::Error::custom(format!(
+            "{s:?} is not an instance name: 1 to 64 of a-z 0-9 - _"
+        )));
+    }
+    Ok(s)
+}
+
+fn bus_capacity<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if (1..=1_000_000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!("{n} is out of range; 1 to 1000000")))
+    }
+}
+
+fn bus_payload<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = u64::deserialize(d)?;
+    if (1..=512 * 1024).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!("{n} is out of range; 1 to 524288 bytes")))
+    }
+}
+
+fn bus_rate<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if (1..=10_000_000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!("{n} is out of range; 1 to 10000000")))
+    }
+}
+
+fn breaker_count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if (1..=1000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{n} is out of range; a breaker count is 1 to 1000"
+        )))
+    }
+}
+
+const SECTIONS: [&str; 13] = [
+    "bus",
     "runtime",
     "security",
     "context",
@@ -796,6 +1295,10 @@ const SECTIONS: [&str; 8] = [
     "scheduler",
     "nats",
     "inference",
+    "http",
+    "log",
+    "otel",
+    "tools",
 ];
 
 fn env_value(raw: &str) -> toml::Value {

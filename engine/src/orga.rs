@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use stele_journal::EventBody;
 
+use crate::breaker::{Admission, BreakerConfig, Breakers, Transition};
 use crate::llm::{Completion, CompletionRequest, Message, ProviderError, Role, ToolCall, ToolSpec};
 
 /// Phase marker: asking the model.
@@ -77,6 +78,8 @@ pub struct RunSpec {
     pub stuck_after: u32,
     /// Bytes of a tool result kept in the conversation and the journal.
     pub max_tool_output: usize,
+    /// The thresholds of each tool's circuit breaker.
+    pub breakers: BreakerConfig,
 }
 
 impl RunSpec {
@@ -95,6 +98,7 @@ impl RunSpec {
             max_attempts: 3,
             stuck_after: 3,
             max_tool_output: 16 * 1024,
+            breakers: BreakerConfig::default(),
         }
     }
 }
@@ -159,6 +163,21 @@ pub struct Finished {
     pub steps: u32,
     /// The facts not yet taken (the last ones, `RunFinished` included).
     pub facts: Vec<EventBody>,
+    /// The saga's compensations still to run, newest first — what undoes
+    /// the run's effects when it did not complete (empty when it did).
+    /// The driver runs them before it records `facts`.
+    pub compensations: Vec<SagaStep>,
+}
+
+/// A compensable step of the run's saga, as `SagaStepRecorded` journals it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SagaStep {
+    /// The call whose effect it undoes.
+    pub call_id: String,
+    /// The tool.
+    pub tool: String,
+    /// The compensating action (JSON `{tool, arguments}`).
+    pub compensation: String,
 }
 
 #[derive(Clone, Debug)]
@@ -174,6 +193,12 @@ struct State {
     completion_tokens: u64,
     /// How often each (tool, arguments) was proposed: stuck-loop detection.
     seen: BTreeMap<(String, String), u32>,
+    /// Each tool's circuit breaker.
+    breakers: Breakers,
+    /// Calls of this step an open breaker refused: call id → why.
+    refused: BTreeMap<String, String>,
+    /// The saga's compensable steps, oldest first.
+    saga: Vec<SagaStep>,
     facts: Vec<EventBody>,
 }
 
@@ -224,8 +249,45 @@ impl<P> AgentLoop<P> {
         self.s.facts.push(body);
     }
 
+    fn breaker_fact(&mut self, t: Transition) {
+        self.s.facts.push(EventBody::RunBreakerChanged {
+            run: self.s.spec.run.clone(),
+            step: self.s.step,
+            tool: t.tool,
+            from: t.from.to_owned(),
+            to: t.to.to_owned(),
+            reason: t.reason,
+            at_ms: t.at_ms,
+        });
+    }
+
+    /// The saga's compensable steps so far, oldest first.
+    #[must_use]
+    pub fn saga(&self) -> &[SagaStep] {
+        &self.s.saga
+    }
+
+    /// Whether any tool's breaker is open or half-open (only then does
+    /// dispatch need a clock reading).
+    #[must_use]
+    pub fn breakers_open(&self) -> bool {
+        self.s.breakers.any_open()
+    }
+
+    /// Ends the run because the process driving it died (a crash): its
+    /// saga is compensated like a failure's.
+    #[must_use]
+    pub fn interrupted(self, reason: &str) -> Finished {
+        self.finish("interrupted", reason.to_owned())
+    }
+
     fn finish(mut self, outcome: &str, answer: String) -> Finished {
         let s = &mut self.s;
+        let compensations = if outcome == "completed" {
+            Vec::new()
+        } else {
+            s.saga.iter().rev().cloned().collect()
+        };
         s.facts.push(EventBody::RunFinished {
             run: s.spec.run.clone(),
             outcome: outcome.to_owned(),
@@ -240,6 +302,7 @@ impl<P> AgentLoop<P> {
             answer,
             steps: s.step,
             facts: std::mem::take(&mut s.facts),
+            compensations,
         }
     }
 
@@ -263,17 +326,49 @@ impl AgentLoop<Reasoning> {
     /// Starts a run: `RunStarted`, then the first reasoning phase.
     #[must_use]
     pub fn start(spec: RunSpec, input: String, parent: Option<String>) -> AgentLoop<Reasoning> {
+        AgentLoop::start_hydrated(spec, input, parent, Vec::new())
+    }
+
+    /// Starts a run with context pre-hydrated from its task's references:
+    /// `RunStarted`, the hydration's facts as given (its `PolicyDecided`
+    /// and `ContextHydrated` events, from `crate::hydrate`), then the first
+    /// reasoning phase. Each `ContextHydrated` becomes a system message
+    /// before the input, so the first completion already sees it.
+    #[must_use]
+    pub fn start_hydrated(
+        spec: RunSpec,
+        input: String,
+        parent: Option<String>,
+        hydration: Vec<EventBody>,
+    ) -> AgentLoop<Reasoning> {
         let mut messages = Vec::new();
         if !spec.system.is_empty() {
             messages.push(Message::text(Role::System, spec.system.clone()));
         }
+        for fact in &hydration {
+            if let EventBody::ContextHydrated {
+                reference,
+                blake3,
+                content,
+                ..
+            } = fact
+            {
+                let short = blake3.get(..12).unwrap_or(blake3);
+                messages.push(Message::text(
+                    Role::System,
+                    format!("Context loaded from {reference} (blake3 {short}):\n{content}"),
+                ));
+            }
+        }
         messages.push(Message::text(Role::User, input.clone()));
-        let facts = vec![EventBody::RunStarted {
+        let mut facts = vec![EventBody::RunStarted {
             run: spec.run.clone(),
             agent: spec.agent.clone(),
             input,
             parent,
         }];
+        facts.extend(hydration);
+        let breakers = Breakers::new(spec.breakers);
         let mut lp = AgentLoop {
             s: State {
                 spec: Arc::new(spec),
@@ -284,6 +379,9 @@ impl AgentLoop<Reasoning> {
                 prompt_tokens: 0,
                 completion_tokens: 0,
                 seen: BTreeMap::new(),
+                breakers,
+                refused: BTreeMap::new(),
+                saga: Vec::new(),
                 facts,
             },
             _phase: PhantomData,
@@ -511,33 +609,94 @@ pub enum ApprovalOutcome {
 }
 
 impl AgentLoop<ToolDispatching> {
-    /// The calls to run (allowed, with their arguments), recording a
-    /// `ToolCalled` for each — call this once, before running them.
+    /// How many proposed calls the gate allowed (each gets a `ToolCalled`
+    /// and a `ToolReturned`).
+    #[must_use]
+    pub fn allowed(&self) -> usize {
+        self.s
+            .proposed
+            .iter()
+            .filter(|c| matches!(self.s.gates.get(&c.id), Some(Gate::Allow { .. })))
+            .count()
+    }
+
+    /// [`dispatch`](Self::dispatch) without a clock reading: an open breaker
+    /// stays open.
     pub fn calls(&mut self) -> Vec<ToolCall> {
+        self.dispatch(0)
+    }
+
+    /// The calls to run (allowed, with their arguments, and admitted by
+    /// their tool's circuit breaker at `now_ms`), recording a `ToolCalled`
+    /// for each allowed call and a `RunBreakerChanged` for each breaker that
+    /// went half-open — call this once, before running them. A call an open
+    /// breaker refuses is not returned; its refusal is its result.
+    pub fn dispatch(&mut self, now_ms: u64) -> Vec<ToolCall> {
         let mut out = Vec::new();
-        for call in &self.s.proposed {
-            if let Some(Gate::Allow { arguments }) = self.s.gates.get(&call.id) {
-                self.s.facts.push(EventBody::ToolCalled {
-                    run: self.s.spec.run.clone(),
-                    step: self.s.step,
-                    call_id: call.id.clone(),
-                    tool: call.name.clone(),
-                    arguments: arguments.clone(),
-                });
-                out.push(ToolCall {
+        self.s.breakers.begin_step();
+        self.s.refused.clear();
+        let proposed = self.s.proposed.clone();
+        for call in &proposed {
+            let Some(Gate::Allow { arguments }) = self.s.gates.get(&call.id).cloned() else {
+                continue;
+            };
+            let (admission, transition) = self.s.breakers.admit(&call.name, now_ms);
+            if let Some(t) = transition {
+                self.breaker_fact(t);
+            }
+            self.s.facts.push(EventBody::ToolCalled {
+                run: self.s.spec.run.clone(),
+                step: self.s.step,
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                arguments: arguments.clone(),
+            });
+            match admission {
+                Admission::Run | Admission::Probe => out.push(ToolCall {
                     id: call.id.clone(),
                     name: call.name.clone(),
-                    arguments: arguments.clone(),
-                });
+                    arguments,
+                }),
+                Admission::Refuse(why) => {
+                    self.s.refused.insert(call.id.clone(), why);
+                }
             }
         }
         out
     }
 
-    /// Hands in the results of the calls that ran; denied calls are
-    /// answered with their reason so the model sees every call answered.
+    /// Records a compensable step of the saga (`SagaStepRecorded`): what
+    /// undoes `call_id`, captured before it runs. Call it after
+    /// [`dispatch`](Self::dispatch) and record the facts before the effect.
+    pub fn saga_step(&mut self, call_id: &str, tool: &str, compensation: String) {
+        self.s.facts.push(EventBody::SagaStepRecorded {
+            run: self.s.spec.run.clone(),
+            step: self.s.step,
+            call_id: call_id.to_owned(),
+            tool: tool.to_owned(),
+            compensation: compensation.clone(),
+        });
+        self.s.saga.push(SagaStep {
+            call_id: call_id.to_owned(),
+            tool: tool.to_owned(),
+            compensation,
+        });
+    }
+
+    /// [`returned_at`](Self::returned_at) without a clock reading (a breaker
+    /// that opens is stamped 0).
     #[must_use]
-    pub fn returned(mut self, results: Vec<ToolOutcome>) -> AgentLoop<Observing> {
+    pub fn returned(self, results: Vec<ToolOutcome>) -> AgentLoop<Observing> {
+        self.returned_at(results, 0)
+    }
+
+    /// Hands in the results of the calls that ran, read at `now_ms`; denied
+    /// and refused calls are answered with their reason so the model sees
+    /// every call answered. Each result feeds its tool's breaker; a state
+    /// change is recorded (`RunBreakerChanged`) after the call's
+    /// `ToolReturned`.
+    #[must_use]
+    pub fn returned_at(mut self, results: Vec<ToolOutcome>, now_ms: u64) -> AgentLoop<Observing> {
         let max = self.s.spec.max_tool_output;
         let mut by_id: BTreeMap<String, ToolOutcome> =
             results.into_iter().map(|r| (r.call_id.clone(), r)).collect();
@@ -545,12 +704,21 @@ impl AgentLoop<ToolDispatching> {
         for call in &proposed {
             let content = match self.s.gates.get(&call.id) {
                 Some(Gate::Allow { .. }) => {
-                    let r = by_id.remove(&call.id).unwrap_or(ToolOutcome {
-                        call_id: call.id.clone(),
-                        ok: false,
-                        output: "the tool did not report a result".into(),
-                        duration_ms: 0,
-                    });
+                    let refused = self.s.refused.remove(&call.id);
+                    let r = match &refused {
+                        Some(why) => ToolOutcome {
+                            call_id: call.id.clone(),
+                            ok: false,
+                            output: why.clone(),
+                            duration_ms: 0,
+                        },
+                        None => by_id.remove(&call.id).unwrap_or(ToolOutcome {
+                            call_id: call.id.clone(),
+                            ok: false,
+                            output: "the tool did not report a result".into(),
+                            duration_ms: 0,
+                        }),
+                    };
                     let output = bounded(&r.output, max);
                     self.s.facts.push(EventBody::ToolReturned {
                         run: self.s.spec.run.clone(),
@@ -560,6 +728,11 @@ impl AgentLoop<ToolDispatching> {
                         output: output.clone(),
                         duration_ms: r.duration_ms,
                     });
+                    if refused.is_none()
+                        && let Some(t) = self.s.breakers.record(&call.name, r.ok, now_ms)
+                    {
+                        self.breaker_fact(t);
+                    }
                     if r.ok { output } else { format!("error: {output}") }
                 }
                 Some(Gate::Deny { reason }) => format!("denied by policy: {reason}"),

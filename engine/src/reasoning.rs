@@ -33,7 +33,7 @@ use crate::orga::{
     Reasoning, RunSpec, ToolDispatching, ToolOutcome,
 };
 use crate::policy::{AuthzRequest, Entity, Point, PolicyGate, Verdict};
-use crate::tools::{self, ToolBox};
+use crate::tools::{self, ToolRunner};
 
 /// Where the loop's facts go (the journal, or a replay's comparison).
 pub trait Sink: Send {
@@ -191,8 +191,9 @@ pub struct Driver {
     pub provider: Arc<dyn Provider>,
     /// The policy gate.
     pub gate: Arc<PolicyGate>,
-    /// The agent's tools.
-    pub tools: ToolBox,
+    /// The agent's tools: a [`ToolBox`](crate::tools::ToolBox) running them, or a replay's
+    /// journaled results.
+    pub tools: Arc<dyn ToolRunner>,
     /// The agent.
     pub agent: String,
     /// The agent's priority (a policy attribute).
@@ -210,17 +211,10 @@ impl Driver {
             sink.record(lp.take_facts()).await?;
             let completion = match self.complete(&mut lp, sink).await? {
                 Ok(c) => c,
-                Err(e) => {
-                    let f = lp.give_up(&e);
-                    sink.record(f.facts.clone()).await?;
-                    return Ok(Stop::Finished(f));
-                }
+                Err(e) => return self.finish(lp.give_up(&e), sink).await,
             };
             let mut check_phase = match lp.reasoned(self.provider.name(), completion) {
-                Reasoned::Done(f) => {
-                    sink.record(f.facts.clone()).await?;
-                    return Ok(Stop::Finished(f));
-                }
+                Reasoned::Done(f) => return self.finish(f, sink).await,
                 Reasoned::Gate(g) => g,
             };
             sink.record(check_phase.take_facts()).await?;
@@ -240,10 +234,7 @@ impl Driver {
             };
             match self.act_and_observe(dispatch, sink).await? {
                 Observed::Next(next) => lp = next,
-                Observed::Done(f) => {
-                    sink.record(f.facts.clone()).await?;
-                    return Ok(Stop::Finished(f));
-                }
+                Observed::Done(f) => return self.finish(f, sink).await,
             }
         }
     }
@@ -270,12 +261,46 @@ impl Driver {
             }
             Ok(ApprovalOutcome::Dispatch(d)) => match self.act_and_observe(d, sink).await? {
                 Observed::Next(next) => Box::pin(self.drive(next, sink)).await,
-                Observed::Done(f) => {
-                    sink.record(f.facts.clone()).await?;
-                    Ok(Stop::Finished(f))
-                }
+                Observed::Done(f) => self.finish(f, sink).await,
             },
         }
+    }
+
+    /// Ends a run: a run that did not complete first rolls its saga back,
+    /// newest step first (`SagaCompensating` before each compensation runs,
+    /// `SagaCompensated` after), then its last facts (`RunFinished`) are
+    /// recorded.
+    ///
+    /// # Errors
+    /// The sink failed.
+    pub async fn finish(&self, f: Finished, sink: &mut dyn Sink) -> Result<Stop, String> {
+        let reason = format!(
+            "the run ended {}: {}",
+            f.outcome,
+            crate::orga::bounded(&f.answer, 200)
+        );
+        for step in &f.compensations {
+            sink.record(vec![EventBody::SagaCompensating {
+                run: f.run.clone(),
+                call_id: step.call_id.clone(),
+                action: step.compensation.clone(),
+                reason: reason.clone(),
+            }])
+            .await?;
+            let (ok, detail) = match self.tools.compensate(&step.compensation).await {
+                Ok(d) => (true, d),
+                Err(e) => (false, e),
+            };
+            sink.record(vec![EventBody::SagaCompensated {
+                run: f.run.clone(),
+                call_id: step.call_id.clone(),
+                ok,
+                detail,
+            }])
+            .await?;
+        }
+        sink.record(f.facts.clone()).await?;
+        Ok(Stop::Finished(f))
     }
 
     async fn complete(
@@ -308,30 +333,45 @@ impl Driver {
         mut d: AgentLoop<ToolDispatching>,
         sink: &mut dyn Sink,
     ) -> Result<Observed, String> {
-        let calls = d.calls();
+        // A clock reading only matters (and is only journaled) when a
+        // breaker is not closed.
+        let now_ms = if d.breakers_open() {
+            self.tools.clock_ms()
+        } else {
+            0
+        };
+        let calls = d.dispatch(now_ms);
+        // Compensable calls record what undoes them before they run; one
+        // whose compensation cannot be captured fails without running.
+        let mut runnable = Vec::with_capacity(calls.len());
+        let mut failed = Vec::new();
+        for call in calls {
+            match self.tools.compensation(&call).await {
+                None => runnable.push(call),
+                Some(Ok(action)) => {
+                    d.saga_step(&call.id, &call.name, action);
+                    runnable.push(call);
+                }
+                Some(Err(why)) => failed.push(ToolOutcome {
+                    call_id: call.id.clone(),
+                    ok: false,
+                    output: format!("not run: its compensation could not be recorded: {why}"),
+                    duration_ms: 0,
+                }),
+            }
+        }
         // The intent is durable before any tool runs.
         sink.record(d.take_facts()).await?;
-        let results = futures::future::join_all(calls.iter().map(|c| self.run_tool(c))).await;
-        let mut observing = d.returned(results);
+        let mut results = futures::future::join_all(runnable.iter().map(|c| self.run_tool(c))).await;
+        results.extend(failed);
+        let now_ms = self.tools.clock_ms();
+        let mut observing = d.returned_at(results, now_ms);
         sink.record(observing.take_facts()).await?;
         Ok(observing.observe())
     }
 
-    #[allow(clippy::disallowed_methods)] // an effect runner measures how long the effect took
     async fn run_tool(&self, call: &ToolCall) -> ToolOutcome {
-        let started = std::time::Instant::now();
-        let result = self.tools.call(&call.name, &call.arguments).await;
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let (ok, output) = match result {
-            Ok(o) => (true, o),
-            Err(e) => (false, e),
-        };
-        ToolOutcome {
-            call_id: call.id.clone(),
-            ok,
-            output,
-            duration_ms,
-        }
+        self.tools.run(call).await
     }
 }
 
@@ -343,35 +383,97 @@ pub enum Resumed {
     /// It is in its reasoning phase (a crash interrupted it, or it was
     /// never driven): drive it on.
     Reasoning(AgentLoop<Reasoning>),
-    /// It had finished.
+    /// Its process died while its tools ran: some results are not in the
+    /// journal, so the run cannot go on as if they were. End it with
+    /// [`AgentLoop::interrupted`] and [`Driver::finish`] (which rolls its
+    /// saga back).
+    Interrupted(AgentLoop<ToolDispatching>),
+    /// It had finished (or was rolling its saga back to finish).
     Finished,
 }
 
 /// Rebuilds a run from its journaled facts (in seq order) by feeding the
 /// recorded results back through the loop: no provider, gate or tool is
-/// called. The facts the rebuild produces are the ones already journaled,
-/// so they are dropped.
+/// called, and no clock is read (the breakers get the journaled readings).
+/// The facts the rebuild produces are the ones already journaled, so they
+/// are dropped.
 ///
 /// # Errors
 /// The facts do not form a run the loop can rebuild (names the seq).
 pub fn resume(spec: RunSpec, events: &[EventRef]) -> Result<Resumed, String> {
+    refold(spec, events).map(|(r, _)| r)
+}
+
+/// [`resume`], also returning every fact the rebuild produced, in order:
+/// the loop's own (phases, proposals, verdicts, calls, results, breaker
+/// changes, saga steps, hydration, the end) and, where the loop only takes
+/// a journaled input without producing it (`CompletionFailed`,
+/// `RunForked`, a `RunFinished` after the provider gave up), that input.
+/// A run rebuilt without divergence yields exactly its journaled facts,
+/// minus the rollback the driver records outside the loop
+/// (`SagaCompensating`, `SagaCompensated`).
+///
+/// # Errors
+/// As [`resume`].
+#[allow(clippy::too_many_lines)] // one pass over the run, phase by phase
+pub fn refold(spec: RunSpec, events: &[EventRef]) -> Result<(Resumed, Vec<EventBody>), String> {
+    let mut out = Vec::new();
     let bad = |e: &EventRef, why: &str| format!("seq {}: {why}", e.seq().0);
+    let fact = |e: &EventRef| {
+        e.to_event()
+            .map(|ev| ev.body)
+            .map_err(|err| bad(e, &err.to_string()))
+    };
     let mut it = events.iter().peekable();
     let first = it.next().ok_or("the run has no events")?;
     let ArchivedEventBody::RunStarted { input, parent, .. } = first.body() else {
         return Err(bad(first, "a run starts with RunStarted"));
     };
-    let mut lp = AgentLoop::start(spec, input.to_string(), parent.as_ref().map(|p| p.to_string()));
+    // Pre-hydration: the facts between RunStarted and the first phase.
+    let mut hydration = Vec::new();
+    let mut forked = Vec::new();
+    while let Some(e) = it.peek() {
+        match e.body() {
+            ArchivedEventBody::PolicyDecided { .. } | ArchivedEventBody::ContextHydrated { .. } => {
+                hydration.push(fact(e)?);
+                it.next();
+            }
+            ArchivedEventBody::RunForked { .. } => {
+                forked.push(fact(e)?);
+                it.next();
+            }
+            _ => break,
+        }
+    }
+    let mut lp = AgentLoop::start_hydrated(
+        spec,
+        input.to_string(),
+        parent.as_ref().map(|p| p.to_string()),
+        hydration,
+    );
+    // RunStarted, then what a fork journaled right after it.
+    let mut started = lp.take_facts();
+    let rest = started.split_off(1);
+    out.extend(started);
+    out.extend(forked);
+    out.extend(rest);
     loop {
-        lp.take_facts();
+        out.extend(lp.take_facts());
         // Reasoning: skip failed attempts, take the completion.
         let completion = loop {
             let Some(e) = it.next() else {
-                return Ok(Resumed::Reasoning(lp));
+                return Ok((Resumed::Reasoning(lp), out));
             };
             match e.body() {
-                ArchivedEventBody::CompletionFailed { .. } | ArchivedEventBody::PhaseEntered { .. } => {}
-                ArchivedEventBody::RunFinished { .. } => return Ok(Resumed::Finished),
+                ArchivedEventBody::PhaseEntered { .. } => {}
+                ArchivedEventBody::CompletionFailed { .. } | ArchivedEventBody::RunForked { .. } => {
+                    out.push(fact(e)?);
+                }
+                ArchivedEventBody::RunFinished { .. } => {
+                    out.push(fact(e)?);
+                    return Ok((Resumed::Finished, out));
+                }
+                ArchivedEventBody::SagaCompensating { .. } => return Ok((Resumed::Finished, out)),
                 ArchivedEventBody::CompletionReceived {
                     content,
                     tool_calls,
@@ -401,10 +503,13 @@ pub fn resume(spec: RunSpec, events: &[EventRef]) -> Result<Resumed, String> {
             return Err(bad(at, "expected a completion"));
         };
         let mut gate = match lp.reasoned(provider.as_str(), completion) {
-            Reasoned::Done(_) => return Ok(Resumed::Finished),
+            Reasoned::Done(f) => {
+                out.extend(f.facts);
+                return Ok((Resumed::Finished, out));
+            }
             Reasoned::Gate(g) => g,
         };
-        gate.take_facts();
+        out.extend(gate.take_facts());
         // Policy: the journaled decisions, in the order of the proposals.
         let proposed = gate.proposed().to_vec();
         let mut checks = Vec::new();
@@ -437,20 +542,24 @@ pub fn resume(spec: RunSpec, events: &[EventRef]) -> Result<Resumed, String> {
             checks.push(Checked {
                 call_id: call.id.clone(),
                 gate: gate_answer,
-                decided: e.to_event().map_err(|err| err.to_string())?.body,
+                decided: fact(e)?,
             });
         }
         let mut dispatch = match gate.checked(checks) {
             GateOutcome::Dispatch(d) => d,
             GateOutcome::Park(mut p) => {
-                p.take_facts();
+                out.extend(p.take_facts());
                 loop {
                     let Some(e) = it.next() else {
-                        return Ok(Resumed::Parked(p));
+                        return Ok((Resumed::Parked(p), out));
                     };
                     match e.body() {
                         ArchivedEventBody::ApprovalRequested { .. } => {}
-                        ArchivedEventBody::RunFinished { .. } => return Ok(Resumed::Finished),
+                        ArchivedEventBody::RunFinished { .. } => {
+                            out.push(fact(e)?);
+                            return Ok((Resumed::Finished, out));
+                        }
+                        ArchivedEventBody::SagaCompensating { .. } => return Ok((Resumed::Finished, out)),
                         ArchivedEventBody::ApprovalDecided {
                             call_id,
                             approved,
@@ -459,7 +568,10 @@ pub fn resume(spec: RunSpec, events: &[EventRef]) -> Result<Resumed, String> {
                             ..
                         } => match p.decided(call_id.as_str(), *approved, approver.as_str(), reason.as_str())
                         {
-                            Ok(ApprovalOutcome::StillWaiting(q)) => p = q,
+                            Ok(ApprovalOutcome::StillWaiting(mut q)) => {
+                                out.extend(q.take_facts());
+                                p = q;
+                            }
                             Ok(ApprovalOutcome::Dispatch(d)) => break d,
                             Err((_, why)) => return Err(bad(e, &why)),
                         },
@@ -468,15 +580,39 @@ pub fn resume(spec: RunSpec, events: &[EventRef]) -> Result<Resumed, String> {
                 }
             }
         };
-        dispatch.calls();
-        dispatch.take_facts();
-        // Tools: the journaled results.
-        let mut results = Vec::new();
+        // Dispatch: the intents, the breakers' journaled clock reading (a
+        // breaker that went half-open), the saga steps recorded.
+        let mut dispatch_ms = 0;
+        let mut saga = Vec::new();
         while let Some(e) = it.peek() {
             match e.body() {
-                ArchivedEventBody::ToolCalled { .. } | ArchivedEventBody::PhaseEntered { .. } => {
-                    it.next();
-                }
+                ArchivedEventBody::ToolCalled { .. } | ArchivedEventBody::PhaseEntered { .. } => {}
+                ArchivedEventBody::RunBreakerChanged { at_ms, .. } => dispatch_ms = at_ms.to_native(),
+                ArchivedEventBody::SagaStepRecorded {
+                    call_id,
+                    tool,
+                    compensation,
+                    ..
+                } => saga.push((call_id.to_string(), tool.to_string(), compensation.to_string())),
+                _ => break,
+            }
+            it.next();
+        }
+        // The calls it returns ran then; their results follow.
+        let _running = dispatch.dispatch(dispatch_ms);
+        for (call_id, tool, compensation) in saga {
+            dispatch.saga_step(&call_id, &tool, compensation);
+        }
+        out.extend(dispatch.take_facts());
+        // Tools: the journaled results (and the reading a breaker change
+        // after them was decided with).
+        let mut results = Vec::new();
+        let mut returned_ms = 0;
+        let mut answered = 0;
+        while let Some(e) = it.peek() {
+            match e.body() {
+                ArchivedEventBody::ToolCalled { .. } | ArchivedEventBody::PhaseEntered { .. } => {}
+                ArchivedEventBody::RunBreakerChanged { at_ms, .. } => returned_ms = at_ms.to_native(),
                 ArchivedEventBody::ToolReturned {
                     call_id,
                     ok,
@@ -484,21 +620,32 @@ pub fn resume(spec: RunSpec, events: &[EventRef]) -> Result<Resumed, String> {
                     duration_ms,
                     ..
                 } => {
+                    answered += 1;
                     results.push(ToolOutcome {
                         call_id: call_id.to_string(),
                         ok: *ok,
                         output: output.to_string(),
                         duration_ms: duration_ms.to_native(),
                     });
-                    it.next();
                 }
                 _ => break,
             }
+            it.next();
         }
-        let observing = dispatch.returned(results);
+        let allowed = dispatch.allowed();
+        if it.peek().is_none() && answered < allowed {
+            // The journal ends with calls unanswered: the process died while
+            // they ran.
+            return Ok((Resumed::Interrupted(dispatch), out));
+        }
+        let mut observing = dispatch.returned_at(results, returned_ms);
+        out.extend(observing.take_facts());
         match observing.observe() {
             Observed::Next(next) => lp = next,
-            Observed::Done(_) => return Ok(Resumed::Finished),
+            Observed::Done(f) => {
+                out.extend(f.facts);
+                return Ok((Resumed::Finished, out));
+            }
         }
     }
 }
@@ -510,6 +657,47 @@ fn parse_conditions(detail: &str) -> BTreeMap<String, String> {
         .filter_map(|kv| {
             let (k, v) = kv.split_once('=')?;
             Some((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The approvals of a run that have timed out at `now_ms` (ms since the
+/// Unix epoch): requested with a timeout (the policy's
+/// `@approval_timeout`), not decided, the run not finished, and
+/// `requested at + timeout ≤ now`. The request time is the journal's stamp
+/// of its `ApprovalRequested`. Returns (call id, the reason to record).
+#[must_use]
+pub fn expired_approvals(events: &[EventRef], now_ms: u64) -> Vec<(String, String)> {
+    let mut waiting: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for e in events {
+        match e.body() {
+            ArchivedEventBody::ApprovalRequested {
+                call_id, timeout_ms, ..
+            } => {
+                let at_ms = u64::try_from(e.at() / 1_000_000).unwrap_or(0);
+                waiting.insert(call_id.to_string(), (at_ms, timeout_ms.to_native()));
+            }
+            ArchivedEventBody::ApprovalDecided { call_id, .. } => {
+                waiting.remove(call_id.as_str());
+            }
+            ArchivedEventBody::RunFinished { .. } => waiting.clear(),
+            _ => {}
+        }
+    }
+    waiting
+        .into_iter()
+        .filter(|(_, (at_ms, timeout_ms))| *timeout_ms > 0 && at_ms.saturating_add(*timeout_ms) <= now_ms)
+        .map(|(call, (at_ms, timeout_ms))| {
+            let stamp = |ms: u64| {
+                humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+            };
+            let why = format!(
+                "no decision within {} (requested {}, expired {}): rejected by the timeout",
+                humantime::format_duration(std::time::Duration::from_millis(timeout_ms)),
+                stamp(at_ms),
+                stamp(at_ms.saturating_add(timeout_ms)),
+            );
+            (call, why)
         })
         .collect()
 }

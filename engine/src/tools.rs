@@ -21,7 +21,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::llm::ToolSpec;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::llm::{ToolCall, ToolSpec};
+use crate::orga::ToolOutcome;
 use crate::process::{self, Confinement, Launcher, ProcessEvent, ProcessSpec};
 
 /// Largest file `read_file` returns.
@@ -108,9 +112,82 @@ pub struct ToolBox {
 /// The result of a tool: success and its text.
 pub type ToolResult = Result<String, String>;
 
+/// A boxed future of a captured compensation (see
+/// [`ToolRunner::compensation`]).
+pub type CompensationFuture<'a> = Pin<Box<dyn Future<Output = Option<Result<String, String>>> + Send + 'a>>;
+
+/// Runs the calls the gate allowed and reports each outcome: the effect
+/// runner of the reasoning driver. [`ToolBox`] runs the built-in tools for
+/// real; a replay serves the journaled results instead (and performs
+/// nothing).
+///
+/// Besides running calls, a runner is where the driver's other effects go,
+/// so a replay can serve each from the journal: the compensation a saga
+/// step records before it runs (`SagaStepRecorded.compensation`), running a
+/// compensation (`SagaCompensated`), and the clock readings the circuit
+/// breakers decide with (`RunBreakerChanged.at_ms`).
+pub trait ToolRunner: Send + Sync + std::fmt::Debug {
+    /// Runs one allowed call (its arguments as the gate allowed them).
+    fn run<'a>(&'a self, call: &'a ToolCall) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>>;
+
+    /// What undoes `call`, captured now, before it runs (JSON `{tool,
+    /// arguments}`): `None` when the tool has no compensation, an error
+    /// when it has one that cannot be captured (the call then fails
+    /// without running).
+    fn compensation<'a>(&'a self, call: &'a ToolCall) -> CompensationFuture<'a> {
+        let _ = call;
+        Box::pin(async { None })
+    }
+
+    /// Runs a compensating action (as [`compensation`](Self::compensation)
+    /// captured it). Compensations are idempotent: running one twice leaves
+    /// what running it once leaves.
+    fn compensate<'a>(&'a self, action: &'a str) -> Pin<Box<dyn Future<Output = ToolResult> + Send + 'a>> {
+        let _ = action;
+        Box::pin(async { Err("this tool runner performs no compensations".to_owned()) })
+    }
+
+    /// A clock reading, ms since the Unix epoch, for the circuit breakers.
+    #[allow(clippy::disallowed_methods)] // the effect side reads the clock; the reading is journaled
+    fn clock_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl ToolRunner for ToolBox {
+    #[allow(clippy::disallowed_methods)] // an effect runner measures how long the effect took
+    fn run<'a>(&'a self, call: &'a ToolCall) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = self.call(&call.name, &call.arguments).await;
+            let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let (ok, output) = match result {
+                Ok(o) => (true, o),
+                Err(e) => (false, e),
+            };
+            ToolOutcome {
+                call_id: call.id.clone(),
+                ok,
+                output,
+                duration_ms,
+            }
+        })
+    }
+
+    fn compensation<'a>(&'a self, call: &'a ToolCall) -> CompensationFuture<'a> {
+        Box::pin(crate::saga::capture(self, call))
+    }
+
+    fn compensate<'a>(&'a self, action: &'a str) -> Pin<Box<dyn Future<Output = ToolResult> + Send + 'a>> {
+        Box::pin(crate::saga::perform(self, action))
+    }
+}
+
 impl ToolBox {
     /// A path of the workspace, refusing anything that leaves it.
-    fn resolve(&self, path: &str) -> Result<PathBuf, String> {
+    pub(crate) fn resolve(&self, path: &str) -> Result<PathBuf, String> {
         let rel = Path::new(path);
         if rel.is_absolute() {
             return Err(format!("path {path:?} must be relative to the workspace"));

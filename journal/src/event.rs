@@ -51,6 +51,9 @@ pub use body::{
     AgentState, ArchivedAgentState, ArchivedEventBody, ArchivedProcessExit, ArchivedRuntimeHost,
     ArchivedTaskOutcome, ArchivedTaskPriority, EventBody, ProcessExit, RuntimeHost, TaskOutcome,
     TaskPriority,
+    ArchivedSandboxExit, ArchivedSandboxStart, SandboxExit, SandboxStart,
+    ArchivedBusEnvelope, BusEnvelope,
+    ArchivedContextArchive, ArchivedContextItem, ContextArchive, ContextItem,
 };
 
 /// The size of the archived `EventBody` (the tag plus its largest
@@ -461,6 +464,500 @@ mod body {
             /// Where it was loaded from.
             source: String,
         },
+        /// A run was forked from another run's state at a seq (`stele
+        /// fork`). It follows the new run's `RunStarted`; the events before
+        /// `at` are fed again from the origin, and `edit` (when given)
+        /// replaces the first journaled input after `at`. The origin is
+        /// untouched.
+        RunForked {
+            /// The new run.
+            run: String,
+            /// The run it was forked from.
+            origin: String,
+            /// The seq of the origin's state it starts from.
+            at: u64,
+            /// The replacement input as given (JSON; empty: no edit).
+            edit: String,
+            /// BLAKE3 (hex) of `edit` (empty: no edit).
+            edit_hash: String,
+        },
+        /// A tool's circuit breaker in a run changed state (`closed`, `open`,
+        /// `half_open`). `at_ms` is the clock reading (ms since the Unix
+        /// epoch) the breaker decided with, so a rebuild of the run reaches
+        /// the same state without reading a clock.
+        RunBreakerChanged {
+            /// The run.
+            run: String,
+            /// The step.
+            step: u32,
+            /// The tool.
+            tool: String,
+            /// The state before.
+            from: String,
+            /// The new state.
+            to: String,
+            /// Why (failures counted, timeout elapsed, probe result).
+            reason: String,
+            /// The clock reading of the decision, ms since the Unix epoch.
+            at_ms: u64,
+        },
+        /// A compensable step of a run's saga is about to take effect: what
+        /// undoes it, captured before the effect (the saga's intent).
+        SagaStepRecorded {
+            /// The run.
+            run: String,
+            /// The step.
+            step: u32,
+            /// The call whose effect this undoes.
+            call_id: String,
+            /// The tool.
+            tool: String,
+            /// The compensating action (JSON `{tool, arguments}`).
+            compensation: String,
+        },
+        /// A compensation is about to run (its intent, before the effect).
+        SagaCompensating {
+            /// The run.
+            run: String,
+            /// The call being compensated.
+            call_id: String,
+            /// The compensating action (JSON `{tool, arguments}`).
+            action: String,
+            /// Why the saga is rolled back.
+            reason: String,
+        },
+        /// A compensation ran (the effect's result).
+        SagaCompensated {
+            /// The run.
+            run: String,
+            /// The call compensated.
+            call_id: String,
+            /// Whether it succeeded.
+            ok: bool,
+            /// What was done, or the error.
+            detail: String,
+        },
+        /// Context loaded for a run from a reference in its task, before the
+        /// first completion (deterministic pre-hydration).
+        ContextHydrated {
+            /// The run.
+            run: String,
+            /// The reference as found in the task (a workspace path).
+            reference: String,
+            /// BLAKE3 (hex) of the whole file.
+            blake3: String,
+            /// The file's size, bytes.
+            size_bytes: u64,
+            /// What was loaded (bounded; the model sees this).
+            content: String,
+        },
+        /// A task's command started in a sandbox container (the docker or
+        /// gvisor tier), after its image was resolved. Follows nothing of
+        /// the runtime decider's: for a task of `stele up` it comes just
+        /// before the `ProcessStarted` of the same task.
+        SandboxStarted {
+            /// The task (also its run id).
+            task: String,
+            /// The container and what confines it (boxed: see
+            /// [`ARCHIVED_BODY_BYTES`]).
+            #[serde(flatten)]
+            sandbox: Box<SandboxStart>,
+        },
+        /// A sandbox container ended and was removed (the effect's result).
+        SandboxExited {
+            /// The task.
+            task: String,
+            /// How (boxed: see [`ARCHIVED_BODY_BYTES`]).
+            #[serde(flatten)]
+            exit: Box<SandboxExit>,
+        },
+        /// A container left behind by a runtime that ended without removing
+        /// it (a crash or `kill -9` of `stele up`) was found by its labels
+        /// and removed.
+        SandboxReaped {
+            /// The task it ran (its `stele.task` label).
+            task: String,
+            /// The container id.
+            container: String,
+            /// What was found and done (running or not, removal result).
+            detail: String,
+        },
+        /// A message entered the bus — sent here, or received from a peer
+        /// instance — as its sender sealed and signed it. The payload is
+        /// AES-256-GCM ciphertext; only the key's epoch is recorded, never
+        /// the key.
+        MessageSent {
+            /// The message id (a request's id is its `RequestId`).
+            message: String,
+            /// The sealed envelope (boxed: see [`ARCHIVED_BODY_BYTES`]).
+            #[serde(flatten)]
+            envelope: Box<BusEnvelope>,
+        },
+        /// A message was placed in a recipient's mailbox, or a peer
+        /// instance confirmed it journaled it.
+        MessageDelivered {
+            /// The message.
+            message: String,
+            /// The agent whose mailbox holds it (`agent@instance` for a peer).
+            recipient: String,
+            /// For a peer: `<instance>:<seq>:<hash>` of its `MessageSent`;
+            /// empty for a local mailbox.
+            remote: String,
+        },
+        /// A recipient acknowledged a delivered message; it leaves the
+        /// mailbox and is never delivered again.
+        MessageAcknowledged {
+            /// The message.
+            message: String,
+            /// The recipient.
+            recipient: String,
+        },
+        /// A message (or a request's wait for its response) expired before
+        /// it was acknowledged (answered).
+        MessageExpired {
+            /// The message.
+            message: String,
+            /// The recipient whose copy expired (the requester for a request).
+            recipient: String,
+            /// Why (`ttl`, `request timed out`, `race lost`).
+            reason: String,
+        },
+        /// A message was refused: by the policy gate, a rate limit, a full
+        /// mailbox, its size, or because it was tampered with, replayed or
+        /// mis-addressed.
+        MessageRejected {
+            /// The message id (as claimed, for a received envelope).
+            message: String,
+            /// The sender (as claimed).
+            sender: String,
+            /// The recipient or topic (as claimed).
+            recipient: String,
+            /// `policy_denied`, `rate_limited`, `mailbox_full`, `oversize`,
+            /// `tampered`, `bad_signature`, `replayed`, `misaddressed`,
+            /// `expired`, `unknown_peer`.
+            code: String,
+            /// What was wrong, for operators.
+            reason: String,
+        },
+        /// An agent subscribed to (or unsubscribed from) a topic pattern
+        /// (`a.*.c`, `a.>`).
+        TopicSubscribed {
+            /// The agent.
+            agent: String,
+            /// The pattern.
+            pattern: String,
+            /// True to subscribe, false to unsubscribe.
+            active: bool,
+        },
+        /// An agent's bus key moved to a new epoch. The key is derived from
+        /// the node's bus secret, the agent and the epoch; it is never
+        /// journaled.
+        BusKeyRotated {
+            /// The agent.
+            agent: String,
+            /// The new epoch.
+            epoch: u32,
+            /// Why.
+            reason: String,
+        },
+        /// The bus identity key of a peer instance was pinned (from the
+        /// configuration, or on first contact).
+        BusPeerPinned {
+            /// The peer instance's name.
+            peer: String,
+            /// Its Ed25519 public key.
+            #[serde(serialize_with = "ser_hex")]
+            public_key: [u8; 32],
+            /// `config` or `first_contact`.
+            source: String,
+        },
+        /// An item entered an agent's context store (memory or knowledge).
+        ContextStored {
+            /// The agent that owns it.
+            agent: String,
+            /// The item (boxed: see [`ARCHIVED_BODY_BYTES`]).
+            #[serde(flatten)]
+            item: Box<ContextItem>,
+        },
+        /// An item of an agent's context store changed (only the fields
+        /// given change).
+        ContextUpdated {
+            /// The owner.
+            agent: String,
+            /// The item id.
+            item: String,
+            /// The new content.
+            content: Option<String>,
+            /// The new base importance, thousandths (0..=1000).
+            importance_permille: Option<u32>,
+            /// The new memory type.
+            memory_type: Option<String>,
+        },
+        /// An agent read items of the context store (a retrieval, query or
+        /// search): the journaled access that importance counts, and the
+        /// "now" the reader ranked with.
+        ContextAccessed {
+            /// The reading agent.
+            agent: String,
+            /// The items returned, in rank order (`owner/id`).
+            items: Vec<String>,
+            /// What was asked (`search hybrid: …`, `get …`).
+            query: String,
+            /// The reader's clock, ms since the Unix epoch.
+            now_ms: u64,
+        },
+        /// A user (or agent) rated an item: positive raises its importance,
+        /// negative lowers it.
+        ContextFeedbackGiven {
+            /// The owner.
+            agent: String,
+            /// The item id.
+            item: String,
+            /// The rating, -1000..=1000 (thousandths).
+            score_permille: i32,
+        },
+        /// An owner shared an item with another agent at an access level
+        /// (`public`, `restricted`, `confidential`; never `secret`).
+        ContextShared {
+            /// The owner.
+            agent: String,
+            /// The item id.
+            item: String,
+            /// The agent it is shared with.
+            with: String,
+            /// The access level of the grant.
+            level: String,
+        },
+        /// Items of an agent's context older than a time were archived:
+        /// they leave the live store; their JSON is kept compressed here.
+        ContextArchived {
+            /// The owner.
+            agent: String,
+            /// What was archived (boxed: see [`ARCHIVED_BODY_BYTES`]).
+            #[serde(flatten)]
+            archive: Box<ContextArchive>,
+        },
+        /// An embedding of an item was computed (the effect's result: a
+        /// rebuild of the vector index reads it from here and never calls
+        /// the model again).
+        EmbeddingComputed {
+            /// The owner.
+            agent: String,
+            /// The item id.
+            item: String,
+            /// The embedder (`hash-384`, `openai:text-embedding-3-small`).
+            model: String,
+            /// The vector, f32 little-endian.
+            #[serde(serialize_with = "ser_hex_vec")]
+            vector: Vec<u8>,
+        },
+        /// An MCP server was connected (stream `mcp:<server>`).
+        McpServerConnected {
+            /// The server's name in `[mcp] servers`.
+            server: String,
+            /// Where: the command line (stdio) or the URL (streamable HTTP).
+            endpoint: String,
+            /// What the server says it is (`name version`).
+            server_info: String,
+            /// The MCP protocol version agreed.
+            protocol: String,
+        },
+        /// A server's tools were listed (`tools/list`): the tools as served
+        /// (JSON array of `{name, description, inputSchema, _meta}`).
+        McpToolsListed {
+            /// The server.
+            server: String,
+            /// The tools, JSON.
+            tools: String,
+            /// How many.
+            count: u32,
+        },
+        /// A tool's schema was checked against SchemaPin: its signature over
+        /// the canonical schema and the key pinned for its domain.
+        McpToolVerified {
+            /// The server.
+            server: String,
+            /// The tool (its MCP name).
+            tool: String,
+            /// The tool domain its key is pinned for.
+            domain: String,
+            /// `verified`, `first_use`, `unsigned`, `key_changed`,
+            /// `invalid_signature`, `bad_key`.
+            status: String,
+            /// The key's fingerprint (`sha256:<hex>`; empty: no key).
+            key: String,
+            /// SHA-256 of the canonical schema (hex).
+            schema_hash: String,
+            /// Whether the tool is offered (refused under `strict` unless
+            /// verified or pinned on first use).
+            accepted: bool,
+        },
+        /// A tool domain's key was pinned (trust on first use).
+        McpKeyPinned {
+            /// The tool domain.
+            domain: String,
+            /// The key's fingerprint (`sha256:<hex>` of its SPKI DER).
+            fingerprint: String,
+            /// The key, PEM.
+            public_key_pem: String,
+            /// The server it was first seen on.
+            server: String,
+        },
+        /// A tool domain's pin was removed by an operator.
+        McpKeyUnpinned {
+            /// The tool domain.
+            domain: String,
+            /// The fingerprint that was pinned.
+            fingerprint: String,
+            /// Why (the operator's words).
+            reason: String,
+        },
+        /// An MCP tool was called (`tools/call`), after the policy gate.
+        McpToolCalled {
+            /// The server.
+            server: String,
+            /// The tool (its MCP name).
+            tool: String,
+            /// The arguments, JSON.
+            arguments: String,
+            /// Who asked: `run-3/call_1` from a run, `cli` from `stele mcp call`.
+            correlation: String,
+        },
+        /// An MCP tool call returned (the effect's result).
+        McpToolReturned {
+            /// The server.
+            server: String,
+            /// The tool.
+            tool: String,
+            /// As in `McpToolCalled`.
+            correlation: String,
+            /// Whether it succeeded (no transport error, no `isError`).
+            ok: bool,
+            /// Its text content (or the error), bounded.
+            output: String,
+            /// How long it took, ms.
+            duration_ms: u64,
+        },
+        /// A server's resources were listed or one was read
+        /// (`resources/list`, `resources/read`).
+        McpResourceRead {
+            /// The server.
+            server: String,
+            /// The URI read (empty: the listing).
+            uri: String,
+            /// Whether it succeeded.
+            ok: bool,
+            /// The contents (JSON), or the error, bounded.
+            content: String,
+        },
+    }
+
+    /// A context item as `ContextStored` records it.
+    #[derive(
+        Clone,
+        Debug,
+        Default,
+        PartialEq,
+        Eq,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub struct ContextItem {
+        /// The item id, unique per owner.
+        pub id: String,
+        /// `short_term`, `long_term`, `working`, `episodic`, `semantic`,
+        /// `shared_knowledge`.
+        pub memory_type: String,
+        /// `public`, `restricted`, `confidential`, `secret`.
+        pub level: String,
+        /// The text.
+        pub content: String,
+        /// Free tags (metadata to filter on).
+        pub tags: Vec<String>,
+        /// Base importance, thousandths (0..=1000).
+        pub importance_permille: u32,
+        /// The session or run it came from (empty: none).
+        pub session: String,
+    }
+
+    /// Archived context items, as `ContextArchived` records them.
+    #[derive(
+        Clone,
+        Debug,
+        Default,
+        PartialEq,
+        Eq,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub struct ContextArchive {
+        /// Items stored before this time (ms since the Unix epoch) were
+        /// eligible.
+        pub before_ms: u64,
+        /// The ids archived.
+        pub items: Vec<String>,
+        /// Size of their JSON before compression.
+        pub original_bytes: u64,
+        /// The codec of `compressed` (`lz4`).
+        pub codec: String,
+        /// The items' JSON (an array), compressed.
+        #[serde(serialize_with = "ser_hex_vec")]
+        pub compressed: Vec<u8>,
+    }
+
+    /// A bus message as `MessageSent` records it: who sent it to whom, how,
+    /// the key epoch and nonce counter, the ciphertext and the sender's
+    /// signature.
+    #[derive(
+        Clone,
+        Debug,
+        PartialEq,
+        Eq,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub struct BusEnvelope {
+        /// The instance whose bus sealed it.
+        pub origin: String,
+        /// The sending agent.
+        pub sender: String,
+        /// The recipient agent (`agent@instance` across instances) or topic.
+        pub recipient: String,
+        /// `direct`, `publish`, `request` or `response`.
+        pub pattern: String,
+        /// The builtin that sent it (`send_to`, `ask`, …; empty for others).
+        pub builtin: String,
+        /// For a response: the request it answers.
+        pub request: Option<String>,
+        /// Where it was sent from (`run-3/call-1`, `cli`), for correlation.
+        pub context: String,
+        /// The sender's key epoch.
+        pub epoch: u32,
+        /// The per-(sender, epoch) nonce counter.
+        pub counter: u64,
+        /// When it expires, ms since the Unix epoch (the sender's clock).
+        pub expires_at_ms: u64,
+        /// AES-256-GCM ciphertext with its tag.
+        #[serde(serialize_with = "ser_hex_vec")]
+        pub ciphertext: Vec<u8>,
+        /// The Ed25519 public key of the signing instance.
+        #[serde(serialize_with = "ser_hex")]
+        pub signer: [u8; 32],
+        /// Ed25519 signature over the envelope's signed bytes.
+        #[serde(serialize_with = "ser_hex")]
+        pub signature: [u8; 64],
+        /// For a message received from a peer: the hash (hex) of the
+        /// sender's `MessageSent`; empty otherwise.
+        pub remote_hash: String,
     }
 
     /// The host a runtime schedules on, as `RuntimeStarted` records it.
@@ -516,6 +1013,92 @@ mod body {
         pub cpu_ms: u64,
         /// Largest resident memory seen, KiB.
         pub max_rss_kb: u64,
+    }
+
+    /// A sandbox container as `SandboxStarted` records it.
+    #[derive(
+        Clone,
+        Debug,
+        Default,
+        PartialEq,
+        Eq,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub struct SandboxStart {
+        /// The agent (empty for `stele sandbox run`).
+        pub agent: String,
+        /// `docker` or `gvisor`.
+        pub tier: String,
+        /// The OCI runtime dockerd ran it with (`runc`, `runsc`).
+        pub runtime: String,
+        /// The container id.
+        pub container: String,
+        /// The image as named (`stele-sandbox:<hash prefix>`).
+        pub image: String,
+        /// The image's content hash: BLAKE3 (hex) of its root filesystem
+        /// archive for images `stele sandbox image build` made, else the
+        /// image id dockerd gives.
+        pub image_hash: String,
+        /// The host pid of the container's first process (0 if unknown).
+        pub pid: u32,
+        /// The network it is attached to (`none`: no network at all).
+        pub network: String,
+        /// Memory limit (no swap beyond it), MiB.
+        pub memory_mb: u64,
+        /// CPU limit, thousandths of a core.
+        pub cpu_millis: u64,
+        /// Most processes and threads.
+        pub pids_limit: u64,
+        /// Size of each writable tmpfs (`/work`, `/tmp`), MiB.
+        pub tmpfs_mb: u64,
+        /// Wall-clock limit, ms.
+        pub timeout_ms: u64,
+    }
+
+    /// How a sandbox container ended, as `SandboxExited` records it.
+    #[derive(
+        Clone,
+        Debug,
+        Default,
+        PartialEq,
+        Eq,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub struct SandboxExit {
+        /// The container id.
+        pub container: String,
+        /// Exit code of its first process, as dockerd reports it (128 + n
+        /// for a signal n).
+        pub code: Option<i32>,
+        /// The kernel's OOM killer killed a process of it (its memory limit
+        /// was reached).
+        pub oom_killed: bool,
+        /// Killed for running past its timeout.
+        pub timed_out: bool,
+        /// Ended because it was asked to stop.
+        pub stopped: bool,
+        /// The start of its standard output (bounded).
+        pub stdout: String,
+        /// The start of its standard error (bounded).
+        pub stderr: String,
+        /// Bytes of output not kept (both streams).
+        pub output_dropped: u64,
+        /// Wall time from start to exit, ms.
+        pub wall_ms: u64,
+        /// CPU time at the last sample, ms.
+        pub cpu_ms: u64,
+        /// Largest memory use seen, KiB.
+        pub max_memory_kb: u64,
+        /// Whether the container was removed afterwards, or why not.
+        pub removal: String,
     }
 
     use super::ARCHIVED_BODY_BYTES;
@@ -672,6 +1255,11 @@ mod body {
     }
 
     use super::ser_hex;
+    use super::ser_hex_vec;
+}
+
+fn ser_hex_vec<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(v))
 }
 
 fn ser_hex<S: serde::Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
@@ -683,6 +1271,9 @@ fn ser_hex<S: serde::Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S:
 macro_rules! kinds {
     ($($variant:ident => $name:literal,)*) => {
         impl EventBody {
+            /// Every kind name, in variant order.
+            pub const KINDS: &'static [&'static str] = &[$($name,)*];
+
             /// The fact's name in snake case (`annotated`, `checkpoint_signed`),
             /// as used in JSON and in subjects.
             #[must_use]
@@ -738,6 +1329,38 @@ kinds! {
     ApprovalDecided => "approval_decided",
     RunFinished => "run_finished",
     PolicySetLoaded => "policy_set_loaded",
+    RunForked => "run_forked",
+    RunBreakerChanged => "run_breaker_changed",
+    SagaStepRecorded => "saga_step_recorded",
+    SagaCompensating => "saga_compensating",
+    SagaCompensated => "saga_compensated",
+    ContextHydrated => "context_hydrated",
+    SandboxStarted => "sandbox_started",
+    SandboxExited => "sandbox_exited",
+    SandboxReaped => "sandbox_reaped",
+    MessageSent => "message_sent",
+    MessageDelivered => "message_delivered",
+    MessageAcknowledged => "message_acknowledged",
+    MessageExpired => "message_expired",
+    MessageRejected => "message_rejected",
+    TopicSubscribed => "topic_subscribed",
+    BusKeyRotated => "bus_key_rotated",
+    BusPeerPinned => "bus_peer_pinned",
+    ContextStored => "context_stored",
+    ContextUpdated => "context_updated",
+    ContextAccessed => "context_accessed",
+    ContextFeedbackGiven => "context_feedback_given",
+    ContextShared => "context_shared",
+    ContextArchived => "context_archived",
+    EmbeddingComputed => "embedding_computed",
+    McpServerConnected => "mcp_server_connected",
+    McpToolsListed => "mcp_tools_listed",
+    McpToolVerified => "mcp_tool_verified",
+    McpKeyPinned => "mcp_key_pinned",
+    McpKeyUnpinned => "mcp_key_unpinned",
+    McpToolCalled => "mcp_tool_called",
+    McpToolReturned => "mcp_tool_returned",
+    McpResourceRead => "mcp_resource_read",
 }
 
 impl EventBody {
@@ -757,7 +1380,10 @@ impl EventBody {
             | EventBody::ResourcesSampled { task, .. }
             | EventBody::ProcessExited { task, .. }
             | EventBody::RunInterrupted { task, .. }
-            | EventBody::HealthChecked { task, .. } => RunId::new(task.clone()).map(Some),
+            | EventBody::HealthChecked { task, .. }
+            | EventBody::SandboxStarted { task, .. }
+            | EventBody::SandboxExited { task, .. }
+            | EventBody::SandboxReaped { task, .. } => RunId::new(task.clone()).map(Some),
             EventBody::RunStarted { run, .. }
             | EventBody::PhaseEntered { run, .. }
             | EventBody::CompletionReceived { run, .. }
@@ -767,7 +1393,13 @@ impl EventBody {
             | EventBody::ToolReturned { run, .. }
             | EventBody::ApprovalRequested { run, .. }
             | EventBody::ApprovalDecided { run, .. }
-            | EventBody::RunFinished { run, .. } => RunId::new(run.clone()).map(Some),
+            | EventBody::RunFinished { run, .. }
+            | EventBody::RunForked { run, .. }
+            | EventBody::RunBreakerChanged { run, .. }
+            | EventBody::SagaStepRecorded { run, .. }
+            | EventBody::SagaCompensating { run, .. }
+            | EventBody::SagaCompensated { run, .. }
+            | EventBody::ContextHydrated { run, .. } => RunId::new(run.clone()).map(Some),
             EventBody::PolicyDecided { run: Some(r), .. } => RunId::new(r.clone()).map(Some),
             _ => Ok(None),
         }
@@ -806,7 +1438,10 @@ impl ArchivedEventBody {
             | ArchivedEventBody::ResourcesSampled { task, .. }
             | ArchivedEventBody::ProcessExited { task, .. }
             | ArchivedEventBody::RunInterrupted { task, .. }
-            | ArchivedEventBody::HealthChecked { task, .. } => Some(task.as_str()),
+            | ArchivedEventBody::HealthChecked { task, .. }
+            | ArchivedEventBody::SandboxStarted { task, .. }
+            | ArchivedEventBody::SandboxExited { task, .. }
+            | ArchivedEventBody::SandboxReaped { task, .. } => Some(task.as_str()),
             ArchivedEventBody::RunStarted { run, .. }
             | ArchivedEventBody::PhaseEntered { run, .. }
             | ArchivedEventBody::CompletionReceived { run, .. }
@@ -816,7 +1451,13 @@ impl ArchivedEventBody {
             | ArchivedEventBody::ToolReturned { run, .. }
             | ArchivedEventBody::ApprovalRequested { run, .. }
             | ArchivedEventBody::ApprovalDecided { run, .. }
-            | ArchivedEventBody::RunFinished { run, .. } => Some(run.as_str()),
+            | ArchivedEventBody::RunFinished { run, .. }
+            | ArchivedEventBody::RunForked { run, .. }
+            | ArchivedEventBody::RunBreakerChanged { run, .. }
+            | ArchivedEventBody::SagaStepRecorded { run, .. }
+            | ArchivedEventBody::SagaCompensating { run, .. }
+            | ArchivedEventBody::SagaCompensated { run, .. }
+            | ArchivedEventBody::ContextHydrated { run, .. } => Some(run.as_str()),
             ArchivedEventBody::PolicyDecided { run, .. } => run.as_ref().map(|r| r.as_str()),
             _ => None,
         }

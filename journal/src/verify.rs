@@ -373,7 +373,39 @@ fn check_body(
         | ArchivedEventBody::ApprovalRequested { .. }
         | ArchivedEventBody::ApprovalDecided { .. }
         | ArchivedEventBody::RunFinished { .. }
-        | ArchivedEventBody::PolicySetLoaded { .. } => {}
+        | ArchivedEventBody::PolicySetLoaded { .. }
+        | ArchivedEventBody::RunForked { .. }
+        | ArchivedEventBody::RunBreakerChanged { .. }
+        | ArchivedEventBody::SagaStepRecorded { .. }
+        | ArchivedEventBody::SagaCompensating { .. }
+        | ArchivedEventBody::SagaCompensated { .. }
+        | ArchivedEventBody::ContextHydrated { .. }
+        | ArchivedEventBody::SandboxStarted { .. }
+        | ArchivedEventBody::SandboxExited { .. }
+        | ArchivedEventBody::SandboxReaped { .. }
+        | ArchivedEventBody::MessageSent { .. }
+        | ArchivedEventBody::MessageDelivered { .. }
+        | ArchivedEventBody::MessageAcknowledged { .. }
+        | ArchivedEventBody::MessageExpired { .. }
+        | ArchivedEventBody::MessageRejected { .. }
+        | ArchivedEventBody::TopicSubscribed { .. }
+        | ArchivedEventBody::BusKeyRotated { .. }
+        | ArchivedEventBody::BusPeerPinned { .. }
+        | ArchivedEventBody::ContextStored { .. }
+        | ArchivedEventBody::ContextUpdated { .. }
+        | ArchivedEventBody::ContextAccessed { .. }
+        | ArchivedEventBody::ContextFeedbackGiven { .. }
+        | ArchivedEventBody::ContextShared { .. }
+        | ArchivedEventBody::ContextArchived { .. }
+        | ArchivedEventBody::EmbeddingComputed { .. }
+        | ArchivedEventBody::McpServerConnected { .. }
+        | ArchivedEventBody::McpToolsListed { .. }
+        | ArchivedEventBody::McpToolVerified { .. }
+        | ArchivedEventBody::McpKeyPinned { .. }
+        | ArchivedEventBody::McpKeyUnpinned { .. }
+        | ArchivedEventBody::McpToolCalled { .. }
+        | ArchivedEventBody::McpToolReturned { .. }
+        | ArchivedEventBody::McpResourceRead { .. } => {}
     }
     if seq.0 == 1 && !matches!(e.body(), ArchivedEventBody::JournalOpened { .. }) {
         return Err(bad("the first event is not JournalOpened".into()));

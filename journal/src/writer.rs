@@ -119,6 +119,43 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// fdatasyncs issued (commits in Sync mode, flushes in Buffered).
     pub fsyncs: AtomicU64,
+    /// How long each durable write took, µs: a group commit under
+    /// `Durability::Sync` (batch write + fdatasync), a flush otherwise.
+    pub durable_us: Log2Histogram,
+    /// Events per group commit.
+    pub group_events: Log2Histogram,
+}
+
+/// A lock-free histogram over power-of-two buckets, for metrics: bucket
+/// `i` counts the values `v` with `2^(i-1) < v <= 2^i` (bucket 0: `v <= 1`;
+/// the last bucket also holds everything larger).
+#[derive(Debug, Default)]
+pub struct Log2Histogram {
+    /// Counts per bucket.
+    pub buckets: [AtomicU64; 32],
+    /// Sum of the values observed.
+    pub sum: AtomicU64,
+}
+
+impl Log2Histogram {
+    /// Records one value.
+    pub fn observe(&self, v: u64) {
+        let i = (64 - v.saturating_sub(1).leading_zeros()) as usize;
+        self.buckets[i.min(31)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// `(upper bound, count)` per bucket (not cumulative), and the sum.
+    #[must_use]
+    pub fn read(&self) -> (Vec<(u64, u64)>, u64) {
+        let b = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (1u64 << i, c.load(Ordering::Relaxed)))
+            .collect();
+        (b, self.sum.load(Ordering::Relaxed))
+    }
 }
 
 /// Shared fail-stop flag.
@@ -468,7 +505,12 @@ pub(crate) fn run_committer(sh: Arc<Shared>, rx: std_mpsc::Receiver<Group>) {
                 sh.store.put_checkpoint(&mut b, cp);
             }
             sh.store.put_head(&mut b, g.head.seq, &g.head.hash, &g.frontier);
+            let started = std::time::Instant::now();
             b.commit().map_err(Error::storage("group commit"))?;
+            if sh.durability == Durability::Sync {
+                sh.stats.durable_us.observe(elapsed_us(started));
+            }
+            sh.stats.group_events.observe(g.events.len() as u64);
             sh.stats.commits.fetch_add(1, Ordering::Relaxed);
             sh.stats
                 .events
@@ -518,15 +560,21 @@ pub(crate) fn run_committer(sh: Arc<Shared>, rx: std_mpsc::Receiver<Group>) {
     }
 }
 
+fn elapsed_us(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Makes everything committed so far durable and records it in the head file.
 pub(crate) fn sync_now(sh: &Shared) -> Result<()> {
     sh.poison.check()?;
     let head = *sh.head_tx.borrow();
+    let started = std::time::Instant::now();
     sh.store
         .db
         .persist(fjall::PersistMode::SyncData)
         .map_err(Error::storage("fsync"))
         .inspect_err(|e| sh.poison.set(e))?;
+    sh.stats.durable_us.observe(elapsed_us(started));
     sh.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
     let mut hf = sh
         .head_file

@@ -13,12 +13,16 @@
 //! - [`registry`]: the agent registry and each agent's lifecycle state;
 //! - [`scheduler`]: tasks, the priority queue, slot reservations, run history;
 //! - [`runs`]: reasoning runs, their step, approvals and outcome;
-//! - [`execution`]: the host, admission, live processes, timers, failure streaks.
+//! - [`execution`]: the host, admission, live processes, timers, failure streaks;
+//! - [`bus`]: mailboxes, subscriptions, open requests, nonce counters, peers;
+//! - [`context`]: agents' memory and knowledge items, sharing grants, archives.
 //!
 //! Nothing here reads the clock, draws randomness or decides anything: a
 //! projection only applies facts that are already in the journal. The only
 //! I/O is reading the journal and reading/writing snapshot files.
 
+pub mod bus;
+pub mod context;
 pub mod execution;
 pub mod fold;
 pub mod journal_view;
@@ -27,6 +31,8 @@ pub mod runs;
 pub mod scheduler;
 pub mod snapshot;
 
+pub use bus::BusView;
+pub use context::ContextStore;
 pub use execution::ExecutionView;
 pub use fold::{Folded, fold_range, maintain_snapshots, state_at};
 pub use journal_view::JournalView;

@@ -4,10 +4,14 @@
 
 mod agents;
 mod audit;
+mod breakers;
+mod bus;
 mod cli;
 mod config;
+mod context;
 mod crash;
 mod golden;
+mod http;
 mod layering;
 mod lifecycle;
 mod nats;
@@ -17,9 +21,12 @@ mod policy;
 mod process;
 mod projections;
 mod prop;
+mod replay;
 mod provider;
 mod reasoning;
 mod runtime;
+mod saga;
+mod sandbox;
 mod scheduler;
 mod tamper;
 mod up;
@@ -102,5 +109,12 @@ pub fn run_bounded(args: &[&str]) -> Run {
 
 /// The `stele` binary under test.
 pub fn stele() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_stele"))
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stele"));
+    // Agents written for the native process runner run natively unless a
+    // test names a tier (the configured default is gvisor; tests/it/sandbox.rs
+    // names its tiers).
+    if std::env::var_os("STELE_SECURITY_DEFAULT_SANDBOX_TIER").is_none() {
+        cmd.env("STELE_SECURITY_DEFAULT_SANDBOX_TIER", "native");
+    }
+    cmd
 }

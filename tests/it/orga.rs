@@ -41,7 +41,7 @@ fn driver(script: &str, workspace: &Path) -> Driver {
     Driver {
         provider: Arc::new(ScriptedProvider::from_json("test", script).expect("script")),
         gate: Arc::new(gate),
-        tools: ToolBox {
+        tools: Arc::new(ToolBox {
             workspace: workspace.to_owned(),
             memory_mb: 64,
             cpu_cores: 0.5,
@@ -50,7 +50,7 @@ fn driver(script: &str, workspace: &Path) -> Driver {
                 program: env!("CARGO_BIN_EXE_stele").into(),
             },
             confinement: detect_confinement(),
-        },
+        }),
         agent: "tester".into(),
         priority: "normal".into(),
     }

@@ -250,3 +250,64 @@ fn bad_run_inputs_get_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not run a reasoning loop"));
 }
+
+#[test]
+fn files_the_task_names_are_pre_hydrated_gated_and_journaled_with_their_hash() {
+    let s = setup();
+    std::fs::write(s.workspace.join("plan.md"), "step one\n").expect("plan");
+    let out = cli(
+        &s,
+        &[
+            "run",
+            s.agent.to_str().expect("utf8"),
+            "--input",
+            "Summarise notes.txt, plan.md, ../outside.txt and missing.md.",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = events(&s, "run-1");
+    let k = kinds(&ev);
+    // Before the first completion: a gate decision and the loaded context
+    // per file of the workspace the task names (not the path leaving it,
+    // not the missing file).
+    let first_completion = k
+        .iter()
+        .position(|x| x == "completion_received")
+        .expect("completion");
+    let hydrated: Vec<&Value> = ev[..first_completion]
+        .iter()
+        .filter(|e| e["body"]["kind"] == "context_hydrated")
+        .collect();
+    let refs: Vec<&str> = hydrated
+        .iter()
+        .map(|e| e["body"]["reference"].as_str().expect("ref"))
+        .collect();
+    assert_eq!(refs, ["notes.txt", "plan.md"]);
+    assert_eq!(
+        hydrated[1]["body"]["blake3"].as_str().expect("hash"),
+        blake3::hash(b"step one\n").to_hex().as_str()
+    );
+    assert_eq!(hydrated[1]["body"]["content"], "step one\n");
+    let gated = ev[..first_completion]
+        .iter()
+        .filter(|e| e["body"]["kind"] == "policy_decided")
+        .count();
+    assert_eq!(gated, 2, "each loaded file passed the gate as a read_file");
+    assert_eq!(
+        stele_engine::hydrate::references("Summarise notes.txt, plan.md, ../outside.txt and missing.md."),
+        ["notes.txt", "plan.md", "missing.md"]
+    );
+    // The run rebuilds in another process with its hydrated context.
+    let call = serde_json::from_slice::<Value>(&out.stdout).expect("json")["awaiting"][0]["call"]
+        .as_str()
+        .expect("call")
+        .to_owned();
+    let out = cli(&s, &["approve", "run-1", &call, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

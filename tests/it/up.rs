@@ -549,6 +549,7 @@ fn http_control_api_rejects_bad_input_clearly() {
     // Not UTF-8.
     let mut r = http
         .post(format!("{}/v1/agents", up.http))
+        .header("content-type", "application/toml")
         .send(&[0xff_u8, 0xfe, 0x00][..])
         .expect("request");
     assert_eq!(r.status().as_u16(), 400);
@@ -588,11 +589,26 @@ fn http_control_api_rejects_bad_input_clearly() {
     let (status, v) = post("/v1/agents", &huge);
     assert_eq!(status, 201);
     assert_eq!(v["state"], "failed");
-    // Stopping: unknown → 404, malformed body → 400, then OK, then 409.
+    // Stopping: unknown → 404, a body of the wrong type → 415, of the
+    // wrong shape → 422, then OK, then 409.
     assert_eq!(post("/v1/agents/nobody/stop", "").0, 404);
-    let (status, v) = post("/v1/agents/dup/stop", "{\"why\": 1}");
-    assert_eq!(status, 400, "{v}");
-    assert_eq!(post("/v1/agents/dup/stop", "{\"reason\": \"done\"}").0, 200);
+    let post_json = |path: &str, body: &str| {
+        let mut r = http
+            .post(format!("{}{path}", up.http))
+            .header("content-type", "application/json")
+            .send(body)
+            .expect("request");
+        let status = r.status().as_u16();
+        let v: Value =
+            serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON error body");
+        (status, v)
+    };
+    let (status, v) = post("/v1/agents/dup/stop", "{\"reason\": \"done\"}");
+    assert_eq!(status, 415, "{v}");
+    let (status, v) = post_json("/v1/agents/dup/stop", "{\"why\": 1}");
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "unprocessable");
+    assert_eq!(post_json("/v1/agents/dup/stop", "{\"reason\": \"done\"}").0, 200);
     let (status, v) = post("/v1/agents/dup/stop", "");
     assert_eq!(status, 409);
     assert_eq!(v["error"]["code"], "terminated");

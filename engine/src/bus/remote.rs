@@ -1,0 +1,376 @@
+//! The link between the buses of two instances over NATS — the remote bus
+//! behind the same [`Bus`] handle: an address `agent@peer` routes through
+//! it, and agent code or builtins do not change.
+//!
+//! Subjects (`stele-bus.` is its own token, so the stream never overlaps
+//! the journal feed's `stele.>`):
+//!
+//! - `stele-bus.msg.<instance>` — JetStream stream `STELE_BUS`: direct
+//!   messages and late responses for an instance, published with
+//!   `Nats-Msg-Id` = message id (the server drops duplicates) and consumed
+//!   by the durable consumer `bus-<instance>`, acknowledged only after the
+//!   receiving bus journaled it (or journaled why it refused it), so a
+//!   restart of either side loses nothing;
+//! - `stele-bus.ask.<instance>` — core NATS request/reply for requests: the
+//!   reply carries the response envelope;
+//! - `stele-bus.receipt.<instance>` — the receiver tells the sender the
+//!   seq and hash of its `MessageSent`; the sender journals them in its
+//!   `MessageDelivered`, so the audit trail follows the hop both ways.
+//!
+//! Every envelope crossing is the exact sealed, signed envelope the
+//! sending instance journaled, plus the hash of that event. The receiving
+//! instance checks the signature against the key it pinned for the origin
+//! (`[bus.peers]`, or first contact) before its policy gate runs — see
+//! [`Bus::accept`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::service::Bus;
+use super::{BusError, RequestId};
+
+/// The JetStream stream of the bus.
+pub const STREAM: &str = "STELE_BUS";
+/// The subject prefix of the bus (a token of its own).
+pub const PREFIX: &str = "stele-bus";
+/// Frames waiting to be forwarded at most.
+const FORWARD_QUEUE: usize = 4096;
+/// Largest frame accepted from NATS (a sealed maximal payload in hex).
+const MAX_FRAME_BYTES: usize = 2 * 1024 * 1024;
+/// How long JetStream keeps bus messages nobody consumed.
+const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// An envelope on the wire: the journaled envelope, hex for bytes, plus the
+/// seq and hash of the sender's `MessageSent`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Frame {
+    /// The message id.
+    pub id: String,
+    /// The sealing instance.
+    pub origin: String,
+    /// The sending agent.
+    pub sender: String,
+    /// `agent@instance` or a topic.
+    pub recipient: String,
+    /// `direct`, `publish`, `request`, `response`.
+    pub pattern: String,
+    /// The builtin that sent it.
+    pub builtin: String,
+    /// For a response: its request.
+    pub request: Option<String>,
+    /// Correlation context.
+    pub context: String,
+    /// Key epoch.
+    pub epoch: u32,
+    /// Nonce counter.
+    pub counter: u64,
+    /// Expiry, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// AES-256-GCM ciphertext and tag.
+    #[serde(with = "hex_vec")]
+    pub ciphertext: Vec<u8>,
+    /// The signing instance's Ed25519 public key.
+    #[serde(with = "hex_array")]
+    pub signer: [u8; 32],
+    /// The signature.
+    #[serde(with = "hex_array")]
+    pub signature: [u8; 64],
+    /// Hash (hex) of the sender's `MessageSent`.
+    pub event_hash: String,
+    /// Seq of the sender's `MessageSent`.
+    pub event_seq: u64,
+}
+
+impl Frame {
+    /// Parses a frame from NATS.
+    ///
+    /// # Errors
+    /// [`BusError::Invalid`] saying what is wrong with it.
+    pub fn parse(bytes: &[u8]) -> Result<Frame, BusError> {
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(BusError::Invalid(format!(
+                "a bus frame of {} bytes is over the limit of {MAX_FRAME_BYTES}",
+                bytes.len()
+            )));
+        }
+        serde_json::from_slice(bytes).map_err(|e| BusError::Invalid(format!("not a bus frame: {e}")))
+    }
+
+    /// The frame as JSON.
+    #[must_use]
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+mod hex_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_array {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+        let s = String::deserialize(d)?;
+        let v = hex::decode(s).map_err(serde::de::Error::custom)?;
+        let n = v.len();
+        <[u8; N]>::try_from(v).map_err(|_| serde::de::Error::custom(format!("{n} bytes, expected {N}")))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Receipt {
+    id: String,
+    recipient: String,
+    /// `<instance>:<seq>:<hash>` of the receiver's `MessageSent`.
+    remote: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AskReply {
+    /// The response envelope.
+    response: Option<Frame>,
+    /// Why there is none.
+    error: Option<String>,
+}
+
+/// The bus's side of the link: it hands journaled envelopes to the task
+/// that talks to NATS.
+#[derive(Clone, Debug)]
+pub struct RemoteLink {
+    tx: mpsc::Sender<(String, Frame)>,
+}
+
+impl RemoteLink {
+    /// Queues a journaled envelope for `peer`. A full queue drops it for
+    /// now: it stays journaled and undelivered, which `stele bus stats`
+    /// shows.
+    pub(crate) fn forward(&self, peer: String, frame: Frame) {
+        let _ = self.tx.try_send((peer, frame));
+    }
+}
+
+/// Where responses to asks from peers go: request id → reply subject.
+type Pending = Arc<Mutex<BTreeMap<String, async_nats::Subject>>>;
+
+/// Connects the bus to NATS at `url`: creates the `STELE_BUS` stream if
+/// missing, starts consuming this instance's messages, answering asks and
+/// collecting receipts, and attaches the link to `bus`. The returned task
+/// ends when the bus stops.
+///
+/// # Errors
+/// [`BusError::Peer`] when NATS cannot be reached or refuses the stream or
+/// consumer.
+pub async fn connect(bus: Bus, url: &str) -> Result<tokio::task::JoinHandle<()>, BusError> {
+    let me = bus.origin().to_owned();
+    let nats_err = |reason: String| BusError::Peer {
+        peer: format!("nats {url}"),
+        reason,
+    };
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| nats_err(format!("cannot connect: {e}")))?;
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: STREAM.into(),
+            description: Some("stele bus envelopes between instances".into()),
+            subjects: vec![format!("{PREFIX}.msg.>")],
+            max_age: STREAM_MAX_AGE,
+            duplicate_window: Duration::from_secs(120),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err(format!("stream {STREAM}: {e}")))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &format!("bus-{me}"),
+            consumer::pull::Config {
+                durable_name: Some(format!("bus-{me}")),
+                filter_subject: format!("{PREFIX}.msg.{me}"),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| nats_err(format!("consumer bus-{me}: {e}")))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| nats_err(format!("consuming {PREFIX}.msg.{me}: {e}")))?;
+    let mut asks = client
+        .subscribe(format!("{PREFIX}.ask.{me}"))
+        .await
+        .map_err(|e| nats_err(e.to_string()))?;
+    let mut receipts = client
+        .subscribe(format!("{PREFIX}.receipt.{me}"))
+        .await
+        .map_err(|e| nats_err(e.to_string()))?;
+    let (tx, mut rx) = mpsc::channel::<(String, Frame)>(FORWARD_QUEUE);
+    bus.attach(RemoteLink { tx }).await?;
+    let pending: Pending = Arc::default();
+
+    let handle = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                out = rx.recv() => {
+                    let Some((peer, frame)) = out else { return };
+                    let (client, js, bus, pending) = (client.clone(), js.clone(), bus.clone(), pending.clone());
+                    tokio::spawn(async move { send_out(&client, &js, &bus, &pending, &peer, frame).await });
+                }
+                m = messages.next() => {
+                    let Some(Ok(m)) = m else { return };
+                    let receipt = match Frame::parse(&m.payload) {
+                        Ok(frame) => {
+                            let (id, origin) = (frame.id.clone(), frame.origin.clone());
+                            let recipient = frame.recipient.clone();
+                            match bus.accept(frame).await {
+                                Ok(sent) => Some((origin, Receipt { id, recipient, remote: format!("{me}:{}:{}", sent.seq, sent.hash) })),
+                                // Refused and journaled: never redeliver it.
+                                Err(BusError::Rejected { .. }) => None,
+                                Err(_) => return,
+                            }
+                        }
+                        Err(_) => None,
+                    };
+                    if m.ack().await.is_err() {
+                        continue;
+                    }
+                    if let Some((origin, r)) = receipt {
+                        let body = serde_json::to_vec(&r).unwrap_or_default();
+                        let _ = client.publish(format!("{PREFIX}.receipt.{origin}"), body.into()).await;
+                    }
+                }
+                a = asks.next() => {
+                    let Some(a) = a else { return };
+                    let Some(reply) = a.reply.clone() else { continue };
+                    let answer = match Frame::parse(&a.payload) {
+                        Ok(frame) => {
+                            let (id, origin, recipient) = (frame.id.clone(), frame.origin.clone(), frame.recipient.clone());
+                            match bus.accept(frame).await {
+                                Ok(sent) => {
+                                    // The response, when the agent answers, goes to `reply`.
+                                    if let Ok(mut p) = pending.lock() {
+                                        p.insert(id.clone(), reply.clone());
+                                    }
+                                    let r = Receipt { id, recipient, remote: format!("{me}:{}:{}", sent.seq, sent.hash) };
+                                    let body = serde_json::to_vec(&r).unwrap_or_default();
+                                    let _ = client.publish(format!("{PREFIX}.receipt.{origin}"), body.into()).await;
+                                    None
+                                }
+                                Err(e) => Some(e.to_string()),
+                            }
+                        }
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(error) = answer {
+                        let body = serde_json::to_vec(&AskReply { response: None, error: Some(error) }).unwrap_or_default();
+                        let _ = client.publish(reply, body.into()).await;
+                    }
+                }
+                r = receipts.next() => {
+                    let Some(r) = r else { return };
+                    if let Ok(r) = serde_json::from_slice::<Receipt>(&r.payload) {
+                        bus.remote_delivered(r.id, r.recipient, r.remote).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok(handle)
+}
+
+/// Carries one journaled envelope to `peer`.
+async fn send_out(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    bus: &Bus,
+    pending: &Pending,
+    peer: &str,
+    frame: Frame,
+) {
+    match frame.pattern.as_str() {
+        "request" => {
+            let id = RequestId(frame.id.clone());
+            let wait = Duration::from_millis(frame.expires_at_ms.saturating_sub(now_ms()).max(1));
+            let request = async_nats::Request::new()
+                .payload(frame.to_json().into())
+                .timeout(Some(wait));
+            let reply = client.send_request(format!("{PREFIX}.ask.{peer}"), request).await;
+            let outcome = match reply {
+                Ok(m) => match serde_json::from_slice::<AskReply>(&m.payload) {
+                    Ok(AskReply {
+                        response: Some(r), ..
+                    }) => bus.accept(r).await.map(|_| ()).map_err(|e| e.to_string()),
+                    Ok(AskReply { error, .. }) => Err(format!(
+                        "refused by {peer}: {}",
+                        error.unwrap_or_else(|| "no reason given".into())
+                    )),
+                    Err(e) => Err(format!("{peer} answered something that is not a reply: {e}")),
+                },
+                Err(e) => Err(format!("no answer from {peer}: {e}")),
+            };
+            if let Err(why) = outcome {
+                let _ = bus.cancel(&id, &why).await;
+            }
+        }
+        "response" => {
+            let reply = frame
+                .request
+                .as_ref()
+                .and_then(|r| pending.lock().ok().and_then(|mut p| p.remove(r)));
+            match reply {
+                Some(subject) => {
+                    let body = serde_json::to_vec(&AskReply {
+                        response: Some(frame),
+                        error: None,
+                    })
+                    .unwrap_or_default();
+                    let _ = client.publish(subject, body.into()).await;
+                }
+                None => publish(js, peer, &frame).await,
+            }
+        }
+        _ => publish(js, peer, &frame).await,
+    }
+}
+
+async fn publish(js: &jetstream::Context, peer: &str, frame: &Frame) {
+    let msg = jetstream::message::PublishMessage::build()
+        .payload(frame.to_json().into())
+        .message_id(frame.id.clone());
+    if let Ok(ack) = js.send_publish(format!("{PREFIX}.msg.{peer}"), msg).await {
+        let _ = ack.await;
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the link is an effect runner
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

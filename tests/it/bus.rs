@@ -1,0 +1,831 @@
+//! The bus on real parts: a journal in a tempdir, the Cedar gate with the
+//! policies of `fixtures/policies`, and for the cross-instance test two
+//! `stele up` daemons on the shared `nats-server` (`STELE_TEST_NATS`,
+//! default `nats://127.0.0.1:4222`; `scripts/test.sh` starts one) — it
+//! fails loudly when that is unreachable.
+//!
+//! Delivery across a restart of the receiver, request timeout, policy deny
+//! of each builtin, tampered / wrongly signed / replayed / mis-addressed /
+//! oversize / rate-limited messages (each rejected and journaled),
+//! `parallel` and `race`, topic wildcards, and two instances exchanging
+//! signed, encrypted messages with both journals verifying.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stele_engine::bus::crypto::Header;
+use stele_engine::bus::{Bus, BusError, BusKeys, BusTools, Frame, Outgoing, Pattern, RejectCode, RequestId};
+use stele_engine::config::BusConfig;
+use stele_engine::llm::ToolCall;
+use stele_engine::policy::PolicyGate;
+use stele_journal::{Append, ArchivedEventBody, EventBody, Journal, Options, Reader, Seq, StreamId};
+
+use crate::{TIMEOUT, run_bounded, stele};
+
+fn definition(name: &str, limits: &str) -> String {
+    format!(
+        "name = \"{name}\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 32\ncpu_cores = 0.25\nexecution_timeout = \"10s\"\n{limits}\n[runs]\nkind = \"process\"\ntier = \"native\"\ncommand = \"/bin/true\"\n"
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policies")
+}
+
+fn gate() -> Arc<PolicyGate> {
+    Arc::new(PolicyGate::load(&policies()).expect("fixtures/policies load"))
+}
+
+async fn register(journal: &Journal, agents: &[(&str, &str)]) {
+    let mut appends = Vec::new();
+    for (name, limits) in agents {
+        let def = definition(name, limits);
+        appends.push(Append {
+            stream: StreamId::new(format!("agent:{name}")).expect("stream"),
+            cause: None,
+            body: EventBody::AgentRegistered {
+                agent: (*name).to_owned(),
+                definition_hash: *blake3::hash(def.as_bytes()).as_bytes(),
+                definition: def,
+            },
+        });
+    }
+    journal.append_many(appends).await.expect("register");
+}
+
+fn open(dir: &Path) -> Journal {
+    Journal::open(dir, Options::default()).expect("open journal")
+}
+
+fn config(name: &str) -> BusConfig {
+    BusConfig {
+        name: name.into(),
+        ..BusConfig::default()
+    }
+}
+
+fn out(from: &str, to: &str, pattern: Pattern, text: &str) -> Outgoing {
+    Outgoing {
+        from: from.into(),
+        to: to.into(),
+        pattern,
+        builtin: String::new(),
+        context: "test".into(),
+        payload: text.as_bytes().to_vec(),
+        ttl: None,
+    }
+}
+
+/// (kind, rendered JSON) of every event.
+fn events(reader: &Reader) -> Vec<(String, serde_json::Value)> {
+    reader
+        .range(Seq(1), reader.head().seq)
+        .map(|e| {
+            let e = e.expect("read");
+            let ev = e.to_event().expect("decode");
+            (
+                e.body().kind().to_owned(),
+                serde_json::to_value(&ev.body).expect("json"),
+            )
+        })
+        .collect()
+}
+
+fn rejected_codes(reader: &Reader) -> Vec<String> {
+    events(reader)
+        .into_iter()
+        .filter(|(k, _)| k == "message_rejected")
+        .map(|(_, v)| v["code"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The other tools of a run: none here (only builtins are called).
+#[derive(Debug)]
+struct NoTools;
+
+impl stele_engine::tools::ToolRunner for NoTools {
+    fn run<'a>(
+        &'a self,
+        call: &'a ToolCall,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = stele_engine::orga::ToolOutcome> + Send + 'a>>
+    {
+        Box::pin(async move {
+            panic!("only builtins are called here, not {}", call.name);
+        })
+    }
+}
+
+fn verify(dir: &Path) {
+    let r = run_bounded(&["--data", dir.to_str().expect("utf-8"), "journal", "verify"]);
+    assert_eq!(r.code, Some(0), "journal verify: {r:?}");
+}
+
+async fn stop(bus: Bus, task: tokio::task::JoinHandle<()>) {
+    drop(bus);
+    task.await.expect("bus task");
+}
+
+#[test]
+fn delivery_survives_a_restart_of_the_receiver_and_acks_are_final() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let journal = open(dir.path());
+    rt.block_on(async {
+        register(&journal, &[("alice", ""), ("bob", "")]).await;
+        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
+            .await
+            .expect("start");
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let sent = bus
+                .send(out("alice", "bob", Pattern::Direct, &format!("m{i}")))
+                .await
+                .expect("send");
+            assert_eq!(sent.delivered, vec!["bob".to_owned()]);
+            ids.push(sent.id);
+        }
+        stop(bus, task).await;
+        drop(journal);
+    });
+    let journal = open(dir.path());
+    rt.block_on(async {
+        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
+            .await
+            .expect("restart");
+        let got = bus.receive("bob", 10).await.expect("receive");
+        let texts: Vec<&str> = got.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["m0", "m1", "m2"], "everything delivered is still there");
+        bus.ack("bob", vec![got[0].id.clone(), got[1].id.clone()])
+            .await
+            .expect("ack");
+        assert!(
+            bus.ack("bob", vec![got[0].id.clone()]).await.is_err(),
+            "an acknowledged message cannot be acknowledged again"
+        );
+        // The nonce counter resumes after the journaled ones.
+        let next = bus
+            .send(out("alice", "bob", Pattern::Direct, "m3"))
+            .await
+            .expect("send");
+        assert_eq!(next.id, "m:one:alice:0:3");
+        stop(bus, task).await;
+        drop(journal);
+    });
+    let journal = open(dir.path());
+    rt.block_on(async {
+        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
+            .await
+            .expect("restart");
+        let texts: Vec<String> = bus
+            .receive("bob", 10)
+            .await
+            .expect("receive")
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["m2", "m3"], "acknowledged messages never come back");
+        stop(bus, task).await;
+        let kinds: Vec<String> = events(&journal.reader()).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds.iter().filter(|k| *k == "message_sent").count(), 4);
+        assert_eq!(kinds.iter().filter(|k| *k == "message_acknowledged").count(), 2);
+    });
+    drop(journal);
+    verify(dir.path());
+}
+
+#[test]
+fn requests_answer_and_time_out_with_a_journaled_expiry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = open(dir.path());
+    rt().block_on(async {
+        register(&journal, &[("alice", ""), ("bob", "")]).await;
+        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
+            .await
+            .expect("start");
+        // Answered.
+        let responder = bus.clone();
+        let answering = tokio::spawn(async move {
+            let got = responder.receive_wait("bob", 1, TIMEOUT).await.expect("receive");
+            let q = got.first().expect("a request arrives");
+            assert_eq!(q.pattern, "request");
+            responder
+                .respond(
+                    "bob",
+                    &RequestId(q.id.clone()),
+                    format!("re: {}", q.text).into_bytes(),
+                )
+                .await
+                .expect("respond");
+        });
+        let answer = bus
+            .request(
+                out("alice", "bob", Pattern::Request, "ping"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(answer.text, "re: ping");
+        assert_eq!(answer.from, "bob");
+        answering.await.expect("responder");
+        // Not answered: a timeout, journaled; a late answer is refused.
+        let err = bus
+            .request(
+                out("alice", "bob", Pattern::Request, "hello?"),
+                Duration::from_millis(300),
+            )
+            .await
+            .expect_err("nobody answers");
+        let BusError::Timeout { request, .. } = err else {
+            panic!("expected a timeout, got {err}");
+        };
+        let late = bus
+            .respond("bob", &request, b"too late".to_vec())
+            .await
+            .expect_err("the request is closed");
+        assert!(
+            matches!(
+                late,
+                BusError::Rejected {
+                    code: RejectCode::Expired,
+                    ..
+                }
+            ),
+            "{late}"
+        );
+        stop(bus, task).await;
+        let evs = events(&journal.reader());
+        assert!(
+            evs.iter().any(|(k, v)| k == "message_expired"
+                && v["message"] == request.0.as_str()
+                && v["reason"] == "request timed out"),
+            "the timeout is journaled"
+        );
+        let response = evs
+            .iter()
+            .find(|(k, v)| k == "message_sent" && v["pattern"] == "response")
+            .expect("the response is journaled");
+        assert!(
+            response.1["request"].as_str().is_some(),
+            "a response names its request"
+        );
+        assert_eq!(rejected_codes(&journal.reader()), ["expired"]);
+    });
+}
+
+#[test]
+fn the_gate_denies_each_builtin_before_a_message_exists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pol = dir.path().join("policies");
+    std::fs::create_dir_all(&pol).expect("mkdir");
+    for f in std::fs::read_dir(policies()).expect("fixtures") {
+        let f = f.expect("entry").path();
+        if f.extension().is_some_and(|e| e == "cedar" || e == "cedarschema") {
+            std::fs::copy(&f, pol.join(f.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let mut forbid = String::new();
+    for b in stele_engine::bus::BUILTINS {
+        forbid.push_str(&format!(
+            "@id(\"no-{b}\")\n@reason(\"{b} is not allowed\")\nforbid (principal, action == Action::\"send_message\", resource)\nwhen {{ context has builtin && context.builtin == \"{b}\" }};\n"
+        ));
+    }
+    std::fs::write(pol.join("no-builtins.cedar"), forbid).expect("write");
+    let gate = Arc::new(PolicyGate::load(&pol).expect("policies load"));
+    let journal = open(&dir.path().join("j"));
+    rt().block_on(async {
+        register(&journal, &[("alice", ""), ("bob", "")]).await;
+        let (bus, task) = Bus::start(journal.clone(), &dir.path().join("j"), gate, config("one"))
+            .await
+            .expect("start");
+        let tools = BusTools {
+            bus: bus.clone(),
+            agent: "alice".into(),
+            run: "run-1".into(),
+            inner: Arc::new(NoTools),
+        };
+        let calls = [
+            ("send_to", r#"{"agent":"bob","message":"hi"}"#),
+            ("ask", r#"{"agent":"bob","question":"q","timeout_ms":500}"#),
+            ("delegate", r#"{"agent":"bob","task":"t","timeout_ms":500}"#),
+            (
+                "parallel",
+                r#"{"requests":[{"agent":"bob","question":"q"}],"timeout_ms":500}"#,
+            ),
+            (
+                "race",
+                r#"{"requests":[{"agent":"bob","question":"q"}],"timeout_ms":500}"#,
+            ),
+        ];
+        for (name, arguments) in calls {
+            let call = ToolCall {
+                id: format!("call-{name}"),
+                name: name.into(),
+                arguments: arguments.into(),
+            };
+            let result = tools.call(&call).await;
+            let text = match &result {
+                Ok(t) | Err(t) => t.clone(),
+            };
+            assert!(
+                text.contains("policy_denied") && text.contains(&format!("{name} is not allowed")),
+                "{name}: {text}"
+            );
+            if name == "parallel" {
+                assert!(text.contains("\"ok\":false"), "{text}");
+            } else {
+                assert!(result.is_err(), "{name}: {text}");
+            }
+        }
+        drop(tools);
+        stop(bus, task).await;
+        let evs = events(&journal.reader());
+        assert!(!evs.iter().any(|(k, _)| k == "message_sent"), "no message exists");
+        let denials: Vec<&serde_json::Value> = evs
+            .iter()
+            .filter(|(k, v)| k == "policy_decided" && v["point"] == "message_send")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(denials.len(), 5);
+        for (d, (name, _)) in denials.iter().zip(calls) {
+            assert_eq!(d["verdict"], "deny");
+            let req: serde_json::Value =
+                serde_json::from_str(d["request"].as_str().expect("request")).expect("json");
+            assert_eq!(req["context"]["builtin"], name);
+            assert_eq!(req["context"]["correlation"], format!("run-1/call-{name}"));
+        }
+        assert_eq!(rejected_codes(&journal.reader()), vec!["policy_denied"; 5]);
+    });
+}
+
+/// A frame as instance `origin` (keys `keys`) seals it for `peer`.
+fn frame(keys: &BusKeys, peer: &[u8; 32], origin: &str, recipient: &str, counter: u64, text: &[u8]) -> Frame {
+    let header = Header {
+        origin: origin.into(),
+        sender: "alice".into(),
+        recipient: recipient.into(),
+        pattern: "direct".into(),
+        request: None,
+        epoch: 0,
+        counter,
+        expires_at_ms: u64::MAX / 2,
+    };
+    let ciphertext = keys
+        .peer_key(peer, origin, "alice", 0)
+        .expect("key")
+        .seal(&header, text)
+        .expect("seal");
+    let signature = keys.sign(&header.signed_digest(&ciphertext));
+    Frame {
+        id: header.id(),
+        origin: origin.into(),
+        sender: "alice".into(),
+        recipient: recipient.into(),
+        pattern: "direct".into(),
+        builtin: String::new(),
+        request: None,
+        context: "test".into(),
+        epoch: 0,
+        counter,
+        expires_at_ms: header.expires_at_ms,
+        ciphertext,
+        signer: keys.public_key(),
+        signature,
+        event_hash: "00".repeat(32),
+        event_seq: 1,
+    }
+}
+
+#[test]
+fn tampered_forged_replayed_misaddressed_oversize_and_flooding_messages_are_rejected_and_journaled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, eve) = (BusKeys::generate(), BusKeys::generate(), BusKeys::generate());
+    let journal = open(dir.path());
+    rt().block_on(async {
+        register(
+            &journal,
+            &[
+                ("bob", ""),
+                ("carol", ""),
+                ("flood", "messages_per_second = 1\nmessage_burst = 3"),
+            ],
+        )
+        .await;
+        let mut cfg = config("b");
+        cfg.peers.insert("a".into(), hex::encode(a.public_key()));
+        cfg.max_payload_bytes = 64;
+        let (bus, task) = Bus::start_with_keys(journal.clone(), b.clone(), gate(), cfg)
+            .await
+            .expect("start");
+        let code = |r: Result<_, BusError>| match r {
+            Err(BusError::Rejected { code, .. }) => code,
+            Err(e) => panic!("expected a rejection, got {e}"),
+            Ok(_) => panic!("expected a rejection, it was accepted"),
+        };
+        let bp = b.public_key();
+        // A good one is accepted and opens.
+        let good = frame(&a, &bp, "a", "bob@b", 0, b"hello");
+        let sent = bus.accept(good.clone()).await.expect("accepted");
+        assert_eq!(sent.delivered, ["bob"]);
+        let got = bus.receive("bob", 5).await.expect("receive");
+        assert_eq!((got[0].text.as_str(), got[0].from.as_str()), ("hello", "alice@a"));
+        assert_eq!(got[0].remote_hash, "00".repeat(32));
+        // Replayed.
+        assert_eq!(code(bus.accept(good.clone()).await), RejectCode::Replayed);
+        // Tampered ciphertext.
+        let mut t = frame(&a, &bp, "a", "bob@b", 1, b"hello");
+        t.ciphertext[0] ^= 1;
+        assert_eq!(code(bus.accept(t).await), RejectCode::Tampered);
+        // Tampered header (moved to another recipient).
+        let mut moved = frame(&a, &bp, "a", "bob@b", 2, b"hello");
+        moved.recipient = "carol@b".into();
+        assert_eq!(code(bus.accept(moved).await), RejectCode::Tampered);
+        // Signed by someone else, claiming a's key.
+        let mut forged = frame(&a, &bp, "a", "bob@b", 3, b"hello");
+        forged.signature = eve.sign(&[0; 32]);
+        assert_eq!(code(bus.accept(forged).await), RejectCode::BadSignature);
+        // Signed with another key than the pinned one.
+        let other = frame(&eve, &bp, "a", "bob@b", 4, b"hello");
+        assert_eq!(code(bus.accept(other).await), RejectCode::BadSignature);
+        // From an instance nobody pinned.
+        let stranger = frame(&eve, &bp, "x", "bob@b", 0, b"hello");
+        assert_eq!(code(bus.accept(stranger).await), RejectCode::UnknownPeer);
+        // Mis-addressed: another instance, or nobody here.
+        let elsewhere = frame(&a, &bp, "a", "bob@c", 5, b"hello");
+        assert_eq!(code(bus.accept(elsewhere).await), RejectCode::Misaddressed);
+        let nobody = frame(&a, &bp, "a", "zed@b", 6, b"hello");
+        assert_eq!(code(bus.accept(nobody).await), RejectCode::Misaddressed);
+        // Oversize, from a peer and from here.
+        let big = frame(&a, &bp, "a", "bob@b", 7, &[b'x'; 65]);
+        assert_eq!(code(bus.accept(big).await), RejectCode::Oversize);
+        assert_eq!(
+            code(
+                bus.send(out("carol", "bob", Pattern::Direct, &"y".repeat(65)))
+                    .await
+            ),
+            RejectCode::Oversize
+        );
+        // A burst over the agent's limit (burst 3).
+        for i in 0..3 {
+            bus.send(out("flood", "bob", Pattern::Direct, &format!("f{i}")))
+                .await
+                .expect("within the burst");
+        }
+        assert_eq!(
+            code(bus.send(out("flood", "bob", Pattern::Direct, "f3")).await),
+            RejectCode::RateLimited
+        );
+        stop(bus, task).await;
+        let mut codes = rejected_codes(&journal.reader());
+        codes.sort();
+        let mut expected = vec![
+            "bad_signature",
+            "bad_signature",
+            "misaddressed",
+            "misaddressed",
+            "oversize",
+            "oversize",
+            "rate_limited",
+            "replayed",
+            "tampered",
+            "tampered",
+            "unknown_peer",
+        ];
+        expected.sort_unstable();
+        assert_eq!(codes, expected);
+    });
+    drop(journal);
+    verify(dir.path());
+}
+
+#[test]
+fn parallel_returns_every_answer_and_race_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = open(dir.path());
+    rt().block_on(async {
+        register(&journal, &[("lead", ""), ("fast", ""), ("slow", ""), ("mute", "")]).await;
+        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
+            .await
+            .expect("start");
+        let answer = |agent: &'static str, delay_ms: u64, rounds: usize| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    let got = bus.receive_wait(agent, 1, TIMEOUT).await.expect("receive");
+                    let Some(q) = got.first() else { return };
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    let _ = bus
+                        .respond(agent, &RequestId(q.id.clone()), format!("{agent}: {}", q.text).into_bytes())
+                        .await;
+                }
+            })
+        };
+        let fast = answer("fast", 0, 2);
+        let slow = answer("slow", 300, 2);
+        let tools = BusTools {
+            bus: bus.clone(),
+            agent: "lead".into(),
+            run: "run-9".into(),
+            inner: Arc::new(NoTools),
+        };
+        let call = |name: &str, args: &str| ToolCall {
+            id: format!("c-{name}"),
+            name: name.into(),
+            arguments: args.into(),
+        };
+        let requests = r#"[{"agent":"fast","question":"q"},{"agent":"slow","question":"q"},{"agent":"mute","question":"q"}]"#;
+        let all = tools
+            .call(&call("parallel", &format!(r#"{{"requests":{requests},"timeout_ms":1500}}"#)))
+            .await
+            .expect("parallel");
+        let all: serde_json::Value = serde_json::from_str(&all).expect("json");
+        assert_eq!(all[0]["answer"], "fast: q");
+        assert_eq!(all[1]["answer"], "slow: q");
+        assert_eq!(all[2]["ok"], false);
+        assert!(all[2]["error"].as_str().expect("error").contains("timed out"), "{all}");
+        // `mute` never acknowledged its request; clear it so the race sees a new one.
+        let stale: Vec<String> = bus.receive("mute", 10).await.expect("receive").into_iter().map(|m| m.id).collect();
+        bus.ack("mute", stale).await.expect("ack");
+        let first = tools
+            .call(&call("race", &format!(r#"{{"requests":{requests},"timeout_ms":3000}}"#)))
+            .await
+            .expect("race");
+        let first: serde_json::Value = serde_json::from_str(&first).expect("json");
+        assert_eq!(first["agent"], "fast");
+        assert_eq!(first["answer"], "fast: q");
+        fast.await.expect("fast");
+        slow.await.expect("slow");
+        drop(tools);
+        stop(bus, task).await;
+        let lost = events(&journal.reader())
+            .into_iter()
+            .filter(|(k, v)| k == "message_expired" && v["reason"] == "race lost")
+            .count();
+        assert_eq!(lost, 2, "the losers' waits end as race lost");
+    });
+}
+
+#[test]
+fn topics_deliver_by_wildcard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = open(dir.path());
+    rt().block_on(async {
+        register(&journal, &[("pub", ""), ("bob", ""), ("carol", "")]).await;
+        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
+            .await
+            .expect("start");
+        bus.subscribe("bob", "a.*.c", true).await.expect("subscribe");
+        bus.subscribe("carol", "a.>", true).await.expect("subscribe");
+        assert!(bus.subscribe("carol", "a.>.c", true).await.is_err());
+        let s = bus
+            .send(out("pub", "a.b.c", Pattern::Publish, "1"))
+            .await
+            .expect("publish");
+        assert_eq!(s.delivered, ["bob", "carol"]);
+        let s = bus
+            .send(out("pub", "a.x", Pattern::Publish, "2"))
+            .await
+            .expect("publish");
+        assert_eq!(s.delivered, ["carol"]);
+        bus.subscribe("carol", "a.>", false).await.expect("unsubscribe");
+        let s = bus
+            .send(out("pub", "a.b.c", Pattern::Publish, "3"))
+            .await
+            .expect("publish");
+        assert_eq!(s.delivered, ["bob"]);
+        stop(bus, task).await;
+    });
+}
+
+// ----------------------------------------------------------- two instances
+
+fn nats_url() -> String {
+    std::env::var("STELE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+struct Daemon {
+    child: std::process::Child,
+    data: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(data: &Path, cfg: &Path, args: &[&str]) -> crate::Run {
+    let mut all = vec![
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--config",
+        cfg.to_str().expect("utf-8"),
+    ];
+    all.extend_from_slice(args);
+    run_bounded(&all)
+}
+
+fn start_up(root: &Path, name: &str, peer: &str, peer_key: &str, agent: &str) -> (Daemon, PathBuf) {
+    let data = root.join(name);
+    let agents = root.join(format!("{name}-agents"));
+    std::fs::create_dir_all(&agents).expect("mkdir");
+    std::fs::write(agents.join(format!("{agent}.toml")), definition(agent, "")).expect("write");
+    let cfg = root.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[nats]\nurl = \"{}\"\n\n[bus]\nname = \"{name}\"\nnats = true\npolicies = \"{}\"\n\n[bus.peers]\n{peer} = \"{peer_key}\"\n",
+            nats_url(),
+            policies().display()
+        ),
+    )
+    .expect("write config");
+    let child = stele()
+        .args([
+            "--data",
+            data.to_str().expect("utf-8"),
+            "--config",
+            cfg.to_str().expect("utf-8"),
+        ])
+        .args(["up", "--port", "0", "--agents", agents.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn stele up");
+    let d = Daemon {
+        child,
+        data: data.clone(),
+    };
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !data.join("bus.sock").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stele up {name} did not start its bus"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (d, cfg)
+}
+
+#[test]
+fn two_instances_exchange_signed_encrypted_messages_over_nats() {
+    let url = nats_url();
+    if std::net::TcpStream::connect(url.trim_start_matches("nats://")).is_err() {
+        panic!(
+            "NATS at {url} is unreachable: this test needs `nats-server -js` \
+             (scripts/test.sh starts one; or set STELE_TEST_NATS)"
+        );
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let (na, nb) = (
+        format!("a{}", std::process::id()),
+        format!("b{}", std::process::id()),
+    );
+    // Each instance's bus identity, made before it starts, pinned by the other.
+    let key_of = |name: &str| {
+        let r = run_bounded(&[
+            "--data",
+            root.path().join(name).to_str().expect("utf-8"),
+            "bus",
+            "key",
+        ]);
+        assert_eq!(r.code, Some(0), "bus key: {r:?}");
+        r.stdout.trim().to_owned()
+    };
+    let (ka, kb) = (key_of(&na), key_of(&nb));
+    let (a, cfg_a) = start_up(root.path(), &na, &nb, &kb, "alice");
+    let (b, cfg_b) = start_up(root.path(), &nb, &na, &ka, "bob");
+
+    // A direct message, durable through JetStream.
+    let bob = format!("bob@{nb}");
+    let r = cli(
+        &a.data,
+        &cfg_a,
+        &[
+            "bus",
+            "send",
+            "--from",
+            "alice",
+            "--to",
+            &bob,
+            "hello bob",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let r = cli(
+        &b.data,
+        &cfg_b,
+        &[
+            "bus", "recv", "--agent", "bob", "--wait", "15s", "--ack", "--json",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(got[0]["text"], "hello bob", "{got}");
+    assert_eq!(got[0]["from"], format!("alice@{na}"));
+    let remote_hash = got[0]["remote_hash"].as_str().expect("hash").to_owned();
+
+    // A request over request/reply, answered on b.
+    let asker = {
+        let (data, cfg, bob) = (a.data.clone(), cfg_a.clone(), bob.clone());
+        std::thread::spawn(move || {
+            cli(
+                &data,
+                &cfg,
+                &[
+                    "bus",
+                    "ask",
+                    "--from",
+                    "alice",
+                    "--to",
+                    &bob,
+                    "--timeout",
+                    "15s",
+                    "what time is it?",
+                    "--json",
+                ],
+            )
+        })
+    };
+    let r = cli(
+        &b.data,
+        &cfg_b,
+        &["bus", "recv", "--agent", "bob", "--wait", "15s", "--json"],
+    );
+    let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(got[0]["pattern"], "request", "{got}");
+    let request = got[0]["id"].as_str().expect("id").to_owned();
+    let r = cli(
+        &b.data,
+        &cfg_b,
+        &[
+            "bus",
+            "reply",
+            "--agent",
+            "bob",
+            "--request",
+            &request,
+            "noon",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let asked = asker.join().expect("asker");
+    assert_eq!(asked.code, Some(0), "{asked:?}");
+    let answer: serde_json::Value = serde_json::from_str(&asked.stdout).expect("json");
+    assert_eq!(answer["text"], "noon");
+
+    // The receipt of the direct message reaches a (its MessageDelivered names b's event).
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let r = cli(&a.data, &cfg_a, &["bus", "stats", "--json"]);
+        let s: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+        if s["delivered"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no receipt from {nb}: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (d, cfg) in [(&a, &cfg_a), (&b, &cfg_b)] {
+        let r = cli(&d.data, cfg, &["down"]);
+        assert_eq!(r.code, Some(0), "down: {r:?}");
+    }
+    drop(a);
+    drop(b);
+    for name in [&na, &nb] {
+        let r = run_bounded(&[
+            "--data",
+            root.path().join(name).to_str().expect("utf-8"),
+            "journal",
+            "verify",
+        ]);
+        assert_eq!(r.code, Some(0), "verify {name}: {r:?}");
+    }
+    // The hop is in both journals: b recorded a's event hash, a recorded b's.
+    let ra = Reader::open(root.path().join(&na)).expect("reader a");
+    let sent_hash = ra
+        .range(Seq(1), ra.head().seq)
+        .filter_map(Result::ok)
+        .find(|e| matches!(e.body(), ArchivedEventBody::MessageSent { envelope, .. } if envelope.pattern == "direct"))
+        .expect("a journaled its send")
+        .hash()
+        .to_hex();
+    assert_eq!(remote_hash, sent_hash, "b journaled the hash of a's MessageSent");
+    let delivered_remote = events(&ra).into_iter().any(|(k, v)| {
+        k == "message_delivered"
+            && v["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(&format!("{nb}:")))
+    });
+    assert!(delivered_remote, "a journaled b's receipt");
+}

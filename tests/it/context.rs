@@ -1,0 +1,942 @@
+//! The context store end to end on a real journal and the real Cedar gate
+//! of `fixtures/policies`: the fold of every operation, access control
+//! across agents and levels, archiving and retention, importance from
+//! journaled facts, search ranking on `fixtures/context/corpus.json`, the
+//! vector index rebuilt from the journal, the keyword fallback, the OpenAI
+//! embeddings client against a local HTTP server, `stele at --view
+//! context`, and the knowledge bridge in a scripted-provider run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use stele_engine::context::embed::{Embedder, HashEmbedder, OpenAiEmbedder};
+use stele_engine::context::ops::{Changes, Requester, unarchive};
+use stele_engine::context::score::Scoring;
+use stele_engine::context::search::{Mode, Query};
+use stele_engine::context::vector::ExactIndex;
+use stele_engine::context::{AccessLevel, ContextError, ContextService, MemoryType, NewItem};
+use stele_engine::policy::PolicyGate;
+use stele_journal::{EventBody, Journal, Options, Seq};
+use stele_projections::context::ContextStore;
+use stele_projections::{SnapshotStore, state_at};
+
+use crate::stele;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    journal: Journal,
+    svc: ContextService,
+    rt: tokio::runtime::Runtime,
+}
+
+fn gate() -> Arc<PolicyGate> {
+    Arc::new(PolicyGate::load(&root().join("fixtures/policies")).expect("policies"))
+}
+
+fn env_with(vectors: bool) -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path().join("data"), Options::default()).expect("journal");
+    let svc = ContextService::open(
+        journal.clone(),
+        gate(),
+        Arc::new(HashEmbedder),
+        Scoring::default(),
+        vectors.then(|| Box::new(ExactIndex::new()) as Box<_>),
+    )
+    .expect("service");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    Env {
+        dir,
+        journal,
+        svc,
+        rt,
+    }
+}
+
+fn env() -> Env {
+    env_with(true)
+}
+
+fn who(agent: &str, priority: &str) -> Requester {
+    Requester {
+        agent: agent.into(),
+        priority: priority.into(),
+    }
+}
+
+fn item(id: &str, t: MemoryType, level: AccessLevel, content: &str) -> NewItem {
+    NewItem {
+        id: Some(id.into()),
+        memory_type: t,
+        level,
+        content: content.into(),
+        tags: Vec::new(),
+        importance_permille: 500,
+        session: String::new(),
+    }
+}
+
+const NOW: u64 = 4_000_000_000_000;
+
+fn keys(e: &Env, r: &Requester, text: &str, mode: Mode) -> Vec<String> {
+    let mut q = Query::new(text, mode, NOW);
+    q.limit = 50;
+    let found = e.rt.block_on(e.svc.search(r, &q)).expect("search");
+    found.hits.into_iter().map(|h| h.key).collect()
+}
+
+fn bodies(j: &Journal) -> Vec<EventBody> {
+    let r = j.reader();
+    r.range(Seq(1), r.head().seq)
+        .map(|e| e.expect("event").to_event().expect("decode").body)
+        .collect()
+}
+
+#[test]
+fn every_operation_is_a_fact_and_the_fold_follows_it() {
+    let e = env();
+    let alice = who("alice", "normal");
+    let id =
+        e.rt.block_on(e.svc.store(
+            &alice,
+            NewItem::text(MemoryType::LongTerm, "the cache lives on node 7"),
+        ))
+        .expect("store");
+    assert_eq!(id, "m-1");
+    e.rt.block_on(e.svc.update(
+        &alice,
+        "alice",
+        "m-1",
+        Changes {
+            content: Some("the cache lives on node 9".into()),
+            importance_permille: Some(900),
+            memory_type: Some(MemoryType::Semantic),
+        },
+    ))
+    .expect("update");
+    e.rt.block_on(e.svc.feedback(&alice, "alice", "m-1", 800))
+        .expect("feedback");
+    e.rt.block_on(e.svc.share(&alice, "m-1", "bob", AccessLevel::Restricted))
+        .expect("share");
+    let hits = keys(&e, &alice, "cache node", Mode::Keyword);
+    assert_eq!(hits, vec!["alice/m-1"]);
+
+    let reader = e.journal.reader();
+    let store = state_at::<ContextStore>(
+        &reader,
+        &SnapshotStore::new(&e.dir.path().join("data")),
+        reader.head().seq,
+    )
+    .expect("fold")
+    .state;
+    let it = store.item("alice", "m-1").expect("item");
+    assert_eq!(it.content, "the cache lives on node 9");
+    assert_eq!(it.memory_type, "semantic");
+    assert_eq!(it.importance_permille, 900);
+    assert_eq!(it.feedback_permille, 800);
+    assert_eq!(it.accesses, 1);
+    assert_eq!(it.last_access_ms, NOW);
+    assert!(it.embedding.as_ref().is_some_and(|(m, _)| m == "hash-384"));
+    assert_eq!(
+        store.grant("alice/m-1", "bob").map(|g| g.level.as_str()),
+        Some("restricted")
+    );
+    assert_eq!(store.agents["alice"].bytes, it.size_bytes());
+    // The live service's store is the fold of the journal.
+    assert_eq!(e.rt.block_on(e.svc.live()).store, store);
+
+    let kinds: Vec<&str> = bodies(&e.journal).iter().map(EventBody::kind).collect::<Vec<_>>();
+    for k in [
+        "context_stored",
+        "embedding_computed",
+        "context_updated",
+        "context_feedback_given",
+        "context_shared",
+        "context_accessed",
+        "policy_decided",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+
+    // Archive: the item leaves the live store; its JSON is in the event.
+    let n =
+        e.rt.block_on(e.svc.archive(&alice, Some(NOW), NOW))
+            .expect("archive");
+    assert_eq!(n, 1);
+    let archived = bodies(&e.journal)
+        .into_iter()
+        .find_map(|b| match b {
+            EventBody::ContextArchived { archive, .. } => Some(archive),
+            _ => None,
+        })
+        .expect("archived");
+    let items = unarchive(&archived.codec, &archived.compressed).expect("unarchive");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].content, "the cache lives on node 9");
+    let live = e.rt.block_on(e.svc.live());
+    assert!(live.store.item("alice", "m-1").is_none());
+    assert!(live.store.grants.is_empty(), "grants of archived items go");
+    assert_eq!(live.store.agents["alice"].archives.len(), 1);
+    assert_eq!(live.keywords.len(), 0);
+    assert_eq!(live.vectors.as_ref().map(|v| v.len()), Some(0));
+}
+
+#[test]
+fn bad_input_is_refused_with_what_and_where() {
+    let e = env();
+    let alice = who("alice", "normal");
+    let err = |r: Result<String, ContextError>| r.expect_err("refused").to_string();
+    let mut bad_id = item("a/b", MemoryType::Working, AccessLevel::Restricted, "x");
+    assert!(err(e.rt.block_on(e.svc.store(&alice, bad_id.clone()))).contains("contains '/'"));
+    bad_id.id = Some("ok".into());
+    bad_id.content = "  ".into();
+    assert!(err(e.rt.block_on(e.svc.store(&alice, bad_id))).contains("content: it is empty"));
+    e.rt.block_on(e.svc.store(
+        &alice,
+        item("x", MemoryType::Working, AccessLevel::Restricted, "once"),
+    ))
+    .expect("store");
+    assert!(
+        err(e.rt.block_on(e.svc.store(
+            &alice,
+            item("x", MemoryType::Working, AccessLevel::Restricted, "twice")
+        )))
+        .contains("already has a context item x")
+    );
+    let missing =
+        e.rt.block_on(e.svc.feedback(&alice, "alice", "nope", 10))
+            .expect_err("missing");
+    assert!(
+        missing
+            .to_string()
+            .contains("agent alice has no context item nope"),
+        "{missing}"
+    );
+    assert!(
+        MemoryType::parse("dreams")
+            .expect_err("bad type")
+            .to_string()
+            .contains("short_term")
+    );
+    assert!(
+        AccessLevel::parse("top")
+            .expect_err("bad level")
+            .to_string()
+            .contains("secret")
+    );
+}
+
+#[test]
+fn an_agent_never_sees_what_it_may_not_read() {
+    let e = env();
+    let alice = who("alice", "normal");
+    let bob = who("bob", "normal");
+    let carol = who("carol", "high");
+    for (id, level) in [
+        ("pub", AccessLevel::Public),
+        ("res", AccessLevel::Restricted),
+        ("conf", AccessLevel::Confidential),
+        ("sec", AccessLevel::Secret),
+    ] {
+        e.rt.block_on(e.svc.store(
+            &alice,
+            item(
+                id,
+                MemoryType::LongTerm,
+                level,
+                &format!("zebra migration notes, {id} level"),
+            ),
+        ))
+        .expect("store");
+    }
+    let all_modes = |r: &Requester| -> Vec<Vec<String>> {
+        [Mode::Keyword, Mode::Similarity, Mode::Hybrid, Mode::Temporal]
+            .into_iter()
+            .map(|m| {
+                let mut k = keys(&e, r, "zebra migration", m);
+                k.sort();
+                k
+            })
+            .collect()
+    };
+    let owner_sees: Vec<String> = ["alice/conf", "alice/pub", "alice/res", "alice/sec"]
+        .map(String::from)
+        .to_vec();
+    for seen in all_modes(&alice) {
+        assert_eq!(seen, owner_sees);
+    }
+    for r in [&bob, &carol] {
+        for seen in all_modes(r) {
+            assert_eq!(seen, vec!["alice/pub"], "{} before any share", r.agent);
+        }
+    }
+    // Restricted: a grant opens it to the grantee only.
+    e.rt.block_on(e.svc.share(&alice, "res", "bob", AccessLevel::Restricted))
+        .expect("share");
+    for seen in all_modes(&bob) {
+        assert_eq!(seen, vec!["alice/pub", "alice/res"]);
+    }
+    for seen in all_modes(&carol) {
+        assert_eq!(seen, vec!["alice/pub"]);
+    }
+    // Confidential: a grant opens it to high or critical priority only.
+    e.rt.block_on(e.svc.share(&alice, "conf", "bob", AccessLevel::Confidential))
+        .expect("share");
+    e.rt.block_on(e.svc.share(&alice, "conf", "carol", AccessLevel::Confidential))
+        .expect("share");
+    for seen in all_modes(&bob) {
+        assert_eq!(seen, vec!["alice/pub", "alice/res"], "bob is normal priority");
+    }
+    for seen in all_modes(&carol) {
+        assert_eq!(seen, vec!["alice/conf", "alice/pub"]);
+    }
+    // Secret: never shared, by policy; the denial is journaled.
+    let denied =
+        e.rt.block_on(e.svc.share(&alice, "sec", "carol", AccessLevel::Secret))
+            .expect_err("secret share");
+    assert!(
+        denied.to_string().contains("secret items are never shared"),
+        "{denied}"
+    );
+    assert!(bodies(&e.journal).iter().any(|b| matches!(b,
+        EventBody::PolicyDecided { verdict, policies, .. }
+            if verdict == "deny" && policies.contains(&"context-secret-never-shared".to_owned()))));
+    // A less restrictive share than the item's own level is refused.
+    let lower =
+        e.rt.block_on(e.svc.share(&alice, "conf", "bob", AccessLevel::Public))
+            .expect_err("downgrade");
+    assert!(lower.to_string().contains("less restrictive"), "{lower}");
+    // Bob may not write alice's item, nor rate what he cannot read.
+    let w =
+        e.rt.block_on(e.svc.update(
+            &bob,
+            "alice",
+            "pub",
+            Changes {
+                content: Some("defaced".into()),
+                ..Changes::default()
+            },
+        ))
+        .expect_err("write");
+    assert!(matches!(w, ContextError::Denied { .. }), "{w}");
+    let f =
+        e.rt.block_on(e.svc.feedback(&bob, "alice", "sec", 1000))
+            .expect_err("feedback");
+    assert!(matches!(f, ContextError::Denied { .. }), "{f}");
+}
+
+#[test]
+fn archive_cuts_at_a_time_and_retention_is_per_type() {
+    let e = env();
+    let alice = who("alice", "normal");
+    e.rt.block_on(e.svc.store(
+        &alice,
+        item(
+            "old",
+            MemoryType::Episodic,
+            AccessLevel::Restricted,
+            "first deploy",
+        ),
+    ))
+    .expect("store");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let cut = e.rt.block_on(e.svc.live()).store.last_ms + 5;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    e.rt.block_on(e.svc.store(
+        &alice,
+        item(
+            "new",
+            MemoryType::Episodic,
+            AccessLevel::Restricted,
+            "second deploy",
+        ),
+    ))
+    .expect("store");
+    e.rt.block_on(e.svc.store(
+        &alice,
+        item(
+            "chat",
+            MemoryType::ShortTerm,
+            AccessLevel::Restricted,
+            "hello there",
+        ),
+    ))
+    .expect("store");
+    e.rt.block_on(e.svc.store(
+        &alice,
+        item(
+            "facts",
+            MemoryType::LongTerm,
+            AccessLevel::Restricted,
+            "pi is 3.14",
+        ),
+    ))
+    .expect("store");
+    assert_eq!(
+        e.rt.block_on(e.svc.archive(&alice, Some(cut), NOW))
+            .expect("archive"),
+        1
+    );
+    let live = e.rt.block_on(e.svc.live()).store.clone();
+    assert!(live.item("alice", "old").is_none() && live.item("alice", "new").is_some());
+
+    // Two days on: short-term (1 day) is past retention, episodic (90) and
+    // long-term (365) are not.
+    let later = live.last_ms + 2 * 86_400_000;
+    let stats = e.rt.block_on(e.svc.stats("alice", later)).expect("stats");
+    assert_eq!(stats.items, 3);
+    assert_eq!(stats.eligible_for_archive, 1);
+    assert_eq!(stats.archives, 1);
+    assert_eq!(stats.archived_items, 1);
+    assert!(stats.archived_compressed_bytes > 0);
+    assert_eq!(
+        e.rt.block_on(e.svc.archive(&alice, None, later))
+            .expect("retention"),
+        1
+    );
+    let live = e.rt.block_on(e.svc.live()).store.clone();
+    assert!(live.item("alice", "chat").is_none());
+    assert!(live.item("alice", "new").is_some() && live.item("alice", "facts").is_some());
+    // A year and a day on, long-term goes too.
+    let year = live.last_ms + 366 * 86_400_000;
+    assert_eq!(
+        e.rt.block_on(e.svc.archive(&alice, None, year))
+            .expect("retention"),
+        2
+    );
+}
+
+#[test]
+fn importance_comes_from_journaled_facts_only() {
+    let e = env();
+    let alice = who("alice", "normal");
+    for id in ["a", "b"] {
+        e.rt.block_on(e.svc.store(
+            &alice,
+            item(
+                id,
+                MemoryType::Episodic,
+                AccessLevel::Restricted,
+                "same words here",
+            ),
+        ))
+        .expect("store");
+    }
+    let scoring = Scoring::default();
+    let score = |id: &str, now: u64| {
+        let live = e.rt.block_on(e.svc.live());
+        scoring.importance(live.store.item("alice", id).expect("item"), now)
+    };
+    let t0 = e.rt.block_on(e.svc.live()).store.last_ms;
+    assert!(
+        (score("a", t0) - score("b", t0)).abs() < 1e-6,
+        "stored ms apart: nearly equal"
+    );
+    // Reads raise it (log-scaled), feedback raises it, age lowers it.
+    e.rt.block_on(e.svc.retrieve(&alice, &[], 1, t0))
+        .expect("retrieve"); // newest: b
+    assert!(score("b", t0) > score("a", t0));
+    e.rt.block_on(e.svc.feedback(&alice, "alice", "a", 1000))
+        .expect("feedback");
+    e.rt.block_on(e.svc.feedback(&alice, "alice", "a", 1000))
+        .expect("feedback");
+    assert!(score("a", t0) > score("b", t0));
+    let week = 7 * 86_400_000;
+    assert!(score("a", t0 + week) < score("a", t0));
+    // Half-life per type: one week for episodic — the recency factor halves.
+    let live = e.rt.block_on(e.svc.live());
+    let it = live.store.item("alice", "a").expect("item");
+    let r0 = scoring.recency(it, it.stored_ms);
+    let r1 = scoring.recency(it, it.stored_ms + week);
+    assert!((r0 - 1.0).abs() < 1e-9 && (r1 - 0.5).abs() < 1e-9, "{r0} {r1}");
+    // The same journal folded again gives the same scores.
+    let reader = e.journal.reader();
+    let refolded = state_at::<ContextStore>(
+        &reader,
+        &SnapshotStore::new(&e.dir.path().join("data")),
+        reader.head().seq,
+    )
+    .expect("fold")
+    .state;
+    for id in ["a", "b"] {
+        let x = refolded.item("alice", id).expect("item");
+        assert_eq!(
+            scoring.importance(x, NOW),
+            scoring.importance(live.store.item("alice", id).expect("item"), NOW)
+        );
+    }
+}
+
+fn load_corpus(e: &Env) -> Value {
+    let corpus: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("fixtures/context/corpus.json")).expect("corpus"),
+    )
+    .expect("corpus json");
+    let agent = corpus["agent"].as_str().expect("agent");
+    let items = corpus["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| NewItem {
+            id: Some(i["id"].as_str().expect("id").into()),
+            memory_type: MemoryType::parse(i["type"].as_str().expect("type")).expect("type"),
+            level: AccessLevel::parse(i["level"].as_str().unwrap_or("restricted")).expect("level"),
+            content: i["content"].as_str().expect("content").into(),
+            tags: Vec::new(),
+            importance_permille: (i["importance"].as_f64().expect("importance") * 1000.0) as u32,
+            session: String::new(),
+        })
+        .collect();
+    e.rt.block_on(e.svc.store_many(&who(agent, "normal"), items))
+        .expect("store corpus");
+    corpus
+}
+
+#[test]
+fn search_ranks_the_fixture_corpus() {
+    let e = env();
+    let corpus = load_corpus(&e);
+    let ops = who("ops", "normal");
+    // Temporal: a range with nothing in it is empty; the whole range has
+    // all; a week on, working and short-term memory (half-lives of
+    // hours) have decayed the most.
+    let now = e.rt.block_on(e.svc.live()).store.last_ms + 7 * 86_400_000;
+    let mut q = Query::new("", Mode::Temporal, now);
+    q.limit = 100;
+    q.to_ms = Some(1);
+    assert!(
+        e.rt.block_on(e.svc.search(&ops, &q))
+            .expect("temporal")
+            .hits
+            .is_empty()
+    );
+    q.to_ms = None;
+    let hits = e.rt.block_on(e.svc.search(&ops, &q)).expect("temporal").hits;
+    assert_eq!(hits.len(), 10);
+    let types: Vec<&str> = hits.iter().map(|h| h.memory_type.as_str()).collect();
+    assert_eq!(types[0], "long_term", "{hits:?}");
+    assert_eq!(
+        &types[8..],
+        ["working", "short_term"],
+        "hours of half-life decay first: {hits:?}"
+    );
+    for q in corpus["queries"].as_array().expect("queries") {
+        let text = q["query"].as_str().expect("query");
+        let mode = Mode::parse(q["mode"].as_str().expect("mode")).expect("mode");
+        let top = format!("ops/{}", q["top"].as_str().expect("top"));
+        let found = keys(&e, &ops, text, mode);
+        assert_eq!(found.first(), Some(&top), "{text:?} ({mode:?}) ranked {found:?}");
+    }
+    // Type filter.
+    let mut q = Query::new("deploy", Mode::Keyword, NOW);
+    q.types = vec!["working".into()];
+    let hits = e.rt.block_on(e.svc.search(&ops, &q)).expect("typed").hits;
+    assert_eq!(
+        hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+        vec!["scratch"]
+    );
+}
+
+#[test]
+fn similarity_falls_back_to_keyword_without_a_vector_index() {
+    let e = env_with(false);
+    load_corpus(&e);
+    let ops = who("ops", "normal");
+    let found =
+        e.rt.block_on(
+            e.svc
+                .search(&ops, &Query::new("liveness probe", Mode::Similarity, NOW)),
+        )
+        .expect("search");
+    assert_eq!(found.mode, "keyword");
+    assert!(
+        found
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("no vector index")),
+        "{found:?}"
+    );
+    assert_eq!(found.hits.first().map(|h| h.id.as_str()), Some("probe"));
+}
+
+#[test]
+fn the_vector_index_rebuilt_from_the_journal_equals_the_live_one() {
+    let e = env();
+    load_corpus(&e);
+    let ops = who("ops", "normal");
+    let queries = [
+        "disk space on nodes",
+        "memory limit for workers",
+        "expiry renewals",
+    ];
+    let live: Vec<Vec<String>> = queries
+        .iter()
+        .map(|q| keys(&e, &ops, q, Mode::Similarity))
+        .collect();
+    // A new service folds the same journal: the embeddings are read from
+    // EmbeddingComputed, no model is called (this embedder refuses).
+    #[derive(Debug)]
+    struct Refuses;
+    impl Embedder for Refuses {
+        fn model(&self) -> String {
+            "refuses".into()
+        }
+        fn embed<'a>(&'a self, texts: &'a [String]) -> stele_engine::context::embed::Embedded<'a> {
+            let v = texts.iter().map(|t| HashEmbedder::vector(t)).collect::<Vec<_>>();
+            // Queries are embedded (they are not facts); items are not.
+            Box::pin(async move {
+                if v.len() == 1 {
+                    Ok(v)
+                } else {
+                    Err(ContextError::Embedding("a rebuild called the model".into()))
+                }
+            })
+        }
+    }
+    let rebuilt = ContextService::open(
+        e.journal.clone(),
+        gate(),
+        Arc::new(Refuses),
+        Scoring::default(),
+        Some(Box::new(ExactIndex::new())),
+    )
+    .expect("rebuild");
+    let (live_len, live_seq) = {
+        let l = e.rt.block_on(e.svc.live());
+        (
+            l.vectors.as_ref().map(|v| v.len()),
+            l.vectors.as_ref().map(|v| v.seq()),
+        )
+    };
+    {
+        let r = e.rt.block_on(rebuilt.live());
+        assert_eq!(r.vectors.as_ref().map(|v| v.len()), live_len);
+        assert_eq!(r.vectors.as_ref().map(|v| v.seq()), live_seq);
+    }
+    for (q, want) in queries.iter().zip(&live) {
+        let mut query = Query::new(q, Mode::Similarity, NOW);
+        query.limit = 50;
+        let got: Vec<String> =
+            e.rt.block_on(rebuilt.search(&ops, &query))
+                .expect("search")
+                .hits
+                .into_iter()
+                .map(|h| h.key)
+                .collect();
+        // Rankings include importance, and the live searches journaled
+        // accesses: compare the sets, and the top by similarity.
+        let mut a = got.clone();
+        let mut b = want.clone();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{q}");
+    }
+}
+
+/// A local HTTP server speaking the embeddings wire format: answers each
+/// POST with one vector per input ([len, 1, 0]) and records the request.
+fn embeddings_server(status: u16) -> (String, std::thread::JoinHandle<Value>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut reader = BufReader::new(s.try_clone().expect("clone"));
+        let mut len = 0;
+        let mut line = String::new();
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).expect("request line");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().expect("length");
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).expect("body");
+        let req: Value = serde_json::from_slice(&body).expect("request json");
+        let data: Vec<Value> = req["input"]
+            .as_array()
+            .expect("input")
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, t)| serde_json::json!({"index": i, "embedding": [t.as_str().expect("text").len(), 1, 0]}))
+            .collect();
+        let answer = if status == 200 {
+            serde_json::json!({"data": data}).to_string()
+        } else {
+            "{\"error\": {\"message\": \"quota exceeded\"}}".to_owned()
+        };
+        write!(
+            s,
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        )
+        .expect("answer");
+        serde_json::json!({"line": request_line.trim(), "body": req})
+    });
+    (url, handle)
+}
+
+#[test]
+fn the_openai_embedder_speaks_the_wire_format() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let (url, server) = embeddings_server(200);
+    let emb = OpenAiEmbedder::new(&url, "text-embedding-3-small", None).expect("embedder");
+    let texts = vec!["a".to_owned(), "abcd".to_owned()];
+    let v = rt.block_on(emb.embed(&texts)).expect("embed");
+    assert_eq!(
+        v,
+        vec![vec![1.0, 1.0, 0.0], vec![4.0, 1.0, 0.0]],
+        "answers placed by index"
+    );
+    let seen = server.join().expect("server");
+    assert_eq!(seen["line"], "POST /v1/embeddings HTTP/1.1");
+    assert_eq!(seen["body"]["model"], "text-embedding-3-small");
+    assert_eq!(emb.model(), "openai:text-embedding-3-small");
+
+    let (url, server) = embeddings_server(429);
+    let emb = OpenAiEmbedder::new(&url, "m", None).expect("embedder");
+    let err = rt.block_on(emb.embed(&texts)).expect_err("429");
+    assert!(
+        err.to_string().contains("429") && err.to_string().contains("quota exceeded"),
+        "{err}"
+    );
+    server.join().expect("server");
+    // A remote server needs a key.
+    let err = OpenAiEmbedder::new("https://api.example.invalid/v1", "m", None).expect_err("no key");
+    assert!(err.to_string().contains("no API key"), "{err}");
+    // Malformed answers name the field.
+    let err = stele_engine::context::embed::parse_answer(br#"{"data": [{"embedding": [1, "x"]}]}"#, 1)
+        .expect_err("bad");
+    assert!(
+        err.to_string().contains("data[0].embedding[1] is not a number"),
+        "{err}"
+    );
+}
+
+fn cli(data: &Path, args: &[&str]) -> std::process::Output {
+    stele()
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .args([
+            "--policies",
+            root().join("fixtures/policies").to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("run stele")
+}
+
+fn ok_json(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn the_cli_stores_searches_shares_archives_and_at_shows_any_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let stored = ok_json(&cli(
+        &data,
+        &[
+            "context",
+            "store",
+            "alice",
+            "the build cache lives on node 7",
+            "--json",
+        ],
+    ));
+    assert_eq!(stored["id"], "m-1");
+    let head_after_store: u64 = {
+        let r = stele_journal::Reader::open(&data).expect("reader");
+        r.head().seq.0
+    };
+    ok_json(&cli(
+        &data,
+        &[
+            "context",
+            "store",
+            "alice",
+            "public holiday calendar",
+            "--level",
+            "public",
+            "--json",
+        ],
+    ));
+    let found = ok_json(&cli(
+        &data,
+        &["context", "search", "bob", "calendar cache", "--json"],
+    ));
+    let hits: Vec<&str> = found["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| h["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(hits, vec!["alice/m-2"], "bob sees only the public item");
+    ok_json(&cli(
+        &data,
+        &["context", "share", "alice", "m-1", "--with", "bob", "--json"],
+    ));
+    let found = ok_json(&cli(
+        &data,
+        &["context", "search", "bob", "cache", "--mode", "keyword", "--json"],
+    ));
+    assert_eq!(found["hits"][0]["key"], "alice/m-1");
+    let stats = ok_json(&cli(&data, &["context", "stats", "alice", "--json"]));
+    assert_eq!(stats["items"], 2);
+    assert_eq!(stats["grants_given"], 1);
+    let bad = cli(&data, &["context", "store", "alice", "x", "--type", "dreams"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("memory type: \"dreams\" is not one of"));
+
+    // `stele at` any seq: the store as of just after the first item.
+    let at = stele()
+        .arg("--data")
+        .arg(&data)
+        .args(["at", &head_after_store.to_string(), "--view", "context", "--json"])
+        .output()
+        .expect("at");
+    let v = ok_json(&at);
+    let state = if v.get("state").is_some() { &v["state"] } else { &v };
+    let items = &state["agents"]["alice"]["items"];
+    assert!(
+        items.get("m-1").is_some() && items.get("m-2").is_none(),
+        "{state}"
+    );
+
+    let archived = ok_json(&cli(
+        &data,
+        &[
+            "context",
+            "archive",
+            "alice",
+            "--before",
+            "4000000000000",
+            "--json",
+        ],
+    ));
+    assert_eq!(archived["archived"], 2);
+    let shown = ok_json(&cli(&data, &["context", "show", "alice", "--json"]));
+    assert_eq!(shown["items"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn the_knowledge_bridge_stores_and_recalls_in_a_scripted_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // Knowledge the run will recall.
+    ok_json(&cli(
+        &data,
+        &[
+            "context",
+            "store",
+            "librarian",
+            "Database backups are kept for thirty days.",
+            "--json",
+        ],
+    ));
+    let agent = dir.path().join("librarian.toml");
+    let text = std::fs::read_to_string(root().join("fixtures/context/librarian.toml"))
+        .expect("fixture")
+        .replace(
+            "workspace = \"stele-workspace\"",
+            &format!("workspace = {:?}", dir.path().join("ws").display().to_string()),
+        )
+        .replace(
+            "script = \"fixtures/context/knowledge.json\"",
+            &format!(
+                "script = {:?}",
+                root()
+                    .join("fixtures/context/knowledge.json")
+                    .display()
+                    .to_string()
+            ),
+        );
+    std::fs::write(&agent, text).expect("agent");
+    let run = ok_json(&cli(
+        &data,
+        &[
+            "run",
+            agent.to_str().expect("utf8"),
+            "--input",
+            "where is staging?",
+            "--json",
+        ],
+    ));
+    assert_eq!(run["outcome"], "completed", "{run}");
+    let out = stele()
+        .arg("--data")
+        .arg(&data)
+        .args(["events", "--json", "--run", "run-1"])
+        .output()
+        .expect("events");
+    let returned: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+        .filter(|e| e["body"]["kind"] == "tool_returned")
+        .map(|e| e["body"].clone())
+        .collect();
+    assert_eq!(returned.len(), 3, "{returned:?}");
+    assert!(returned.iter().all(|r| r["ok"] == true), "{returned:?}");
+    let outputs: Vec<&str> = returned
+        .iter()
+        .map(|r| r["output"].as_str().expect("output"))
+        .collect();
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o.starts_with("stored as librarian/m-2 (semantic")),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o.contains("librarian/m-1") && o.contains("thirty days")),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o.contains("librarian/m-2") && o.contains("eu-west-3")),
+        "{outputs:?}"
+    );
+    // The run's learnings are episodic memory now.
+    let shown = ok_json(&cli(
+        &data,
+        &["context", "show", "librarian", "--type", "episodic", "--json"],
+    ));
+    assert_eq!(shown["items"][0]["id"], "run-1-learned");
+    assert!(
+        shown["items"][0]["content"]
+            .as_str()
+            .expect("content")
+            .contains("eu-west-3")
+    );
+    // And the run replays without searching or storing again.
+    let replay = cli(&data, &["replay", "run-1"]);
+    assert!(
+        replay.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&replay.stdout),
+        String::from_utf8_lossy(&replay.stderr)
+    );
+}

@@ -1,0 +1,561 @@
+//! Sandboxes against the real dockerd, in both container runtimes (runc for
+//! the `docker` tier, runsc for `gvisor`): no network, a read-only root,
+//! the memory limit (OOM flagged in the exit event), timeouts, gVisor's own
+//! kernel; `stele up` running a docker-tier agent end to end; orphaned
+//! containers reaped after `kill -9` of `stele up` (the real binary).
+//!
+//! These tests need dockerd with the `runsc` runtime registered
+//! (`scripts/test.sh` sets it up); they fail, loudly, without it.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::stele;
+
+/// How long a test waits for something the runtime should do promptly.
+const WAIT: Duration = Duration::from_secs(60);
+
+const TIERS: [&str; 2] = ["docker", "gvisor"];
+
+/// The sandbox image, built once per test run: its tag and content hash.
+fn image() -> &'static (String, String) {
+    static IMAGE: OnceLock<(String, String)> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let socket = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+        assert!(
+            socket.exists(),
+            "dockerd is not running ({} is missing): the sandbox tests need it; \
+             scripts/test.sh installs docker.io, runsc and busybox-static and starts dockerd",
+            socket.display()
+        );
+        let o = stele()
+            .args(["sandbox", "image", "build", "--json"])
+            .output()
+            .expect("run stele sandbox image build");
+        assert!(
+            o.status.success(),
+            "stele sandbox image build failed (is dockerd up, busybox-static installed?):\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: Value = serde_json::from_slice(&o.stdout).expect("image JSON");
+        let tag = v["tag"].as_str().expect("tag").to_owned();
+        let hash = v["hash"].as_str().expect("hash").to_owned();
+        assert!(tag.starts_with("stele-sandbox:") && hash.starts_with(&tag["stele-sandbox:".len()..]));
+        (tag, hash)
+    })
+}
+
+/// `stele sandbox run --json` in `data`; the report and the exit status.
+fn sandbox_run(data: &Path, tier: &str, extra: &[&str], script: &str) -> (Value, Option<i32>) {
+    image();
+    let o = stele()
+        .arg("--data")
+        .arg(data)
+        .args(["sandbox", "run", "--tier", tier, "--json"])
+        .args(extra)
+        .args(["--", "/bin/sh", "-c", script])
+        .output()
+        .expect("run stele sandbox run");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{tier}: no JSON report ({e}); stderr:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (v, o.status.code())
+}
+
+fn events(data: &Path) -> Vec<Value> {
+    let o = stele()
+        .arg("--data")
+        .arg(data)
+        .args(["events", "--json"])
+        .output()
+        .expect("run stele events");
+    assert!(
+        o.status.success(),
+        "events: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event JSON"))
+        .collect()
+}
+
+fn kind<'a>(ev: &'a [Value], k: &str) -> Vec<&'a Value> {
+    ev.iter().filter(|e| e["body"]["kind"] == k).collect()
+}
+
+fn dump(ev: &[Value]) -> String {
+    ev.iter()
+        .map(|e| format!("{} {} {}", e["seq"], e["stream"], e["body"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_sandboxed_command_has_no_network() {
+    // A listener on the host's loopback: reachable from the host, not from
+    // a container (whose loopback is its own and whose only interface is lo).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    for tier in TIERS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let script = format!(
+            "ls /sys/class/net; if nc -w 2 127.0.0.1 {port} </dev/null; then echo CONNECTED; else echo UNREACHABLE; fi"
+        );
+        let (v, code) = sandbox_run(tmp.path(), tier, &[], &script);
+        assert_eq!(code, Some(0), "{tier}: {v}");
+        let out = v["stdout"].as_str().expect("stdout");
+        let interfaces: Vec<&str> = out
+            .lines()
+            .take_while(|l| !l.contains("CONNECTED") && !l.contains("UNREACHABLE"))
+            .collect();
+        assert_eq!(interfaces, ["lo"], "{tier}: only a loopback interface: {out}");
+        assert!(
+            out.contains("UNREACHABLE") && !out.contains("CONNECTED"),
+            "{tier}: {out}"
+        );
+        assert_eq!(
+            v["sandbox"]["runtime"],
+            if tier == "gvisor" { "runsc" } else { "runc" }
+        );
+        let ev = events(tmp.path());
+        let started = kind(&ev, "sandbox_started");
+        assert_eq!(started.len(), 1, "{}", dump(&ev));
+        assert_eq!(started[0]["body"]["network"], "none");
+        assert_eq!(started[0]["body"]["tier"], tier);
+        assert_eq!(started[0]["body"]["image_hash"], image().1.as_str());
+    }
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing from a sandbox reached the host's listener"
+    );
+}
+
+#[test]
+fn a_sandboxed_command_cannot_write_the_root_fs() {
+    for tier in TIERS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // /var/tmp is world-writable in the image; only the root's
+        // read-only mount stops the write. /work is the tmpfs workdir.
+        let script = "echo x > /var/tmp/f; echo \"var=$?\"; echo y > /work/f && cat /work/f; pwd; id -u";
+        let (v, code) = sandbox_run(tmp.path(), tier, &[], script);
+        assert_eq!(code, Some(0), "{tier}: {v}");
+        let out = v["stdout"].as_str().expect("stdout");
+        assert!(
+            out.contains("var=1") || out.contains("var=2"),
+            "{tier}: the write failed: {out}"
+        );
+        assert!(
+            v["stderr"]
+                .as_str()
+                .expect("stderr")
+                .contains("Read-only file system"),
+            "{tier}: {v}"
+        );
+        assert!(
+            out.contains("y\n/work\n65534"),
+            "{tier}: tmpfs workdir writable, uid nobody: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_sandboxed_command_cannot_exceed_its_memory() {
+    for tier in TIERS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // `tail` holds the whole 200 MiB line it reads: far over 32 MiB.
+        let script = "head -c 200m /dev/zero | tail > /dev/null; echo tail=$?";
+        let (v, _) = sandbox_run(tmp.path(), tier, &["--memory-mb", "32"], script);
+        assert_eq!(v["oom_killed"], true, "{tier}: {v}");
+        assert!(
+            !v["stdout"].as_str().unwrap_or("").contains("tail=0"),
+            "{tier}: {v}"
+        );
+        let ev = events(tmp.path());
+        let exited = kind(&ev, "sandbox_exited");
+        assert_eq!(exited.len(), 1, "{}", dump(&ev));
+        assert_eq!(exited[0]["body"]["oom_killed"], true, "{}", dump(&ev));
+        assert_eq!(exited[0]["body"]["removal"], "removed");
+        assert_eq!(kind(&ev, "sandbox_started")[0]["body"]["memory_mb"], 32);
+    }
+}
+
+#[test]
+fn a_sandboxed_command_times_out_cleanly() {
+    for tier in TIERS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (v, code) = sandbox_run(tmp.path(), tier, &["--timeout", "1s"], "echo started; sleep 60");
+        assert_eq!(code, Some(124), "{tier}: timeout(1)'s status: {v}");
+        assert_eq!(v["timed_out"], true, "{tier}: {v}");
+        assert_eq!(
+            v["stdout"], "started\n",
+            "{tier}: output before the timeout is kept"
+        );
+        let wall = v["wall_ms"].as_u64().expect("wall_ms");
+        assert!(
+            (1000..30_000).contains(&wall),
+            "{tier}: ended by the timeout, not the sleep: {wall} ms"
+        );
+        let ev = events(tmp.path());
+        let exited = kind(&ev, "sandbox_exited");
+        assert_eq!(exited[0]["body"]["timed_out"], true);
+        assert_eq!(exited[0]["body"]["removal"], "removed", "{}", dump(&ev));
+    }
+}
+
+#[test]
+fn gvisor_runs_its_own_kernel() {
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("host release");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (v, code) = sandbox_run(tmp.path(), "gvisor", &[], "uname -r; dmesg");
+    assert_eq!(code, Some(0), "{v}");
+    let out = v["stdout"].as_str().expect("stdout");
+    assert!(out.contains("Starting gVisor"), "gVisor's kernel log: {out}");
+    assert_ne!(
+        out.lines().next(),
+        Some(host_release.trim()),
+        "gVisor reports its own release"
+    );
+    // runc shares the host's kernel (and, unprivileged, cannot read its log).
+    let (v, code) = sandbox_run(tmp.path(), "docker", &[], "uname -r; dmesg");
+    let out = v["stdout"].as_str().expect("stdout");
+    assert_eq!(
+        out.lines().next(),
+        Some(host_release.trim()),
+        "{v} (status {code:?})"
+    );
+    assert!(!out.contains("gVisor"), "{out}");
+}
+
+#[test]
+fn an_unknown_tier_is_refused_with_its_position() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "name = \"bad\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 32\ncpu_cores = 0.1\nexecution_timeout = \"5s\"\n[runs]\nkind = \"process\"\ncommand = \"/bin/true\"\ntier = \"kvm\"\n",
+    )
+    .expect("write");
+    let o = stele()
+        .args(["agent", "validate"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        // The position is the `[runs]` table's (line 9): serde reads an
+        // internally tagged table as a whole, so toml has no finer span.
+        err.contains(&format!("{}:9:1:", file.display()))
+            && err.contains("tier \"kvm\" is not a sandbox tier"),
+        "{err}"
+    );
+    let o = stele()
+        .args(["sandbox", "run", "--tier", "kvm", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a sandbox tier"));
+}
+
+// ---- `stele up` with container-tier agents ----
+
+const CONFIG: &str = r#"
+[runtime]
+http_port = 0
+stop_grace = "2s"
+sample_interval = "300ms"
+output_limit = "4KB"
+
+[scheduler]
+slots = 1
+slot_memory = "512MB"
+slot_cpu_cores = 2.0
+"#;
+
+struct Up {
+    child: Option<Child>,
+    data: PathBuf,
+    config: PathBuf,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Up {
+    fn start(dir: &Path, agents: &Path) -> Up {
+        image();
+        let data = dir.join("data");
+        let config = dir.join("stele.toml");
+        std::fs::write(&config, CONFIG).expect("config");
+        let child = stele()
+            .arg("--data")
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .arg("up")
+            .arg("--agents")
+            .arg(agents)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stele up");
+        let mut up = Up {
+            child: Some(child),
+            data,
+            config,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(up.data.join("up.json"))
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+                && v["pid"].as_u64() == up.child.as_ref().map(|c| u64::from(c.id()))
+            {
+                return up;
+            }
+            if let Some(status) = up.child.as_mut().and_then(|c| c.try_wait().expect("wait")) {
+                let mut err = String::new();
+                if let Some(mut e) = up.child.as_mut().and_then(|c| c.stderr.take()) {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("stele up exited early: {status}: {err}");
+            }
+            assert!(Instant::now() < deadline, "stele up did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        stele()
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run stele")
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ev = events(&self.data);
+            if pred(&ev) {
+                return ev;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; events:\n{}",
+                dump(&ev)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill_9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        c.kill().expect("kill -9 stele up");
+        c.wait().expect("reap stele up");
+    }
+
+    fn down(&mut self) {
+        let o = self.cli(&["down"]);
+        assert!(
+            o.status.success(),
+            "stele down: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + WAIT;
+        while c.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "stele up did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn container_agent(dir: &Path, name: &str, mode: &str, tier: &str, script: &str) {
+    std::fs::create_dir_all(dir).expect("agents dir");
+    std::fs::write(
+        dir.join(format!("{name}.toml")),
+        format!(
+            "name = \"{name}\"\npriority = \"normal\"\n\n[mode]\nkind = \"{mode}\"\n\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n\n[runs]\nkind = \"process\"\ntier = \"{tier}\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", {script:?}]\n"
+        ),
+    )
+    .expect("write agent");
+}
+
+#[test]
+fn up_runs_a_docker_tier_agent_in_a_container() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let agents = tmp.path().join("agents");
+    container_agent(
+        &agents,
+        "boxed",
+        "ephemeral",
+        "docker",
+        "echo from-the-box; id -u; sleep 1",
+    );
+    let mut up = Up::start(tmp.path(), &agents);
+    let ev = up.wait_for("the task to finish", |ev| !kind(ev, "task_finished").is_empty());
+    let started = kind(&ev, "sandbox_started");
+    assert_eq!(started.len(), 1, "{}", dump(&ev));
+    let s = &started[0]["body"];
+    assert_eq!(s["agent"], "boxed");
+    assert_eq!(s["tier"], "docker");
+    assert_eq!(s["runtime"], "runc");
+    assert_eq!(s["image_hash"], image().1.as_str());
+    assert_eq!(s["memory_mb"], 64);
+    assert_eq!(s["cpu_millis"], 500);
+    let task = s["task"].as_str().expect("task");
+    // The sandbox's fact comes first, then the runtime's.
+    let seq_of = |k: &str| {
+        kind(&ev, k)
+            .iter()
+            .find(|e| e["body"]["task"] == task)
+            .and_then(|e| e["seq"].as_u64())
+            .unwrap_or_else(|| panic!("no {k} for {task}:\n{}", dump(&ev)))
+    };
+    assert!(seq_of("sandbox_started") < seq_of("process_started"));
+    assert!(seq_of("process_started") < seq_of("sandbox_exited"));
+    assert!(seq_of("sandbox_exited") < seq_of("process_exited"));
+    let confinement = kind(&ev, "process_started")[0]["body"]["confinement"]
+        .as_str()
+        .expect("confinement")
+        .to_owned();
+    assert!(
+        confinement.contains("docker (runc) container") && confinement.contains("network none"),
+        "{confinement}"
+    );
+    let exited = &kind(&ev, "sandbox_exited")[0]["body"];
+    assert_eq!(exited["code"], 0);
+    assert_eq!(exited["stdout"], "from-the-box\n65534\n");
+    assert_eq!(exited["removal"], "removed");
+    let finished = &kind(&ev, "task_finished")[0]["body"];
+    assert_eq!(finished["outcome"], "completed", "{}", dump(&ev));
+    assert!(
+        !kind(&ev, "resources_sampled").is_empty(),
+        "samples from dockerd's stats:\n{}",
+        dump(&ev)
+    );
+    up.down();
+}
+
+#[test]
+fn orphaned_containers_are_reaped_after_kill_9_of_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let agents = tmp.path().join("agents");
+    container_agent(&agents, "long", "persistent", "gvisor", "echo up; sleep 3600");
+    let mut up = Up::start(tmp.path(), &agents);
+    let ev = up.wait_for("the container to start", |ev| {
+        !kind(ev, "process_started").is_empty()
+    });
+    let first = kind(&ev, "sandbox_started")[0]["body"].clone();
+    let task = first["task"].as_str().expect("task").to_owned();
+    let container = first["container"].as_str().expect("container").to_owned();
+    up.kill_9();
+
+    // The container outlives its runtime.
+    let ev = events(&up.data);
+    assert!(kind(&ev, "sandbox_exited").is_empty(), "{}", dump(&ev));
+
+    let mut up = Up::start(tmp.path(), &agents);
+    let ev = up.wait_for("the orphan reaped and the agent rerun", |ev| {
+        !kind(ev, "sandbox_reaped").is_empty() && kind(ev, "sandbox_started").len() >= 2
+    });
+    let reaped = kind(&ev, "sandbox_reaped");
+    assert_eq!(reaped.len(), 1, "{}", dump(&ev));
+    assert_eq!(reaped[0]["body"]["task"], task.as_str());
+    assert_eq!(reaped[0]["body"]["container"], container.as_str());
+    let detail = reaped[0]["body"]["detail"].as_str().expect("detail");
+    assert!(detail.contains("was still running and was removed"), "{detail}");
+    let interrupted = kind(&ev, "run_interrupted");
+    assert_eq!(interrupted.len(), 1, "{}", dump(&ev));
+    assert_eq!(
+        interrupted[0]["body"]["detail"], detail,
+        "the interrupted run says what was done"
+    );
+    let second = kind(&ev, "sandbox_started")[1]["body"]["container"].clone();
+    assert_ne!(second, Value::from(container.as_str()));
+    up.down();
+    let ev = events(&up.data);
+    let exited = kind(&ev, "sandbox_exited");
+    assert_eq!(exited.len(), 1, "{}", dump(&ev));
+    assert_eq!(exited[0]["body"]["container"], second);
+    assert_eq!(exited[0]["body"]["stopped"], true);
+    assert_eq!(exited[0]["body"]["removal"], "removed");
+
+    // Nothing of this journal is left: a third start finds nothing to reap.
+    let none = tmp.path().join("no-agents");
+    std::fs::create_dir_all(&none).expect("empty agents dir");
+    let mut up = Up::start(tmp.path(), &none);
+    up.down();
+    let ev = events(&up.data);
+    assert_eq!(kind(&ev, "sandbox_reaped").len(), 1, "{}", dump(&ev));
+}
+
+#[test]
+fn a_container_that_cannot_start_fails_its_task_with_the_reason() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let agents = tmp.path().join("agents");
+    container_agent(&agents, "imageless", "ephemeral", "docker", "true");
+    let file = agents.join("imageless.toml");
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text + "image = \"stele-no-such-image:1\"\n").expect("write");
+    let mut up = Up::start(tmp.path(), &agents);
+    let ev = up.wait_for("the task to fail", |ev| !kind(ev, "task_finished").is_empty());
+    let finished = &kind(&ev, "task_finished")[0]["body"];
+    assert_eq!(finished["outcome"], "failed", "{}", dump(&ev));
+    let detail = finished["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("stele-no-such-image:1") && detail.contains("never pulled"),
+        "{detail}"
+    );
+    assert!(kind(&ev, "sandbox_started").is_empty() && kind(&ev, "process_started").is_empty());
+    up.down();
+}
+
+#[test]
+fn a_sandboxed_command_cannot_exceed_its_pids_limit() {
+    // 400 processes against the default limit of 256.
+    let script = "i=0; while [ $i -lt 400 ]; do sleep 5 & i=$((i+1)); done; echo spawned $i";
+    for tier in TIERS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (v, _) = sandbox_run(tmp.path(), tier, &["--timeout", "20s"], script);
+        assert!(
+            !v["stdout"].as_str().unwrap_or("").contains("spawned 400"),
+            "{tier}: {v}"
+        );
+        if tier == "docker" {
+            // runc: fork fails with EAGAIN inside the container.
+            assert!(v["stderr"].as_str().unwrap_or("").contains("can't fork"), "{v}");
+        } else {
+            // runsc: the limit counts the Sentry's host threads; reaching it
+            // ends the whole sandbox.
+            assert_ne!(v["code"], 0, "{v}");
+        }
+        assert_eq!(
+            v["timed_out"], false,
+            "{tier}: ended by the limit, not the timeout: {v}"
+        );
+    }
+}
