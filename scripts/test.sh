@@ -109,6 +109,24 @@ fi
 docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' \
   || { echo "the running dockerd has no runsc runtime; restart it to load /etc/docker/daemon.json"; exit 1; }
 
+# The reference MCP servers from the npm registry for the MCP tests
+# (tests/it/mcp.rs), run with Debian's node: pinned versions installed
+# outside the clone, found by the tests through STELE_TEST_MCP_BIN.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq nodejs npm
+fi
+export STELE_TEST_MCP_DIR="${STELE_TEST_MCP_DIR:-/var/tmp/stele-mcp}"
+mcp_pkgs=(@modelcontextprotocol/server-filesystem@2026.8.31 @modelcontextprotocol/server-everything@2026.8.31)
+if [ ! -x "$STELE_TEST_MCP_DIR/node_modules/.bin/mcp-server-everything" ] \
+   || [ ! -x "$STELE_TEST_MCP_DIR/node_modules/.bin/mcp-server-filesystem" ]; then
+  mkdir -p "$STELE_TEST_MCP_DIR"
+  npm install --prefix "$STELE_TEST_MCP_DIR" --no-audit --no-fund --silent "${mcp_pkgs[@]}"
+fi
+export STELE_TEST_MCP_BIN="$STELE_TEST_MCP_DIR/node_modules/.bin"
+echo "== MCP servers in $STELE_TEST_MCP_BIN"
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"

@@ -46,6 +46,10 @@ pub enum Command {
         /// HTTP port on 127.0.0.1 (default `[runtime] http_port`; 0: any).
         #[arg(long)]
         port: Option<u16>,
+        /// The Cedar policy directory of reasoning runs, compiled at start
+        /// (default fixtures/policies; without it reasoning runs are refused).
+        #[arg(long)]
+        policies: Option<PathBuf>,
     },
     /// Run a reasoning agent (a registered name, or its .toml file, which
     /// is registered first) on an input until it answers or waits for an
@@ -199,6 +203,10 @@ pub enum Command {
     /// the Cedar gate.
     #[command(subcommand)]
     Context(crate::context_cmd::ContextCmd),
+    /// MCP servers: their tools with SchemaPin status, calls through the
+    /// Cedar gate, resources, pinned keys — every step journaled.
+    #[command(subcommand)]
+    Mcp(crate::mcp_cmd::McpCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -636,6 +644,9 @@ pub enum BenchCmd {
     /// Bus routing throughput and latency, with and without the journal,
     /// and the cost of sealing a message.
     Bus(crate::bus_cmd::BenchBusArgs),
+    /// MCP call overhead over stdio: the test server's own time, the
+    /// client's round trip and the journaled call, in the same run.
+    Mcp(crate::mcp_cmd::BenchMcpArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -767,6 +778,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sandbox(cmd) => crate::sandbox_cmd::run(&data, &cmd),
         Command::Bus(cmd) => crate::bus_cmd::run(&data, cmd),
         Command::Context(cmd) => crate::context_cmd::run(&data, cmd),
+        Command::Mcp(cmd) => crate::mcp_cmd::run(&data, &cmd),
+        Command::Bench(BenchCmd::Mcp(args)) => crate::mcp_cmd::bench(&args),
         Command::Bench(BenchCmd::Bus(args)) => crate::bus_cmd::bench(&args),
         Command::Demo { journal: true, .. } => journal_cmd::demo(&data),
         Command::Demo {
@@ -788,7 +801,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", toml::to_string_pretty(config())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Up { agents, port } => crate::up::up(&data, agents.as_deref(), port),
+        Command::Up { agents, port, policies } => {
+            crate::up::up(&data, agents.as_deref(), port, policies.as_deref())
+        }
         Command::Run {
             agent,
             input,

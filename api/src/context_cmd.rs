@@ -470,6 +470,7 @@ pub fn run(data: &Path, cmd: ContextCmd) -> Result<ExitCode> {
 /// `recall_knowledge` and `store_knowledge` from the context store (the
 /// model sees them when the agent's tool profile matches their names), and
 /// what the run learned is stored as episodic memory when it ends.
+#[derive(Debug)]
 pub struct Bridge {
     service: Arc<ContextService>,
     requester: Requester,
@@ -515,23 +516,19 @@ pub fn bridge(
 /// Stores what a finished run learned as an episodic memory of its agent
 /// (a parked run has not finished: nothing yet). A failure is reported,
 /// not fatal: the run itself is journaled.
-pub fn learned(
-    rt: &tokio::runtime::Runtime,
-    bridge: &Bridge,
-    stop: &stele_engine::reasoning::Stop,
-    input: &str,
-) {
+pub async fn learned_async(bridge: &Bridge, stop: &stele_engine::reasoning::Stop, input: &str) {
     let stele_engine::reasoning::Stop::Finished(f) = stop else {
         return;
     };
-    let stored = rt.block_on(stele_engine::context::rag::record_run(
+    let stored = stele_engine::context::rag::record_run(
         &bridge.service,
         &bridge.requester,
         &f.run,
         input,
         &f.outcome,
         &f.answer,
-    ));
+    )
+    .await;
     if let Err(e) = stored {
         eprintln!("warning: {}: the run's learnings were not stored: {e}", f.run);
     }

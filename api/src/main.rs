@@ -13,6 +13,7 @@ mod control;
 mod demo;
 mod http;
 mod journal_cmd;
+mod mcp_cmd;
 mod nats;
 mod policy_cmd;
 mod proof;
@@ -22,6 +23,7 @@ mod sandbox_cmd;
 mod saga_cmd;
 mod step;
 mod up;
+mod up_runs;
 mod views;
 
 use std::process::ExitCode;
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         eprintln!("error: cannot start confined command: {e}");
         return ExitCode::from(127);
     }
+    quiet_on_closed_stdout();
     let cli = cli::Cli::parse();
     // Logging is set up by `cli::run` once the configuration is loaded:
     // quiet by default (`[log] level = "off"`); errors reach the user as one
@@ -55,7 +58,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line.
-fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+/// The exit status of a process killed by SIGPIPE (128 + 13), what a shell
+/// pipeline such as `stele events | head` expects from a writer whose reader
+/// went away.
+const BROKEN_PIPE_EXIT: u8 = 141;
+
+/// `print!` panics when stdout is a closed pipe (`stele at … | head`). The
+/// reader going away is not an error of stele's: leave quietly with the
+/// status a SIGPIPE-killed writer has. Every other panic keeps the default
+/// report. (Resetting SIGPIPE itself would also kill the daemon when a
+/// client hangs up on a socket, so the signal stays ignored.)
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(i32::from(BROKEN_PIPE_EXIT));
+        }
+        default(info);
+    }));
 }

@@ -4,6 +4,11 @@
 //! them to the journal and prints. Every command that touches a parked run
 //! first resolves its approvals whose policy timeout has passed, as
 //! rejected by the timeout (approver `expired`), and lets the run go on.
+//!
+//! When `stele up` runs (it owns the journal), `stele run|approve|reject`
+//! go through its HTTP API instead (`crate::up_runs` drives the run there)
+//! and follow the run until it settles, printing the same output with the
+//! same exit codes.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -18,7 +23,7 @@ use stele_engine::config::{InferenceConfig, ProviderKind};
 use stele_engine::hydrate;
 use stele_engine::llm::Provider;
 use stele_engine::openai::OpenAiProvider;
-use stele_engine::orga::{AgentLoop, RunSpec};
+use stele_engine::orga::{AgentLoop, Reasoning, RunSpec};
 use stele_engine::policy::PolicyGate;
 use stele_engine::reasoning::{self, Driver, Resumed, Sink, Stop};
 use stele_engine::scripted::ScriptedProvider;
@@ -27,6 +32,7 @@ use stele_engine::{LifecycleCommand, Runs, agent_stream};
 use stele_journal::{Append, EventBody, EventRef, Journal, RunId, Seq, StreamId};
 use stele_projections::{AgentRegistry, RunsView, SnapshotStore, state_at};
 
+use crate::client::Daemon;
 use crate::journal_cmd::{open_reader, open_writer, runtime};
 
 /// Exit code of a run that waits for an approval.
@@ -87,13 +93,21 @@ fn provider(cfg: &InferenceConfig, def: &AgentDefinition) -> Result<Arc<dyn Prov
     })
 }
 
-fn load_gate(policies: &Path) -> Result<Arc<PolicyGate>> {
-    Ok(Arc::new(PolicyGate::load(policies)?))
+/// The Cedar policy set in `policies`, compiled.
+pub(crate) fn load_gate(policies: &Path) -> Result<Arc<PolicyGate>> {
+    Ok(Arc::new(PolicyGate::load(policies).with_context(|| {
+        format!("loading the policies in {}", policies.display())
+    })?))
 }
 
 /// The driver of an agent's runs, and its tools (for hydration and
 /// compensations outside a drive).
 pub(crate) fn driver(def: &AgentDefinition, policies: &Path) -> Result<(Driver, Arc<ToolBox>)> {
+    driver_with(def, load_gate(policies)?)
+}
+
+/// [`driver`] with a policy gate already loaded (the daemon's).
+pub(crate) fn driver_with(def: &AgentDefinition, gate: Arc<PolicyGate>) -> Result<(Driver, Arc<ToolBox>)> {
     let cfg = &crate::cli::config().inference;
     let Runs::Reasoning { workspace, .. } = &def.runs else {
         bail!(
@@ -116,7 +130,7 @@ pub(crate) fn driver(def: &AgentDefinition, policies: &Path) -> Result<(Driver, 
     });
     let driver = Driver {
         provider: provider(cfg, def)?,
-        gate: load_gate(policies)?,
+        gate,
         tools: tools.clone(),
         agent: def.name.clone(),
         priority: format!("{:?}", def.priority).to_lowercase(),
@@ -135,12 +149,30 @@ pub(crate) fn spec(def: &AgentDefinition, run: &str) -> Result<RunSpec> {
 
 /// The registered definition of `agent`, registering `file` first when given.
 pub(crate) fn definition(data: &Path, journal: &Journal, agent: &str) -> Result<AgentDefinition> {
+    let path = PathBuf::from(agent);
+    let source = if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Some((path, text))
+    } else {
+        None
+    };
+    let source = source.as_ref().map(|(p, t)| (p.as_path(), t.as_str()));
+    runtime()?.block_on(definition_async(data, journal, agent, source))
+}
+
+/// The definition of a run's agent: parsed from `source` (a file's path
+/// and text, registered first unless the same text is registered), or the
+/// one registered as `agent`.
+pub(crate) async fn definition_async(
+    data: &Path,
+    journal: &Journal,
+    agent: &str,
+    source: Option<(&Path, &str)>,
+) -> Result<AgentDefinition> {
     let reader = journal.reader();
     let registry = state_at::<AgentRegistry>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
-    let path = PathBuf::from(agent);
-    if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
-        let def = AgentDefinition::load(&path)?;
-        let source = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if let Some((path, source)) = source {
+        let def = AgentDefinition::parse(path, source)?;
         let hash = hex::encode(blake3::hash(source.as_bytes()).as_bytes());
         match registry.agents.get(&def.name) {
             Some(a) if a.definition_hash == hash && a.state != stele_journal::AgentState::Terminated => {}
@@ -149,7 +181,7 @@ pub(crate) fn definition(data: &Path, journal: &Journal, agent: &str) -> Result<
                     &registry,
                     LifecycleCommand::Register {
                         definition: Box::new(def.clone()),
-                        source,
+                        source: source.to_owned(),
                     },
                 )?;
                 let stream = agent_stream(&def.name);
@@ -161,7 +193,7 @@ pub(crate) fn definition(data: &Path, journal: &Journal, agent: &str) -> Result<
                         body,
                     })
                     .collect();
-                runtime()?.block_on(journal.append_many(appends))?;
+                journal.append_many(appends).await?;
             }
         }
         return Ok(def);
@@ -217,6 +249,64 @@ pub(crate) fn report(stop: &Stop, json: bool) -> ExitCode {
     }
 }
 
+/// A run whose `RunStarted` (and pre-hydration) is durable, ready to drive.
+pub(crate) struct Begun {
+    /// The run id.
+    pub run: String,
+    /// Its driver (with the knowledge tools in front of the agent's).
+    pub driver: Driver,
+    /// The loop, in its reasoning phase.
+    pub lp: AgentLoop<Reasoning>,
+    /// What stores the run's learnings when it finishes.
+    pub knowledge: crate::context_cmd::Bridge,
+    /// The input.
+    pub input: String,
+}
+
+/// Begins run `run-<n>` of `def` on `journal`: the task's references are
+/// pre-hydrated and `RunStarted` is journaled (so the next run id is taken
+/// once this returns; callers that may begin runs concurrently serialize
+/// calls to it).
+pub(crate) async fn begin(
+    data: &Path,
+    journal: &Journal,
+    def: &AgentDefinition,
+    input: &str,
+    gate: Arc<PolicyGate>,
+    policies: &Path,
+) -> Result<Begun> {
+    let reader = journal.reader();
+    let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
+    let run_id = runs.next_run();
+    let (driver, tools) = driver_with(def, gate)?;
+    let spec = spec(def, &run_id)?;
+    // The knowledge bridge (recall_knowledge / store_knowledge, learnings).
+    let (driver, spec, knowledge) = crate::context_cmd::bridge(journal, policies, def, &run_id, driver, spec)?;
+    // MCP tools of the agent's profile (discovered, SchemaPin-verified, journaled).
+    let (driver, spec) = crate::mcp_cmd::bridge(journal, def, driver, spec).await?;
+    let hydration = hydrate::hydrate(
+        &driver.gate,
+        &tools,
+        &run_id,
+        &driver.agent,
+        &driver.priority,
+        input,
+    )
+    .await;
+    let mut lp = AgentLoop::start_hydrated(spec, input.to_owned(), None, hydration);
+    let mut sink = JournalSink::new(journal, &run_id)?;
+    sink.record(lp.take_facts())
+        .await
+        .map_err(|e| anyhow::anyhow!("{run_id}: {e}"))?;
+    Ok(Begun {
+        run: run_id,
+        driver,
+        lp,
+        knowledge,
+        input: input.to_owned(),
+    })
+}
+
 /// Starts run `run-<n>` of `agent` on `journal` and drives it until it
 /// finishes or parks: the task's references are pre-hydrated first.
 pub(crate) fn start(
@@ -227,36 +317,113 @@ pub(crate) fn start(
     policies: &Path,
 ) -> Result<Stop> {
     let def = definition(data, journal, agent)?;
-    let reader = journal.reader();
-    let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
-    let run_id = runs.next_run();
-    let (driver, tools) = driver(&def, policies)?;
-    let spec = spec(&def, &run_id)?;
-    // The knowledge bridge (recall_knowledge / store_knowledge, learnings).
-    let (driver, spec, knowledge) = crate::context_cmd::bridge(journal, policies, &def, &run_id, driver, spec)?;
-    let mut sink = JournalSink::new(journal, &run_id)?;
-    let rt = runtime()?;
-    let hydration = rt.block_on(hydrate::hydrate(
-        &driver.gate,
-        &tools,
-        &run_id,
-        &driver.agent,
-        &driver.priority,
-        input,
-    ));
-    let lp = AgentLoop::start_hydrated(spec, input.to_owned(), None, hydration);
-    let stop = rt
-        .block_on(driver.drive(lp, &mut sink))
-        .map_err(|e| anyhow::anyhow!("{run_id}: {e}"))?;
-    crate::context_cmd::learned(&rt, &knowledge, &stop, input);
-    Ok(stop)
+    let gate = load_gate(policies)?;
+    runtime()?.block_on(async {
+        let begun = begin(data, journal, &def, input, gate, policies).await?;
+        let mut sink = JournalSink::new(journal, &begun.run)?;
+        let stop = begun
+            .driver
+            .drive(begun.lp, &mut sink)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", begun.run))?;
+        crate::context_cmd::learned_async(&begun.knowledge, &stop, &begun.input).await;
+        Ok(stop)
+    })
 }
 
 /// `stele run AGENT --input TEXT`.
+/// With `stele up` running the run is the daemon's (see [`run_via`]).
 pub fn run(data: &Path, agent: &str, input: &str, policies: &Path, json: bool) -> Result<ExitCode> {
+    if let Some(daemon) = Daemon::find(data) {
+        return run_via(&daemon, agent, input, json);
+    }
     let journal = open_writer(data)?;
     let stop = start(data, &journal, agent, input, policies)?;
     Ok(report(&stop, json))
+}
+
+/// `stele run` through a running daemon (`POST /v1/runs`): an agent's
+/// `.toml` file is sent as an inline definition (its relative paths are
+/// the daemon's), a name as is; then the run is followed until it settles.
+fn run_via(daemon: &Daemon, agent: &str, input: &str, json: bool) -> Result<ExitCode> {
+    let path = Path::new(agent);
+    let body = if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::json!({"definition": text, "input": input})
+    } else {
+        serde_json::json!({"agent": agent, "input": input})
+    };
+    let started = daemon
+        .post("/v1/runs", "application/json", &body.to_string())?
+        .ok()?;
+    let run = started["run"]
+        .as_str()
+        .context("the runtime's answer to POST /v1/runs has no run id")?;
+    follow(daemon, run, json)
+}
+
+/// How often a client polls a run the daemon drives.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Waits until the daemon no longer drives `run` (it finished or parked)
+/// and reports it as the direct path does, with the same exit codes.
+fn follow(daemon: &Daemon, run: &str, json: bool) -> Result<ExitCode> {
+    loop {
+        let v = daemon.get(&format!("/v1/runs/{run}"))?.ok()?;
+        let awaiting = v["awaiting"].as_object().filter(|a| !a.is_empty());
+        if !v["driving"].as_bool().unwrap_or(false) && (v["state"] == "finished" || awaiting.is_some()) {
+            return Ok(report_view(run, &v, json));
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+/// [`report`] from the daemon's view of a run (`GET /v1/runs/{id}`).
+fn report_view(run: &str, v: &serde_json::Value, json: bool) -> ExitCode {
+    let waiting: Vec<(String, String)> = v["awaiting"]
+        .as_object()
+        .map(|a| {
+            a.iter()
+                .map(|(c, r)| (c.clone(), r.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if waiting.is_empty() {
+        let outcome = v["outcome"].as_str().unwrap_or("unknown");
+        let answer = v["answer"].as_str().unwrap_or_default();
+        let steps = v["steps"].as_u64().or_else(|| v["step"].as_u64()).unwrap_or(0);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"run": run, "outcome": outcome, "answer": answer, "steps": steps})
+            );
+        } else {
+            println!("{run} {outcome} after {steps} steps");
+            println!("{answer}");
+            println!("(the whole run: stele events --run {run})");
+        }
+        return if outcome == "completed" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
+    if json {
+        let calls: Vec<_> = waiting
+            .iter()
+            .map(|(c, r)| serde_json::json!({"call": c, "reason": r}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"run": run, "outcome": "awaiting_approval", "awaiting": calls})
+        );
+    } else {
+        for (call, reason) in &waiting {
+            println!("{run} awaits approval of {call}: {reason}");
+            println!("  stele approve {run} {call}    or    stele reject {run} {call}");
+        }
+    }
+    ExitCode::from(PARKED)
 }
 
 /// The events of run `run`, in seq order.
@@ -285,6 +452,17 @@ pub(crate) struct Expired {
 /// (approver `expired`); the run goes on as it would after a rejection.
 /// `None` when none has expired.
 pub(crate) fn expire(data: &Path, journal: &Journal, run: &str, policies: &Path) -> Result<Option<Expired>> {
+    let gate = load_gate(policies)?;
+    runtime()?.block_on(expire_async(data, journal, run, gate))
+}
+
+/// [`expire`] on a loaded gate.
+pub(crate) async fn expire_async(
+    data: &Path,
+    journal: &Journal,
+    run: &str,
+    gate: Arc<PolicyGate>,
+) -> Result<Option<Expired>> {
     let reader = journal.reader();
     let events = run_events(&reader, run)?;
     let expired = reasoning::expired_approvals(&events, now_ms());
@@ -296,20 +474,20 @@ pub(crate) fn expire(data: &Path, journal: &Journal, run: &str, policies: &Path)
         .runs
         .get(run)
         .with_context(|| format!("no run named {run}"))?;
-    let def = definition(data, journal, &view.agent)?;
+    let def = definition_async(data, journal, &view.agent, None).await?;
     let mut parked = match reasoning::resume(spec(&def, run)?, &events)
         .map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?
     {
         Resumed::Parked(p) => p,
         _ => bail!("{run} has approvals that timed out but is not parked"),
     };
-    let (driver, _) = driver(&def, policies)?;
+    let (driver, _) = driver_with(&def, gate)?;
     let mut sink = JournalSink::new(journal, run)?;
-    let rt = runtime()?;
     let mut calls = Vec::new();
     for (call, why) in expired {
-        let stop = rt
-            .block_on(driver.decide(parked, &call, false, "expired", &why, &mut sink))
+        let stop = driver
+            .decide(parked, &call, false, "expired", &why, &mut sink)
+            .await
             .map_err(|e| anyhow::anyhow!("{run}: {e}"))?;
         calls.push((call, why));
         match stop {
@@ -336,7 +514,27 @@ pub(crate) fn decide_on(
     reason: &str,
     policies: &Path,
 ) -> Result<Stop> {
-    if let Some(expired) = expire(data, journal, run, policies)?
+    let gate = load_gate(policies)?;
+    runtime()?.block_on(async {
+        let (driver, parked) = prepare_decision(data, journal, run, call, gate).await?;
+        let mut sink = JournalSink::new(journal, run)?;
+        driver
+            .decide(parked, call, approved, approver, reason, &mut sink)
+            .await
+            .map_err(|e| anyhow::anyhow!("{run}: {e}"))
+    })
+}
+
+/// Checks that `run` is parked on `call` (after resolving its timed-out
+/// approvals) and rebuilds it from its journaled facts, with its driver.
+pub(crate) async fn prepare_decision(
+    data: &Path,
+    journal: &Journal,
+    run: &str,
+    call: &str,
+    gate: Arc<PolicyGate>,
+) -> Result<(Driver, AgentLoop<stele_engine::orga::AwaitingApproval>)> {
+    if let Some(expired) = expire_async(data, journal, run, gate.clone()).await?
         && let Some((_, why)) = expired.calls.iter().find(|(c, _)| c == call)
     {
         bail!("the approval of {call} in {run} has expired: {why}; the run went on without it");
@@ -354,7 +552,7 @@ pub(crate) fn decide_on(
             view.state
         );
     }
-    let def = definition(data, journal, &view.agent)?;
+    let def = definition_async(data, journal, &view.agent, None).await?;
     let events = run_events(&reader, run)?;
     let parked = match reasoning::resume(spec(&def, run)?, &events)
         .map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?
@@ -365,11 +563,8 @@ pub(crate) fn decide_on(
         }
         Resumed::Finished => bail!("{run} has finished"),
     };
-    let (driver, _) = driver(&def, policies)?;
-    let mut sink = JournalSink::new(journal, run)?;
-    runtime()?
-        .block_on(driver.decide(parked, call, approved, approver, reason, &mut sink))
-        .map_err(|e| anyhow::anyhow!("{run}: {e}"))
+    let (driver, _) = driver_with(&def, gate)?;
+    Ok((driver, parked))
 }
 
 /// `stele approve|reject RUN CALL`.
@@ -384,6 +579,14 @@ pub fn decide(
     policies: &Path,
     json: bool,
 ) -> Result<ExitCode> {
+    if let Some(daemon) = Daemon::find(data) {
+        let body = serde_json::json!({"call": call, "reason": reason, "approver": approver});
+        let verb = if approved { "approve" } else { "reject" };
+        daemon
+            .post(&format!("/v1/runs/{run}/{verb}"), "application/json", &body.to_string())?
+            .ok()?;
+        return follow(&daemon, run, json);
+    }
     let journal = open_writer(data)?;
     let stop = decide_on(data, &journal, run, call, approved, approver, reason, policies)?;
     Ok(report(&stop, json))
@@ -392,6 +595,13 @@ pub fn decide(
 /// `stele runs`. When this process can own the journal, parked runs whose
 /// approvals timed out are resolved first (and said so on stderr).
 pub fn list(data: &Path, policies: &Path, json: bool) -> Result<ExitCode> {
+    if let Some(daemon) = Daemon::find(data) {
+        // The daemon resolves timed-out approvals itself (its timers).
+        let runs: std::collections::BTreeMap<String, stele_projections::runs::RunView> =
+            serde_json::from_value(daemon.get("/v1/runs")?.ok()?)
+                .context("the runtime's answer to GET /v1/runs")?;
+        return print_runs(&runs, json);
+    }
     if let Ok(journal) = open_writer(data) {
         let reader = journal.reader();
         let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
@@ -416,11 +626,16 @@ pub fn list(data: &Path, policies: &Path, json: bool) -> Result<ExitCode> {
     }
     let reader = open_reader(data)?;
     let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
+    let runs: std::collections::BTreeMap<String, stele_projections::runs::RunView> = runs.runs.into_iter().collect();
+    print_runs(&runs, json)
+}
+
+fn print_runs(runs: &std::collections::BTreeMap<String, stele_projections::runs::RunView>, json: bool) -> Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string(&runs.runs)?);
+        println!("{}", serde_json::to_string(runs)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for (id, r) in &runs.runs {
+    for (id, r) in runs {
         let awaiting: Vec<&String> = r.awaiting.keys().collect();
         println!(
             "{id:<10} {:<20} {:<18} step {:<3} {}{}",

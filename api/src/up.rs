@@ -42,12 +42,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::journal_cmd::{open_writer, runtime};
+use crate::up_runs::{Cancel, Desk, TaskEnd};
 use crate::views;
 
 /// The file that tells clients where the daemon listens.
 pub fn up_file(data: &Path) -> PathBuf {
     data.join("up.json")
 }
+
+/// The policy directory of reasoning runs when `--policies` is not given.
+pub const DEFAULT_POLICIES: &str = "fixtures/policies";
+
+/// What a reasoning task's run reports as its confinement.
+const IN_PROCESS: &str = "in-process (a reasoning run driven by stele up)";
 
 /// Largest batch of commands decided and appended together.
 const MAX_BATCH: usize = 4096;
@@ -77,7 +84,7 @@ enum Query {
 }
 
 /// Runs the daemon until it is shut down.
-pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Result<ExitCode> {
+pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>, policies: Option<&Path>) -> Result<ExitCode> {
     let config = crate::cli::config().clone();
     // Definitions first: a bad file is reported before anything starts.
     let definitions = match agents_dir {
@@ -99,6 +106,19 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Res
     })?;
     let launcher = Launcher::current().context("finding the stele binary (the process launcher)")?;
     let confinement = process::detect_confinement();
+    // The policy set of reasoning runs, compiled once: a directory given
+    // with --policies must load; the default one may be absent (then
+    // reasoning runs are refused, naming why).
+    let policy_dir = policies.unwrap_or(Path::new(DEFAULT_POLICIES));
+    let gate = match crate::run_cmd::load_gate(policy_dir) {
+        Ok(g) => Ok(g),
+        Err(e) if policies.is_some() => return Err(e),
+        Err(e) => {
+            eprintln!("stele up: reasoning runs are off: {e:#}");
+            Err(format!("{e:#}"))
+        }
+    };
+    let desk = Desk::new(data, journal.clone(), policy_dir, gate);
     let rt = runtime()?;
     let code = rt.block_on(async move {
         let port = http_port.unwrap_or(config.runtime.http_port);
@@ -106,7 +126,7 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Res
         let (addr, scheme) = (listener.addr, listener.scheme());
         let (tx, rx) = mpsc::unbounded_channel();
         let nats_cfg = config.nats.clone();
-        let mut core = Core::load(data, journal, config, launcher, confinement, tx.clone(), rx)?;
+        let mut core = Core::load(data, journal, config, launcher, confinement, (tx.clone(), rx), desk.clone())?;
         core.start().await?;
         // The JetStream feed, when configured: it follows the journal from its
         // cursor; NATS outages never touch the runtime.
@@ -138,6 +158,7 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>) -> Res
                 data: data.to_owned(),
                 config: core.config.http.clone(),
                 tier: core.config.security.default_sandbox_tier,
+                runs: desk,
             },
         )?;
         write_up_file(data, addr, scheme)?;
@@ -243,6 +264,9 @@ pub fn startable(def: &AgentDefinition) -> Result<(), String> {
             }
             Ok(())
         }
+        // Driven inside the daemon (`crate::up_runs`); its workspace is
+        // created when a run begins.
+        Runs::Reasoning { .. } => Ok(()),
         #[allow(unreachable_patterns)]
         _ => Err("the native runner cannot run this kind of agent".into()),
     }
@@ -306,6 +330,12 @@ struct Core {
     started_at_seq: Seq,
     /// The NATS publisher's progress, when `[nats] enabled`.
     nats: Option<Arc<crate::nats::PublisherStatus>>,
+    /// Reasoning runs (scheduler tasks, HTTP starts, approvals).
+    desk: Desk,
+    /// Tasks of reasoning agents being driven, with their stop signal.
+    reasoning: HashMap<String, Cancel>,
+    /// What queued each task of a reasoning agent not yet started.
+    triggers: HashMap<String, String>,
 }
 
 impl Core {
@@ -315,8 +345,8 @@ impl Core {
         config: Config,
         launcher: Launcher,
         confinement: Confinement,
-        tx: mpsc::UnboundedSender<Input>,
-        rx: mpsc::UnboundedReceiver<Input>,
+        (tx, rx): (mpsc::UnboundedSender<Input>, mpsc::UnboundedReceiver<Input>),
+        desk: Desk,
     ) -> Result<Core> {
         let reader = journal.reader();
         let store = SnapshotStore::new(data);
@@ -373,6 +403,9 @@ impl Core {
             shutdown: None,
             started_at_seq: head,
             nats: None,
+            desk,
+            reasoning: HashMap::new(),
+            triggers: HashMap::new(),
         })
     }
 
@@ -415,6 +448,8 @@ impl Core {
         for (agent, every) in self.state.interval_timers() {
             self.arm_interval(agent, every);
         }
+        // Parked runs survive restarts; their approval timeouts still run.
+        self.desk.arm_parked()?;
         Ok(())
     }
 
@@ -485,6 +520,7 @@ impl Core {
     }
 
     fn finish(mut self) -> Result<ExitCode> {
+        self.desk.disarm_all();
         for timers in self.timers.values() {
             for t in timers {
                 t.abort();
@@ -506,6 +542,7 @@ impl Core {
             Input::Command(c, reply) => batch.push((c, reply)),
             Input::SpawnFailed(task, error) => {
                 self.procs.remove(&task);
+                self.reasoning.remove(&task);
                 if self.deferred.remove(&task) {
                     self.respawn.push(task.clone());
                 }
@@ -513,6 +550,7 @@ impl Core {
             }
             Input::Exited(task, exit) => {
                 self.procs.remove(&task);
+                self.reasoning.remove(&task);
                 if self.deferred.remove(&task) {
                     self.respawn.push(task.clone());
                 }
@@ -536,6 +574,14 @@ impl Core {
             return Ok(());
         }
         self.state.apply(&e);
+        if let stele_journal::ArchivedEventBody::TaskQueued { task, agent, trigger, .. } = e.body()
+            && self
+                .state
+                .definition(agent.as_str())
+                .is_some_and(|d| matches!(d.runs, Runs::Reasoning { .. }))
+        {
+            self.triggers.insert(task.to_string(), trigger.to_string());
+        }
         self.journal_view.state.apply(&e);
         self.journal_view.seq = e.seq();
         self.applied = e.seq();
@@ -626,7 +672,7 @@ impl Core {
     fn perform(&mut self, effect: Effect) {
         match effect {
             Effect::Start { task, agent } => {
-                if self.procs.contains_key(&task) {
+                if self.procs.contains_key(&task) || self.reasoning.contains_key(&task) {
                     self.deferred.insert(task);
                 } else {
                     self.spawn(task, &agent);
@@ -634,6 +680,9 @@ impl Core {
             }
             Effect::Stop { task } => {
                 self.deferred.remove(&task);
+                if let Some(cancel) = self.reasoning.get(&task) {
+                    cancel.send_replace(Some(format!("{task} was asked to stop")));
+                }
                 if let Some(p) = self.procs.get(&task) {
                     p.stop(self.config.runtime.stop_grace);
                 }
@@ -690,6 +739,10 @@ impl Core {
             });
             return;
         };
+        if matches!(def.runs, Runs::Reasoning { .. }) {
+            self.spawn_reasoning(task, (*def).clone());
+            return;
+        }
         let Runs::Process {
             command,
             args,
@@ -840,6 +893,80 @@ impl Core {
         }
     }
 
+    /// Begins a run of a reasoning agent for `task` inside the daemon; its
+    /// end comes back as the task's exit (completed or parked: code 0;
+    /// another outcome: 1; stopped: `stopped`; past `execution_timeout`:
+    /// cancelled and `timed_out`).
+    fn spawn_reasoning(&mut self, task: String, def: AgentDefinition) {
+        let agent = def.name.clone();
+        let trigger = self.trigger_of(&task);
+        let input = crate::up_runs::trigger_input(&self.journal, &agent, &task, trigger.as_deref());
+        let cancel = crate::up_runs::cancel_signal();
+        self.reasoning.insert(task.clone(), cancel.clone());
+        let (desk, tx, timeout) = (self.desk.clone(), self.tx.clone(), def.limits.execution_timeout);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let (run, handle) = match desk.start(def, input, cancel.clone(), true).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = tx.send(Input::SpawnFailed(task, format!("{e:#}")));
+                    return;
+                }
+            };
+            let _ = tx.send(Input::Command(
+                RuntimeCommand::ProcessStarted {
+                    task: task.clone(),
+                    pid: std::process::id(),
+                    // No process of its own: a restart never reaps it.
+                    start_ticks: 0,
+                    confinement: IN_PROCESS.into(),
+                },
+                None,
+            ));
+            let timed_out = Arc::new(AtomicBool::new(false));
+            let watchdog = {
+                let (cancel, timed_out, run) = (cancel.clone(), Arc::clone(&timed_out), run.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    timed_out.store(true, Ordering::SeqCst);
+                    cancel.send_replace(Some(format!(
+                        "{run} ran past its execution_timeout of {}",
+                        humantime::format_duration(timeout)
+                    )));
+                })
+            };
+            let end = match handle.await {
+                Ok(Ok(s)) => TaskEnd::Settled(s),
+                Ok(Err(e)) => TaskEnd::Failed(format!("{e:#}")),
+                Err(e) => TaskEnd::Failed(format!("the run's task failed: {e}")),
+            };
+            watchdog.abort();
+            let timed_out = timed_out.load(Ordering::SeqCst);
+            let asked = cancel.borrow().is_some();
+            let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let exit = reasoning_exit(&end, asked && !timed_out, timed_out, wall_ms);
+            let _ = tx.send(Input::Exited(task, exit));
+        });
+    }
+
+    /// What queued `task`: seen by the fold, or (queued before a restart)
+    /// its `TaskQueued` on the scheduler's stream.
+    fn trigger_of(&mut self, task: &str) -> Option<String> {
+        if let Some(t) = self.triggers.remove(task) {
+            return Some(t);
+        }
+        let stream = stele_engine::scheduler::scheduler_stream();
+        self.reader
+            .stream(&stream, Seq(1))
+            .filter_map(Result::ok)
+            .find_map(|e| match e.body() {
+                stele_journal::ArchivedEventBody::TaskQueued { task: t, trigger, .. } if t.as_str() == task => {
+                    Some(trigger.to_string())
+                }
+                _ => None,
+            })
+    }
+
     fn begin_shutdown(&mut self, force: bool) {
         if let Some(forced) = &self.shutdown {
             if force {
@@ -850,6 +977,9 @@ impl Core {
         }
         let forced = Arc::new(AtomicBool::new(force));
         self.shutdown = Some(Arc::clone(&forced));
+        // Runs driven outside the scheduler end with the daemon (journaled
+        // `cancelled`); parked runs stay parked.
+        self.desk.cancel_detached("the runtime is shutting down");
         let tx = self.tx.clone();
         let grace = self.config.runtime.stop_grace;
         let journal = self.journal.clone();
@@ -868,6 +998,11 @@ impl Core {
                 killed.push(task.clone());
             }
         }
+        for (task, cancel) in &self.reasoning {
+            cancel.send_replace(Some("the runtime was forced to stop".into()));
+            killed.push(task.clone());
+        }
+        self.desk.cancel_detached("the runtime was forced to stop");
         killed.sort();
         killed
     }
@@ -876,7 +1011,7 @@ impl Core {
         match q {
             Query::Status => self.status(),
             Query::Agents => self.agents(),
-            Query::LiveProcesses => json!(self.procs.len()),
+            Query::LiveProcesses => json!(self.procs.len() + self.reasoning.len() + self.desk.detached()),
             Query::KillAll => json!(self.kill_all()),
         }
     }
@@ -961,6 +1096,30 @@ impl Core {
             })
             .collect();
         Value::Array(list)
+    }
+}
+
+/// The exit a reasoning task reports: code 0 when its run completed or
+/// parked on an approval, 1 otherwise; the run's summary as its output.
+fn reasoning_exit(end: &TaskEnd, stopped: bool, timed_out: bool, wall_ms: u64) -> ProcessExit {
+    let (code, stdout, stderr) = match end {
+        TaskEnd::Settled(s) => {
+            let ok = s.outcome == "completed" || !s.awaiting.is_empty();
+            (i32::from(!ok), s.summary(), String::new())
+        }
+        TaskEnd::Failed(e) => (1, String::new(), e.clone()),
+    };
+    ProcessExit {
+        code: Some(code),
+        signal: None,
+        timed_out,
+        stopped,
+        stdout,
+        stderr,
+        output_dropped: 0,
+        wall_ms,
+        cpu_ms: 0,
+        max_rss_kb: 0,
     }
 }
 

@@ -108,6 +108,11 @@ pub fn tool_request(agent: &str, priority: &str, call: &ToolCall) -> AuthzReques
         context.insert("in_workspace".into(), Value::Bool(inside));
     }
     context.insert("args".into(), Value::Object(policy_args));
+    // An MCP tool names its server (the MCP client's own check adds the
+    // SchemaPin status).
+    if let Some((server, _)) = crate::mcp::split_tool_name(&call.name) {
+        context.insert("mcp_server".into(), Value::String(server.to_owned()));
+    }
     AuthzRequest {
         point: Point::ToolInvocation,
         principal: Entity {
@@ -661,13 +666,10 @@ fn parse_conditions(detail: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The approvals of a run that have timed out at `now_ms` (ms since the
-/// Unix epoch): requested with a timeout (the policy's
-/// `@approval_timeout`), not decided, the run not finished, and
-/// `requested at + timeout ≤ now`. The request time is the journal's stamp
-/// of its `ApprovalRequested`. Returns (call id, the reason to record).
-#[must_use]
-pub fn expired_approvals(events: &[EventRef], now_ms: u64) -> Vec<(String, String)> {
+/// The approvals a run waits on: call id → (requested at, timeout), in
+/// ms (the request time is the journal's stamp of `ApprovalRequested`; a
+/// timeout of 0 is none).
+fn waiting_approvals(events: &[EventRef]) -> BTreeMap<String, (u64, u64)> {
     let mut waiting: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for e in events {
         match e.body() {
@@ -685,6 +687,27 @@ pub fn expired_approvals(events: &[EventRef], now_ms: u64) -> Vec<(String, Strin
         }
     }
     waiting
+}
+
+/// When the earliest approval a run waits on times out (ms since the Unix
+/// epoch), if any has a timeout: what a daemon arms a timer for.
+#[must_use]
+pub fn next_approval_deadline(events: &[EventRef]) -> Option<u64> {
+    waiting_approvals(events)
+        .values()
+        .filter(|(_, timeout_ms)| *timeout_ms > 0)
+        .map(|(at_ms, timeout_ms)| at_ms.saturating_add(*timeout_ms))
+        .min()
+}
+
+/// The approvals of a run that have timed out at `now_ms` (ms since the
+/// Unix epoch): requested with a timeout (the policy's
+/// `@approval_timeout`), not decided, the run not finished, and
+/// `requested at + timeout ≤ now`. The request time is the journal's stamp
+/// of its `ApprovalRequested`. Returns (call id, the reason to record).
+#[must_use]
+pub fn expired_approvals(events: &[EventRef], now_ms: u64) -> Vec<(String, String)> {
+    waiting_approvals(events)
         .into_iter()
         .filter(|(_, (at_ms, timeout_ms))| *timeout_ms > 0 && at_ms.saturating_add(*timeout_ms) <= now_ms)
         .map(|(call, (at_ms, timeout_ms))| {

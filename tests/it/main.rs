@@ -14,6 +14,7 @@ mod golden;
 mod http;
 mod layering;
 mod lifecycle;
+mod mcp;
 mod nats;
 mod orga;
 mod poison;
@@ -30,6 +31,7 @@ mod sandbox;
 mod scheduler;
 mod tamper;
 mod up;
+mod up_runs;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;

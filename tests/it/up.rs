@@ -11,13 +11,13 @@ use serde_json::Value;
 use crate::stele;
 
 /// How long a test waits for something the runtime should do promptly.
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
-struct Up {
+pub(crate) struct Up {
     child: Option<Child>,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     config: PathBuf,
-    http: String,
+    pub(crate) http: String,
 }
 
 impl Drop for Up {
@@ -29,7 +29,7 @@ impl Drop for Up {
     }
 }
 
-const CONFIG: &str = r#"
+pub(crate) const CONFIG: &str = r#"
 [runtime]
 http_port = 0
 stop_grace = "2s"
@@ -69,6 +69,11 @@ fn process_agent(
 
 impl Up {
     fn start(dir: &Path, agents: Option<&Path>) -> Up {
+        Up::start_with(dir, agents, &[])
+    }
+
+    /// [`Up::start`] with more arguments to `stele up` (e.g. `--policies`).
+    pub(crate) fn start_with(dir: &Path, agents: Option<&Path>, extra: &[&str]) -> Up {
         let data = dir.join("data");
         let config = dir.join("stele.toml");
         if !config.exists() {
@@ -83,6 +88,7 @@ impl Up {
         if let Some(a) = agents {
             cmd.arg("--agents").arg(a);
         }
+        cmd.args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -117,7 +123,7 @@ impl Up {
     }
 
     /// Runs a `stele` command against this daemon's data dir and config.
-    fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
         stele()
             .arg("--data")
             .arg(&self.data)
@@ -128,7 +134,7 @@ impl Up {
             .expect("run stele")
     }
 
-    fn events(&self) -> Vec<Value> {
+    pub(crate) fn events(&self) -> Vec<Value> {
         let out = self.cli(&["events", "--json"]);
         assert!(
             out.status.success(),
@@ -141,7 +147,7 @@ impl Up {
             .collect()
     }
 
-    fn wait_for(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(crate) fn wait_for(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + WAIT;
         loop {
             let ev = self.events();
@@ -157,7 +163,7 @@ impl Up {
         }
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY-free: the kill(1) utility.
         let ok = std::process::Command::new("kill")
             .arg(format!("-{sig}"))
@@ -168,7 +174,7 @@ impl Up {
         assert!(ok, "kill -{sig}");
     }
 
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + WAIT;
         loop {
@@ -183,7 +189,7 @@ impl Up {
         }
     }
 
-    fn http(&self) -> ureq::Agent {
+    pub(crate) fn http(&self) -> ureq::Agent {
         ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
@@ -192,14 +198,14 @@ impl Up {
     }
 }
 
-fn dump(ev: &[Value]) -> String {
+pub(crate) fn dump(ev: &[Value]) -> String {
     ev.iter()
         .map(|e| format!("{} {} {}", e["seq"], e["stream"], e["body"]))
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-fn kind<'a>(ev: &'a [Value], k: &str) -> Vec<&'a Value> {
+pub(crate) fn kind<'a>(ev: &'a [Value], k: &str) -> Vec<&'a Value> {
     ev.iter().filter(|e| e["body"]["kind"] == k).collect()
 }
 
@@ -232,7 +238,7 @@ fn state_changes(ev: &[Value], agent: &str) -> Vec<String> {
         .collect()
 }
 
-fn verify(data: &Path) {
+pub(crate) fn verify(data: &Path) {
     let out = stele()
         .arg("--data")
         .arg(data)

@@ -209,15 +209,24 @@ pub async fn runs(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     params(("id" = String, Path, description = "The run id (run-<n>)")),
     responses((status = 200, description = "The run", body = Object),
               (status = 404, description = "No such run", body = ErrorBody)))]
+/// The body is the run's view plus `driving` (the daemon drives it now)
+/// and, once it finished, `steps`.
 pub async fn run(State(s): State<AppState>, PathParam(id): PathParam<String>) -> ApiResult<Json<Value>> {
     let runs = runs_view(&s).await?;
     let r = runs
         .runs
         .get(&id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_run", format!("no run {id:?}")))?;
-    serde_json::to_value(r)
-        .map(Json)
-        .map_err(|e| ApiError::internal(&e.into()))
+    let mut v = serde_json::to_value(r).map_err(|e| ApiError::internal(&e.into()))?;
+    // Whether the daemon drives it now (false: finished or parked, settled).
+    v["driving"] = Value::Bool(s.runs.driving(&id));
+    if r.finished_seq > 0
+        && let Ok(Some(e)) = s.journal.reader().get(stele_journal::Seq(r.finished_seq))
+        && let stele_journal::ArchivedEventBody::RunFinished { steps, .. } = e.body()
+    {
+        v["steps"] = json!(steps.to_native());
+    }
+    Ok(Json(v))
 }
 
 async fn runs_view(s: &AppState) -> ApiResult<RunsView> {

@@ -23,6 +23,7 @@ pub mod handlers;
 pub mod health;
 pub mod journal;
 pub mod metrics;
+pub mod runs;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub health: Arc<health::Health>,
     /// Slots of the live event streams.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// The daemon's reasoning runs.
+    pub runs: crate::up_runs::Desk,
     tokens: Arc<Tokens>,
 }
 
@@ -77,6 +80,8 @@ pub struct Parts {
     pub config: HttpConfig,
     /// `[security] default_sandbox_tier` (whether dockerd is checked).
     pub tier: SandboxTier,
+    /// The daemon's reasoning runs.
+    pub runs: crate::up_runs::Desk,
 }
 
 /// A bound listener, not yet serving.
@@ -169,6 +174,7 @@ pub fn start(listener: Listener, parts: Parts) -> Result<Server> {
         metrics,
         health: Arc::new(health::Health::new(parts.tier)),
         streams: Arc::new(tokio::sync::Semaphore::new(parts.config.max_streams as usize)),
+        runs: parts.runs,
         tokens: Arc::new(Tokens::new(&parts.config.tokens)?),
     };
     let app = router(state, &parts.config);
@@ -235,8 +241,13 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
             post(handlers::stop.layer(operate.clone())),
         )
         .route("/v1/shutdown", post(handlers::shutdown.layer(admin)))
-        .route("/v1/runs", get(handlers::runs.layer(read.clone())))
+        .route(
+            "/v1/runs",
+            get(handlers::runs.layer(read.clone())).post(runs::start.layer(operate.clone())),
+        )
         .route("/v1/runs/{id}", get(handlers::run.layer(read.clone())))
+        .route("/v1/runs/{id}/approve", post(runs::approve.layer(operate.clone())))
+        .route("/v1/runs/{id}/reject", post(runs::reject.layer(operate.clone())))
         .route("/v1/events", get(events::list.layer(read.clone())))
         .route("/v1/events/{seq}", get(events::one.layer(read.clone())))
         .route("/v1/journal/verify", post(journal::verify.layer(operate.clone())))
@@ -431,7 +442,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     ),
     paths(
         handlers::status, handlers::agents, handlers::agent, handlers::register, handlers::stop,
-        handlers::shutdown, handlers::runs, handlers::run,
+        handlers::shutdown, handlers::runs, handlers::run, runs::start, runs::approve, runs::reject,
         events::list, events::one, events::stream,
         journal::verify, journal::checkpoint, journal::inclusion, journal::consistency,
         journal::audit_export, journal::audit_verify,

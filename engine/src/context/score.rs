@@ -114,6 +114,12 @@ impl Scoring {
         self.per_type[t as usize]
     }
 
+    /// The largest type weight (an upper bound of any importance).
+    #[must_use]
+    pub fn max_weight(&self) -> f64 {
+        self.per_type.iter().map(|p| p.weight).fold(0.0, f64::max)
+    }
+
     /// The recency factor of `item` at `now_ms`.
     #[must_use]
     pub fn recency(&self, item: &Item, now_ms: u64) -> f64 {

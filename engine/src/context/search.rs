@@ -53,6 +53,8 @@ pub struct KeywordIndex {
     ids: HashMap<String, u32>,
     free: Vec<u32>,
     lens: Vec<u32>,
+    /// Each doc's distinct terms, so a removal touches only its postings.
+    terms_of: Vec<Vec<String>>,
     postings: HashMap<String, HashMap<u32, u32>>,
     total_len: u64,
     docs: u64,
@@ -85,15 +87,20 @@ impl KeywordIndex {
         } else {
             self.keys.push(key.clone());
             self.lens.push(0);
+            self.terms_of.push(Vec::new());
             u32::try_from(self.keys.len() - 1).expect("fewer than 4 billion items")
         };
         let len = u32::try_from(terms.len()).unwrap_or(u32::MAX);
         self.lens[doc as usize] = len;
         self.total_len += u64::from(len);
         self.docs += 1;
+        let mut distinct = terms.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
         for t in terms {
             *self.postings.entry(t).or_default().entry(doc).or_default() += 1;
         }
+        self.terms_of[doc as usize] = distinct;
         self.ids.insert(key, doc);
     }
 
@@ -102,10 +109,14 @@ impl KeywordIndex {
         let Some(doc) = self.ids.remove(key) else {
             return;
         };
-        self.postings.retain(|_, p| {
-            p.remove(&doc);
-            !p.is_empty()
-        });
+        for t in std::mem::take(&mut self.terms_of[doc as usize]) {
+            if let Some(p) = self.postings.get_mut(&t) {
+                p.remove(&doc);
+                if p.is_empty() {
+                    self.postings.remove(&t);
+                }
+            }
+        }
         self.total_len -= u64::from(self.lens[doc as usize]);
         self.docs -= 1;
         self.lens[doc as usize] = 0;
@@ -356,8 +367,15 @@ pub fn search(src: &Sources<'_>, gate: &mut ReadGate<'_>, q: &Query) -> Result<F
     if vectors.is_none() && matches!(mode, Mode::Similarity | Mode::Hybrid) {
         mode = Mode::Keyword;
     }
+    if mode == Mode::Keyword {
+        return Ok(Found {
+            hits: keyword_ranked(src, q, &mut allow),
+            mode: mode.name().to_owned(),
+            note,
+        });
+    }
     let relevance: Vec<(String, f32)> = match mode {
-        Mode::Keyword => normalize(src.keywords.scores(&q.text, &mut allow)),
+        Mode::Keyword => Vec::new(),
         Mode::Similarity => vectors.unwrap_or_default(),
         Mode::Hybrid => {
             let kw = normalize(src.keywords.scores(&q.text, &mut allow));
@@ -419,6 +437,58 @@ pub fn search(src: &Sources<'_>, gate: &mut ReadGate<'_>, q: &Query) -> Result<F
         mode: mode.name().to_owned(),
         note,
     })
+}
+
+/// Keyword search ranked without checking every match: candidates are
+/// taken in descending BM25 order and checked (scope, gate, filters) only
+/// until no unchecked one can beat the k-th result — a final score is at
+/// most relevance × (1 + the largest type weight), importance being at
+/// most the weight. Exact, and cheap when common terms match thousands.
+fn keyword_ranked(src: &Sources<'_>, q: &Query, allow: &mut dyn FnMut(&str) -> bool) -> Vec<Hit> {
+    let mut raw = src.keywords.scores(&q.text, &mut |_| true);
+    raw.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let bound = 1.0 + src.scoring.max_weight() as f32;
+    let mut best: Vec<(String, f32)> = Vec::new();
+    let mut top_raw = 0.0_f32;
+    for (key, rel) in raw {
+        if rel <= 0.0 {
+            break;
+        }
+        if best.len() == q.limit && best.last().is_some_and(|(_, kth)| rel * bound < *kth) {
+            break;
+        }
+        if !allow(&key) {
+            continue;
+        }
+        let Some(item) = src.store.item_by_key(&key) else {
+            continue;
+        };
+        top_raw = top_raw.max(rel);
+        let score = rel * (1.0 + src.scoring.importance(item, q.now_ms) as f32);
+        let at = best.partition_point(|(k, s)| *s > score || (*s == score && *k < key));
+        best.insert(at, (key, score));
+        best.truncate(q.limit);
+    }
+    best.into_iter()
+        .filter_map(|(key, score)| {
+            let item = src.store.item_by_key(&key)?;
+            let importance = src.scoring.importance(item, q.now_ms) as f32;
+            // Relevance relative to the best visible match.
+            let relevance = score / (1.0 + importance) / top_raw.max(f32::MIN_POSITIVE);
+            Some(Hit {
+                owner: item.owner.clone(),
+                id: item.id.clone(),
+                memory_type: item.memory_type.clone(),
+                level: item.level.clone(),
+                content: item.content.clone(),
+                stored_ms: item.stored_ms,
+                relevance,
+                importance,
+                score: relevance * (1.0 + importance),
+                key,
+            })
+        })
+        .collect()
 }
 
 /// Scales scores so the best is 1.

@@ -172,13 +172,21 @@ impl VectorIndex for ExactIndex {
         allow: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Vec<(String, f32)>, ContextError> {
         let q = normalized(query.to_vec());
-        let scored: Vec<(String, f32)> = self
+        // Score everything (no allocation per row), then check `allow` in
+        // descending score order until k rows pass.
+        let mut scored: Vec<(f32, &String)> = self
             .rows
             .iter()
-            .filter(|(key, (owner, _))| (owners.is_empty() || owners.contains(owner)) && allow(key))
-            .map(|(key, (_, v))| (key.clone(), dot(&q, v)))
+            .filter(|(_, (owner, _))| owners.is_empty() || owners.contains(owner))
+            .map(|(key, (_, v))| (dot(&q, v), key))
             .collect();
-        Ok(top_k(scored, k))
+        scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        Ok(scored
+            .into_iter()
+            .filter(|(_, key)| allow(key))
+            .take(k)
+            .map(|(s, key)| (key.clone(), s))
+            .collect())
     }
 
     fn len(&self) -> usize {

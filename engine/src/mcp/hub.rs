@@ -15,7 +15,7 @@ use rmcp::service::RunningService;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt as _};
 use serde_json::{Map, Value};
-use stele_journal::{Append, EventBody, Journal, StreamId};
+use stele_journal::{Append, EventBody, Journal, Reader, StreamId};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
@@ -107,7 +107,10 @@ pub struct McpHub {
 impl std::fmt::Debug for McpHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("McpHub")
-            .field("servers", &self.config.servers.iter().map(|s| &s.name).collect::<Vec<_>>())
+            .field(
+                "servers",
+                &self.config.servers.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
             .field("tool_verification", &self.config.tool_verification)
             .finish_non_exhaustive()
     }
@@ -132,9 +135,11 @@ impl McpHub {
             }
         }
         if config.max_concurrent_connections == 0 {
-            return Err(McpError::Config("max_concurrent_connections must be at least 1".into()));
+            return Err(McpError::Config(
+                "max_concurrent_connections must be at least 1".into(),
+            ));
         }
-        let pins = Self::read_pins(&journal)?;
+        let pins = Self::read_pins(&journal.reader())?;
         Ok(McpHub {
             config: config.clone(),
             journal,
@@ -151,8 +156,7 @@ impl McpHub {
     ///
     /// # Errors
     /// The journal cannot be read.
-    pub fn read_pins(journal: &Journal) -> Result<Pins, McpError> {
-        let reader = journal.reader();
+    pub fn read_pins(reader: &Reader) -> Result<Pins, McpError> {
         let mut pins = Pins::default();
         for e in reader.stream(&stream(PIN_STREAM)?, stele_journal::Seq(1)) {
             pins.apply(&e?);
@@ -178,14 +182,39 @@ impl McpHub {
     /// `domain` has no pin, or the journal refused the fact.
     pub async fn unpin(&self, domain: &str, reason: &str) -> Result<String, McpError> {
         let mut pins = self.pins.lock().await;
+        let fingerprint = Self::unpin_from(&self.journal, &pins, domain, reason).await?;
+        pins.domains.remove(domain);
+        Ok(fingerprint)
+    }
+
+    /// [`unpin`](Self::unpin) without a hub: the pins are read from
+    /// `journal` (for `stele mcp unpin`, which starts no server).
+    ///
+    /// # Errors
+    /// As [`unpin`](Self::unpin).
+    pub async fn unpin_in(journal: &Journal, domain: &str, reason: &str) -> Result<String, McpError> {
+        let pins = Self::read_pins(&journal.reader())?;
+        Self::unpin_from(journal, &pins, domain, reason).await
+    }
+
+    async fn unpin_from(
+        journal: &Journal,
+        pins: &Pins,
+        domain: &str,
+        reason: &str,
+    ) -> Result<String, McpError> {
         let Some(pin) = pins.domains.get(domain).cloned() else {
             let known: Vec<&str> = pins.domains.keys().map(String::as_str).collect();
             return Err(McpError::Config(format!(
                 "no key is pinned for domain {domain:?} (pinned: {})",
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
             )));
         };
-        self.journal
+        journal
             .append(Append {
                 stream: stream(PIN_STREAM)?,
                 cause: None,
@@ -196,7 +225,6 @@ impl McpHub {
                 },
             })
             .await?;
-        pins.domains.remove(domain);
         Ok(pin.fingerprint)
     }
 
@@ -262,7 +290,9 @@ impl McpHub {
                 Ok(t) => specs.extend(
                     t.tools
                         .iter()
-                        .filter(|o| o.accepted && patterns.iter().any(|p| crate::tools::glob_match(p, &o.qualified)))
+                        .filter(|o| {
+                            o.accepted && patterns.iter().any(|p| crate::tools::glob_match(p, &o.qualified))
+                        })
                         .map(|o| ToolSpec {
                             name: o.qualified.clone(),
                             description: o.description.clone(),
@@ -308,12 +338,19 @@ impl McpHub {
                 Some(Arc::new(std::sync::Mutex::new(Vec::new()))),
             ),
             (None, Some(url)) => (url.clone(), None),
-            (None, None) => return Err(McpError::Config(format!("server {server} has neither command nor url"))),
+            (None, None) => {
+                return Err(McpError::Config(format!(
+                    "server {server} has neither command nor url"
+                )));
+            }
         };
         let fail = |reason: String, tail: Option<&Arc<std::sync::Mutex<Vec<u8>>>>| {
             let mut reason = reason;
-            if let Some(t) = tail.and_then(|t| t.lock().ok().map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
-                && !t.is_empty()
+            if let Some(t) = tail.and_then(|t| {
+                t.lock()
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            }) && !t.is_empty()
             {
                 reason = format!("{reason}; its stderr ends: {t}");
             }
@@ -323,6 +360,8 @@ impl McpHub {
                 reason,
             }
         };
+        let stderr_reader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>> =
+            std::sync::Mutex::new(None);
         let started = async {
             match (&config.command, &config.url) {
                 (Some(cmd), _) => {
@@ -333,7 +372,7 @@ impl McpHub {
                         .spawn()
                         .map_err(|e| format!("starting {cmd}: {e}"))?;
                     if let (Some(mut err), Some(tail)) = (stderr, stderr_tail.clone()) {
-                        tokio::spawn(async move {
+                        let reader = tokio::spawn(async move {
                             let mut buf = [0u8; 1024];
                             while let Ok(n) = err.read(&mut buf).await {
                                 if n == 0 {
@@ -346,6 +385,9 @@ impl McpHub {
                                 }
                             }
                         });
+                        if let Ok(mut r) = stderr_reader.lock() {
+                            *r = Some(reader);
+                        }
                     }
                     ().serve(transport).await.map_err(|e| format!("initialize: {e}"))
                 }
@@ -356,15 +398,25 @@ impl McpHub {
                 (None, None) => Err("neither command nor url".to_owned()),
             }
         };
-        let service = tokio::time::timeout(connect_timeout, started)
-            .await
-            .map_err(|_| {
-                fail(
-                    format!("no answer to initialize within {} s", connect_timeout.as_secs()),
-                    stderr_tail.as_ref(),
-                )
-            })?
-            .map_err(|e| fail(e, stderr_tail.as_ref()))?;
+        let connected = match tokio::time::timeout(connect_timeout, started).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no answer to initialize within {} s",
+                connect_timeout.as_secs()
+            )),
+        };
+        let service = match connected {
+            Ok(service) => service,
+            Err(reason) => {
+                // What the program said before it failed: its stderr, read to
+                // its end (bounded wait).
+                let reader = stderr_reader.lock().ok().and_then(|mut r| r.take());
+                if let Some(reader) = reader {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), reader).await;
+                }
+                return Err(fail(reason, stderr_tail.as_ref()));
+            }
+        };
         let info = service
             .peer_info()
             .and_then(|i| serde_json::to_value(&*i).ok())
@@ -527,7 +579,10 @@ impl McpHub {
         McpError::Request {
             server: server.to_owned(),
             request: request.to_owned(),
-            reason: format!("no answer within {} s ([mcp] call_timeout_s)", self.call_timeout().as_secs()),
+            reason: format!(
+                "no answer within {} s ([mcp] call_timeout_s)",
+                self.call_timeout().as_secs()
+            ),
         }
     }
 
@@ -595,7 +650,10 @@ impl McpHub {
         );
         if let Some(ctx) = request.context.as_object_mut() {
             ctx.insert("mcp_server".into(), Value::String(server.to_owned()));
-            ctx.insert("mcp_verification".into(), Value::String(offered.status.name().to_owned()));
+            ctx.insert(
+                "mcp_verification".into(),
+                Value::String(offered.status.name().to_owned()),
+            );
         }
         let decision = self.gate.decide(&request);
         let mut detail = decision.verdict.detail();
@@ -616,7 +674,9 @@ impl McpHub {
         )
         .await?;
         let arguments = match (&decision.verdict, approval) {
-            (Verdict::Allow, _) | (Verdict::RequireApproval { .. }, Approval::Obtained) => arguments.to_owned(),
+            (Verdict::Allow, _) | (Verdict::RequireApproval { .. }, Approval::Obtained) => {
+                arguments.to_owned()
+            }
             (Verdict::AllowWithConditions { conditions }, _) => {
                 crate::reasoning::apply_conditions(arguments, conditions)
             }
@@ -661,7 +721,9 @@ impl McpHub {
             }
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let result = result.map(|t| bounded(&t, MAX_OUTPUT_BYTES)).map_err(|t| bounded(&t, MAX_OUTPUT_BYTES));
+        let result = result
+            .map(|t| bounded(&t, MAX_OUTPUT_BYTES))
+            .map_err(|t| bounded(&t, MAX_OUTPUT_BYTES));
         let (ok, output) = match &result {
             Ok(t) => (true, t.clone()),
             Err(t) => (false, t.clone()),
@@ -731,6 +793,36 @@ impl McpHub {
         result
     }
 
+    /// One `tools/call` straight to the server — no gate, no journal —
+    /// for benches: the round trip as the client sees it, and the
+    /// server's own time when its answer's `_meta.server_ns` reports one.
+    ///
+    /// # Errors
+    /// Unknown server, connection or request failure.
+    #[allow(clippy::disallowed_methods)] // a bench probe measures the round trip
+    pub async fn probe(
+        &self,
+        server: &str,
+        tool: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<(Duration, Option<u64>), McpError> {
+        let conn = self.connection(server).await?;
+        let mut params = CallToolRequestParams::new(tool.to_owned());
+        params.arguments = Some(arguments);
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(self.call_timeout(), conn.service.call_tool(params))
+            .await
+            .map_err(|_| self.timed_out(server, &format!("tools/call {tool}")))?
+            .map_err(|e| McpError::Request {
+                server: server.to_owned(),
+                request: format!("tools/call {tool}"),
+                reason: e.to_string(),
+            })?;
+        let rtt = started.elapsed();
+        let value = serde_json::to_value(&r).unwrap_or(Value::Null);
+        Ok((rtt, value["_meta"]["server_ns"].as_u64()))
+    }
+
     /// Closes every connection (stops the server programs).
     pub async fn close(&self) {
         let conns = std::mem::take(&mut *self.connections.lock().await);
@@ -791,7 +883,8 @@ mod tests {
 
     #[test]
     fn result_text_takes_text_blocks_then_structured_content() {
-        let v = serde_json::json!({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]});
+        let v =
+            serde_json::json!({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]});
         assert_eq!(result_text(&v), "a\nb");
         let v = serde_json::json!({"content": [], "structuredContent": {"x": 1}});
         assert_eq!(result_text(&v), r#"{"x":1}"#);

@@ -62,7 +62,9 @@ pub fn split_tool_name(name: &str) -> Option<(&str, &str)> {
 #[must_use]
 pub fn offerable_name(server: &str, tool: &str) -> bool {
     !tool.is_empty()
-        && tool.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && tool
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         && tool_name(server, tool).len() <= 64
 }
 

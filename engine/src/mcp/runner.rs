@@ -51,7 +51,8 @@ impl McpTools {
                 call.name
             ));
         }
-        let (server, tool) = split_tool_name(&call.name).ok_or_else(|| format!("{:?} is not an MCP tool", call.name))?;
+        let (server, tool) =
+            split_tool_name(&call.name).ok_or_else(|| format!("{:?} is not an MCP tool", call.name))?;
         let caller = Caller {
             agent: self.agent.clone(),
             priority: self.priority.clone(),
@@ -102,4 +103,41 @@ impl ToolRunner for McpTools {
     fn clock_ms(&self) -> u64 {
         self.inner.clock_ms()
     }
+}
+
+/// Offers a run the MCP tools its agent's profile selects: discovers (and
+/// verifies, and journals) the servers the profile can reach, appends
+/// their accepted tools to `spec.tools`, and puts an [`McpTools`] in front
+/// of `inner`. Servers that fail are left out and returned beside (the run
+/// goes on without their tools). A hub without servers changes nothing.
+pub async fn attach(
+    hub: Arc<McpHub>,
+    def: &crate::agent::AgentDefinition,
+    spec: &mut crate::orga::RunSpec,
+    inner: Arc<dyn ToolRunner>,
+) -> (Arc<dyn ToolRunner>, Vec<super::McpError>) {
+    let crate::agent::Runs::Reasoning { tools, .. } = &def.runs else {
+        return (inner, Vec::new());
+    };
+    if hub.servers().is_empty() {
+        return (inner, Vec::new());
+    }
+    // The same profile `reasoning::spec_for` applies to the built-in tools.
+    let patterns = if tools.is_empty() {
+        vec!["*".to_owned()]
+    } else {
+        tools.clone()
+    };
+    let (specs, failed) = hub.specs(&patterns).await;
+    let offered: BTreeSet<String> = specs.iter().map(|s| s.name.clone()).collect();
+    spec.tools.extend(specs);
+    let runner = McpTools {
+        hub,
+        agent: def.name.clone(),
+        priority: format!("{:?}", def.priority).to_lowercase(),
+        run: spec.run.clone(),
+        offered,
+        inner,
+    };
+    (Arc::new(runner), failed)
 }

@@ -92,7 +92,9 @@ pub struct Key {
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Key").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
+        f.debug_struct("Key")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -294,7 +296,10 @@ pub fn assess(pins: &Pins, domain: &str, tool: &Value, mode: ToolVerification) -
     }
     match pins.domains.get(domain) {
         None => {
-            let detail = format!("signed by {}; first key seen for {domain}, pinned now", key.fingerprint);
+            let detail = format!(
+                "signed by {}; first key seen for {domain}, pinned now",
+                key.fingerprint
+            );
             done(Status::FirstUse, Some(key), detail)
         }
         Some(pin) if pin.fingerprint == key.fingerprint => {
@@ -330,7 +335,14 @@ mod tests {
 
     #[test]
     fn status_names_round_trip() {
-        for s in ["verified", "first_use", "unsigned", "key_changed", "invalid_signature", "bad_key"] {
+        for s in [
+            "verified",
+            "first_use",
+            "unsigned",
+            "key_changed",
+            "invalid_signature",
+            "bad_key",
+        ] {
             assert_eq!(Status::from_name(s).map(Status::name), Some(s));
         }
         assert!(Status::FirstUse.accepted(ToolVerification::Strict));

@@ -1,0 +1,623 @@
+//! Reasoning runs inside `stele up`: the [`Desk`] drives them as tokio
+//! tasks of the daemon on the journal it owns, with one Cedar policy gate
+//! loaded when the daemon starts (`stele up --policies`).
+//!
+//! - A scheduler task of a `[runs] kind = "reasoning"` agent begins a run
+//!   (its input says what triggered it) and ends when the run finishes or
+//!   parks on an approval; the core hears that as the task's exit.
+//! - `POST /v1/runs` begins a run outside the scheduler (as `stele run`
+//!   does without a daemon); approvals and rejections (`POST
+//!   /v1/runs/{id}/approve|reject`) continue a parked run here too.
+//! - Every parked run with an approval timeout has a timer; when it fires
+//!   the approval is rejected by the timeout (approver `expired`), as the
+//!   CLI does on touch.
+//! - A stop cancels a drive: the drive is dropped, the append it had in
+//!   flight completes, and the run is rebuilt from the journal and ended
+//!   `cancelled` (its saga rolled back), so the cancellation is journaled.
+//!
+//! One drive per run at a time: a run being driven is *claimed*; a
+//! decision on it is refused until it settles. Not here: the HTTP shapes
+//! (`crate::http::runs`), the scheduler (`stele_engine::runtime`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use stele_engine::AgentDefinition;
+use stele_engine::policy::PolicyGate;
+use stele_engine::reasoning::{self, Driver, Resumed, Sink, Stop};
+use stele_journal::{Append, EventBody, Journal, StreamId};
+use stele_projections::{RunsView, SnapshotStore, state_at};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::run_cmd;
+
+/// How long a timer waits again when the run it would expire is being
+/// driven (a decision or a drive is in progress).
+const EXPIRY_RETRY: Duration = Duration::from_millis(250);
+
+/// A cancellation signal: `Some(reason)` once a stop was asked for.
+pub type Cancel = Arc<watch::Sender<Option<String>>>;
+
+/// A fresh, not yet fired cancellation signal.
+#[must_use]
+pub fn cancel_signal() -> Cancel {
+    Arc::new(watch::channel(None).0)
+}
+
+/// Where a drive left its run.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The run.
+    pub run: String,
+    /// `completed`, `failed`, … `cancelled`, or `awaiting_approval`.
+    pub outcome: String,
+    /// The answer or the error (empty while parked).
+    pub answer: String,
+    /// Steps taken.
+    pub steps: u32,
+    /// Calls waiting for a human, with the reason.
+    pub awaiting: Vec<(String, String)>,
+}
+
+impl Settled {
+    fn of(stop: &Stop) -> Settled {
+        match stop {
+            Stop::Finished(f) => Settled {
+                run: f.run.clone(),
+                outcome: f.outcome.clone(),
+                answer: f.answer.clone(),
+                steps: f.steps,
+                awaiting: Vec::new(),
+            },
+            Stop::Parked(p) => Settled {
+                run: p.run().to_owned(),
+                outcome: "awaiting_approval".into(),
+                answer: String::new(),
+                steps: p.step(),
+                awaiting: p.awaiting(),
+            },
+        }
+    }
+
+    /// One line saying where the run stands (a task's output).
+    #[must_use]
+    pub fn summary(&self) -> String {
+        if self.awaiting.is_empty() {
+            format!(
+                "{} {} after {} steps: {}",
+                self.run,
+                self.outcome,
+                self.steps,
+                stele_engine::orga::bounded(&self.answer, 400)
+            )
+        } else {
+            let calls: Vec<String> = self.awaiting.iter().map(|(c, r)| format!("{c} ({r})")).collect();
+            format!("{} awaits approval of {}", self.run, calls.join(", "))
+        }
+    }
+}
+
+/// Why a decision was not taken.
+#[derive(Debug)]
+pub enum DecideError {
+    /// The run is being driven right now (not parked).
+    Busy(String),
+    /// The run is unknown, not parked on that call, or its approval expired.
+    Refused(anyhow::Error),
+}
+
+/// Appends a run's facts to `run:<id>`; an append, once begun, completes
+/// even when the drive that asked for it is dropped, and [`Desk`] waits
+/// for it (the write lock) before it ends a cancelled run.
+#[derive(Clone)]
+struct DaemonSink {
+    journal: Journal,
+    stream: StreamId,
+    write: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Sink for DaemonSink {
+    fn record<'a>(
+        &'a mut self,
+        facts: Vec<EventBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            if facts.is_empty() {
+                return Ok(());
+            }
+            let guard = Arc::clone(&self.write).lock_owned().await;
+            let appends: Vec<Append> = facts
+                .into_iter()
+                .map(|body| Append {
+                    stream: self.stream.clone(),
+                    cause: None,
+                    body,
+                })
+                .collect();
+            let journal = self.journal.clone();
+            let append = tokio::spawn(async move {
+                let r = journal.append_many(appends).await;
+                drop(guard);
+                r
+            });
+            match append.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("the append task failed: {e}")),
+            }
+        })
+    }
+}
+
+struct Claim {
+    cancel: Cancel,
+    /// Begun by a scheduler task (the core counts those itself).
+    task: bool,
+}
+
+struct Inner {
+    data: PathBuf,
+    journal: Journal,
+    policies: PathBuf,
+    /// The policy set, or why it did not load.
+    gate: Result<Arc<PolicyGate>, String>,
+    /// Held from choosing a run id until its `RunStarted` is durable.
+    begin: tokio::sync::Mutex<()>,
+    /// Runs being driven, by id.
+    claimed: Mutex<HashMap<String, Claim>>,
+    /// Approval timers, by run.
+    timers: Mutex<HashMap<String, AbortHandle>>,
+}
+
+/// The daemon's reasoning runs (cheap to clone).
+#[derive(Clone)]
+pub struct Desk(Arc<Inner>);
+
+impl std::fmt::Debug for Desk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desk")
+            .field("policies", &self.0.policies)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these maps leaves them consistent (single inserts/removes).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Desk {
+    /// The desk of the daemon on `data`, with the policies of `policies`
+    /// compiled once (or why they did not load: then every run is refused
+    /// with that reason).
+    #[must_use]
+    pub fn new(data: &Path, journal: Journal, policies: &Path, gate: Result<Arc<PolicyGate>, String>) -> Desk {
+        Desk(Arc::new(Inner {
+            data: data.to_owned(),
+            journal,
+            policies: policies.to_owned(),
+            gate,
+            begin: tokio::sync::Mutex::new(()),
+            claimed: Mutex::new(HashMap::new()),
+            timers: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn gate(&self) -> Result<Arc<PolicyGate>> {
+        match &self.0.gate {
+            Ok(g) => Ok(Arc::clone(g)),
+            Err(e) => bail!(
+                "no policy set is loaded, so reasoning runs cannot be checked: {e} (start `stele up --policies DIR`)"
+            ),
+        }
+    }
+
+    fn sink(&self, run: &str, write: &Arc<tokio::sync::Mutex<()>>) -> Result<DaemonSink> {
+        Ok(DaemonSink {
+            journal: self.0.journal.clone(),
+            stream: StreamId::new(format!("run:{run}"))?,
+            write: Arc::clone(write),
+        })
+    }
+
+    /// Whether `run` is being driven now.
+    #[must_use]
+    pub fn driving(&self, run: &str) -> bool {
+        lock(&self.0.claimed).contains_key(run)
+    }
+
+    /// Runs being driven that no scheduler task owns (HTTP starts,
+    /// continuations after a decision).
+    #[must_use]
+    pub fn detached(&self) -> usize {
+        lock(&self.0.claimed).values().filter(|c| !c.task).count()
+    }
+
+    /// Cancels every detached drive (a shutdown).
+    pub fn cancel_detached(&self, reason: &str) {
+        for c in lock(&self.0.claimed).values().filter(|c| !c.task) {
+            c.cancel.send_replace(Some(reason.to_owned()));
+        }
+    }
+
+    /// Stops the timers (the daemon ends).
+    pub fn disarm_all(&self) {
+        for (_, t) in lock(&self.0.timers).drain() {
+            t.abort();
+        }
+    }
+
+    /// The registered definition of `agent`, or the one in `source`
+    /// (registered first unless the same text is registered).
+    ///
+    /// # Errors
+    /// No such agent, or a definition that does not parse.
+    pub async fn definition(&self, agent: &str, source: Option<&str>) -> Result<AgentDefinition> {
+        let path = Path::new("(request definition)");
+        run_cmd::definition_async(
+            &self.0.data,
+            &self.0.journal,
+            agent,
+            source.map(|s| (path, s)),
+        )
+        .await
+    }
+
+    /// Begins a run of `def` on `input` and drives it in a tokio task; the
+    /// id is known (and `RunStarted` durable) when this returns. The
+    /// handle yields where the drive left the run. `task`: begun for a
+    /// scheduler task, whose `cancel` the core fires on a stop.
+    ///
+    /// # Errors
+    /// The agent is not a reasoning agent, its provider or tools cannot be
+    /// set up, or the journal refused `RunStarted`.
+    pub async fn start(
+        &self,
+        def: AgentDefinition,
+        input: String,
+        cancel: Cancel,
+        task: bool,
+    ) -> Result<(String, tokio::task::JoinHandle<Result<Settled>>)> {
+        let begun = {
+            let _one_at_a_time = self.0.begin.lock().await;
+            run_cmd::begin(
+                &self.0.data,
+                &self.0.journal,
+                &def,
+                &input,
+                self.gate()?,
+                &self.0.policies,
+            )
+            .await?
+        };
+        let run = begun.run.clone();
+        match self.claim(&run, cancel.clone(), task) {
+            Ok(()) => {}
+            Err(DecideError::Busy(m)) => bail!("{m}"),
+            Err(DecideError::Refused(e)) => return Err(e),
+        }
+        let desk = self.clone();
+        let handle = tokio::spawn(async move {
+            let write = Arc::new(tokio::sync::Mutex::new(()));
+            let mut sink = desk.sink(&begun.run, &write)?;
+            let driver = begun.driver;
+            let lp = begun.lp;
+            let knowledge = begun.knowledge;
+            let input = begun.input;
+            let run = begun.run;
+            let drive = async {
+                let stop = driver.drive(lp, &mut sink).await?;
+                crate::context_cmd::learned_async(&knowledge, &stop, &input).await;
+                Ok(stop)
+            };
+            desk.guarded(&run, &def, &driver, &write, cancel, drive).await
+        });
+        Ok((run, handle))
+    }
+
+    fn claim(&self, run: &str, cancel: Cancel, task: bool) -> Result<(), DecideError> {
+        let mut claimed = lock(&self.0.claimed);
+        if claimed.contains_key(run) {
+            return Err(DecideError::Busy(format!(
+                "{run} is being driven now (not parked); wait until it parks or finishes"
+            )));
+        }
+        claimed.insert(run.to_owned(), Claim { cancel, task });
+        Ok(())
+    }
+
+    fn release(&self, run: &str) {
+        lock(&self.0.claimed).remove(run);
+    }
+
+    /// Drives `work` until it settles or `cancel` fires; a cancelled run is
+    /// ended `cancelled` from its journaled facts. Releases the claim and
+    /// arms the approval timer of a parked run.
+    async fn guarded(
+        &self,
+        run: &str,
+        def: &AgentDefinition,
+        driver: &Driver,
+        write: &Arc<tokio::sync::Mutex<()>>,
+        cancel: Cancel,
+        work: impl Future<Output = Result<Stop, String>>,
+    ) -> Result<Settled> {
+        let mut stopped = cancel.subscribe();
+        let outcome = tokio::select! {
+            r = work => Ok(r),
+            reason = stopped.wait_for(Option::is_some) => {
+                Err(reason.ok().and_then(|r| r.clone()).unwrap_or_else(|| "stopped".into()))
+            }
+        };
+        let settled = match outcome {
+            Ok(r) => r
+                .map(|s| Settled::of(&s))
+                .map_err(|e| anyhow::anyhow!("{run}: {e}")),
+            Err(reason) => self.end_cancelled(run, def, driver, write, &reason).await,
+        };
+        self.release(run);
+        if let Ok(s) = &settled
+            && !s.awaiting.is_empty()
+        {
+            self.arm(run);
+        }
+        settled
+    }
+
+    /// Ends a run whose drive was dropped: waits for the append it had in
+    /// flight, rebuilds it and records its cancellation.
+    async fn end_cancelled(
+        &self,
+        run: &str,
+        def: &AgentDefinition,
+        driver: &Driver,
+        write: &Arc<tokio::sync::Mutex<()>>,
+        reason: &str,
+    ) -> Result<Settled> {
+        drop(write.lock().await);
+        let events = run_cmd::run_events(&self.0.journal.reader(), run)?;
+        let spec = run_cmd::spec(def, run)?;
+        let resumed = reasoning::resume(spec, &events).map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?;
+        let finished = match resumed {
+            Resumed::Reasoning(lp) => lp.cancel(reason),
+            Resumed::Parked(p) => p.cancel(reason),
+            Resumed::Interrupted(d) => d.cancel(reason),
+            Resumed::Finished => return self.settled_from_view(run),
+        };
+        let mut sink = self.sink(run, write)?;
+        let stop = driver
+            .finish(finished, &mut sink)
+            .await
+            .map_err(|e| anyhow::anyhow!("{run}: {e}"))?;
+        Ok(Settled::of(&stop))
+    }
+
+    fn settled_from_view(&self, run: &str) -> Result<Settled> {
+        let reader = self.0.journal.reader();
+        let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?.state;
+        let view = runs.runs.get(run).with_context(|| format!("no run named {run}"))?;
+        Ok(Settled {
+            run: run.to_owned(),
+            outcome: view.outcome.clone().unwrap_or_else(|| view.state.clone()),
+            answer: view.answer.clone().unwrap_or_default(),
+            steps: view.step,
+            awaiting: view.awaiting.iter().map(|(c, r)| (c.clone(), r.clone())).collect(),
+        })
+    }
+
+    /// Decides `call` of parked run `run` and continues the run in a tokio
+    /// task (a detached drive); returns once the decision is checked.
+    ///
+    /// # Errors
+    /// The run is being driven, or the decision is refused (unknown run,
+    /// not awaiting that call, the approval expired).
+    pub async fn decide(
+        &self,
+        run: &str,
+        call: &str,
+        approved: bool,
+        approver: &str,
+        reason: &str,
+    ) -> Result<(), DecideError> {
+        let cancel = cancel_signal();
+        self.claim(run, cancel.clone(), false)?;
+        let prepared = async {
+            let (driver, parked) = run_cmd::prepare_decision(
+                &self.0.data,
+                &self.0.journal,
+                run,
+                call,
+                self.gate()?,
+            )
+            .await?;
+            let view_agent = {
+                let reader = self.0.journal.reader();
+                let runs =
+                    state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?.state;
+                runs.runs.get(run).map(|v| v.agent.clone()).unwrap_or_default()
+            };
+            let def = self.definition(&view_agent, None).await?;
+            anyhow::Ok((driver, parked, def))
+        }
+        .await;
+        let (driver, parked, def) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.release(run);
+                // What an expiry found is journaled: its timer may be re-armed.
+                self.arm(run);
+                return Err(DecideError::Refused(e));
+            }
+        };
+        let desk = self.clone();
+        let (run, call, approver, reason) = (
+            run.to_owned(),
+            call.to_owned(),
+            approver.to_owned(),
+            reason.to_owned(),
+        );
+        tokio::spawn(async move {
+            let write = Arc::new(tokio::sync::Mutex::new(()));
+            let mut sink = match desk.sink(&run, &write) {
+                Ok(s) => s,
+                Err(e) => {
+                    desk.release(&run);
+                    eprintln!("stele up: {run}: {e:#}");
+                    return;
+                }
+            };
+            let work = driver.decide(parked, &call, approved, &approver, &reason, &mut sink);
+            if let Err(e) = desk.guarded(&run, &def, &driver, &write, cancel, work).await {
+                eprintln!("stele up: {run}: {e:#}");
+            }
+        });
+        Ok(())
+    }
+
+    /// Arms the approval timer of every parked run (daemon start).
+    ///
+    /// # Errors
+    /// The runs view cannot be folded.
+    pub fn arm_parked(&self) -> Result<()> {
+        let reader = self.0.journal.reader();
+        let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?.state;
+        for (run, view) in &runs.runs {
+            if !view.awaiting.is_empty() {
+                self.arm(run);
+            }
+        }
+        Ok(())
+    }
+
+    /// (Re)arms the timer of `run`'s earliest approval deadline, if any.
+    fn arm(&self, run: &str) {
+        let deadline = match run_cmd::run_events(&self.0.journal.reader(), run) {
+            Ok(events) => reasoning::next_approval_deadline(&events),
+            Err(e) => {
+                eprintln!("stele up: {run}: reading its approvals: {e:#}");
+                None
+            }
+        };
+        let mut timers = lock(&self.0.timers);
+        if let Some(old) = timers.remove(run) {
+            old.abort();
+        }
+        let Some(deadline_ms) = deadline else {
+            return;
+        };
+        let desk = self.clone();
+        let name = run.to_owned();
+        let handle = tokio::spawn(async move {
+            let wait = deadline_ms.saturating_sub(run_cmd::now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            desk.expire(&name).await;
+        });
+        timers.insert(run.to_owned(), handle.abort_handle());
+    }
+
+    /// Rejects `run`'s timed-out approvals (a timer fired) and lets the run
+    /// go on in a detached drive.
+    async fn expire(&self, run: &str) {
+        loop {
+            let cancel = cancel_signal();
+            if self.claim(run, cancel.clone(), false).is_ok() {
+                if let Err(e) = self.expire_claimed(run, cancel).await {
+                    eprintln!("stele up: {run}: resolving timed-out approvals: {e:#}");
+                    self.release(run);
+                }
+                return;
+            }
+            tokio::time::sleep(EXPIRY_RETRY).await;
+        }
+    }
+
+    async fn expire_claimed(&self, run: &str, cancel: Cancel) -> Result<()> {
+        {
+            let reader = self.0.journal.reader();
+            let events = run_cmd::run_events(&reader, run)?;
+            let expired = reasoning::expired_approvals(&events, run_cmd::now_ms());
+            if expired.is_empty() {
+                self.release(run);
+                self.arm(run);
+                return Ok(());
+            }
+            let runs =
+                state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?.state;
+            let agent = runs
+                .runs
+                .get(run)
+                .map(|v| v.agent.clone())
+                .with_context(|| format!("no run named {run}"))?;
+            let def = self.definition(&agent, None).await?;
+            let mut parked = match reasoning::resume(run_cmd::spec(&def, run)?, &events)
+                .map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?
+            {
+                Resumed::Parked(p) => p,
+                _ => bail!("{run} has approvals that timed out but is not parked"),
+            };
+            let (driver, _) = run_cmd::driver_with(&def, self.gate()?)?;
+            let desk = self.clone();
+            let run = run.to_owned();
+            tokio::spawn(async move {
+                let write = Arc::new(tokio::sync::Mutex::new(()));
+                let Ok(mut sink) = desk.sink(&run, &write) else {
+                    desk.release(&run);
+                    return;
+                };
+                let work = async {
+                    for (call, why) in expired {
+                        eprintln!("stele up: {run}: {call} {why}");
+                        match driver
+                            .decide(parked, &call, false, "expired", &why, &mut sink)
+                            .await?
+                        {
+                            Stop::Parked(p) => parked = p,
+                            other => return Ok(other),
+                        }
+                    }
+                    Ok(Stop::Parked(parked))
+                };
+                if let Err(e) = desk.guarded(&run, &def, &driver, &write, cancel, work).await {
+                    eprintln!("stele up: {run}: {e:#}");
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Where a scheduler task of a reasoning agent stands, for the core.
+#[derive(Debug)]
+pub enum TaskEnd {
+    /// The drive settled (finished, parked or cancelled).
+    Settled(Settled),
+    /// The drive failed (the journal refused its facts).
+    Failed(String),
+}
+
+/// What a reasoning agent's scheduled run gets as input: what triggered it,
+/// and for an event trigger the event itself (its kind, stream and body as
+/// JSON).
+#[must_use]
+pub fn trigger_input(journal: &Journal, agent: &str, task: &str, trigger: Option<&str>) -> String {
+    let Some(trigger) = trigger else {
+        return format!("scheduled run {task} of agent {agent}");
+    };
+    if let Some(seq) = trigger.strip_prefix("event ").and_then(|s| s.parse::<u64>().ok())
+        && let Ok(Some(e)) = journal.reader().get(stele_journal::Seq(seq))
+        && let Ok(ev) = e.to_event()
+    {
+        let body = serde_json::to_string(&ev.body).unwrap_or_default();
+        return format!(
+            "run {task} of agent {agent}, triggered by event {seq} on stream {}: {body}",
+            e.stream()
+        );
+    }
+    format!("run {task} of agent {agent}, triggered by {trigger}")
+}

@@ -1,0 +1,564 @@
+//! The MCP client through the binary, against real servers: the reference
+//! servers from the npm registry (`server-everything`, `server-filesystem`,
+//! run with node; `scripts/test.sh` installs them and exports
+//! `STELE_TEST_MCP_BIN`) and our signed test server
+//! (`fixtures/mcp/signed_server.py`) for the SchemaPin cases — pinned key
+//! ok, key changed, schema tampered, unsigned under strict and warn — the
+//! Cedar gate on each call, a reasoning run calling an MCP tool and its
+//! replay, and every step in the journal.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::{Run, run_bounded};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The npm servers' bin directory; fails loudly when absent.
+fn npm_bin(name: &str) -> String {
+    let dir = std::env::var("STELE_TEST_MCP_BIN").unwrap_or_else(|_| {
+        panic!(
+            "STELE_TEST_MCP_BIN is not set: run scripts/test.sh, or install the MCP servers with \
+             `npm install --prefix /var/tmp/stele-mcp @modelcontextprotocol/server-filesystem@2026.8.31 \
+             @modelcontextprotocol/server-everything@2026.8.31` and export \
+             STELE_TEST_MCP_BIN=/var/tmp/stele-mcp/node_modules/.bin"
+        )
+    });
+    let path = Path::new(&dir).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing (STELE_TEST_MCP_BIN={dir})",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+fn signed_server(key: &str, mode: &str) -> String {
+    format!(
+        "[[mcp.servers]]\nname = \"signed\"\ncommand = \"python3\"\nargs = [{:?}]\ndomain = \"tools.example\"\nenv = {{ SCHEMAPIN_KEY = {key:?}, SCHEMAPIN_MODE = {mode:?} }}\n",
+        root().join("fixtures/mcp/signed_server.py").display().to_string()
+    )
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(verification: &str, servers: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Setup {
+            data: dir.path().join("data"),
+            config: dir.path().join("stele.toml"),
+            dir,
+        };
+        s.configure(verification, servers);
+        s
+    }
+
+    fn configure(&self, verification: &str, servers: &str) {
+        std::fs::write(
+            &self.config,
+            format!("[mcp]\ntool_verification = {verification:?}\nconnection_timeout_s = 15\ncall_timeout_s = 15\n\n{servers}"),
+        )
+        .expect("config");
+    }
+
+    fn stele(&self, args: &[&str]) -> Run {
+        let mut all = vec![
+            "--data",
+            self.data.to_str().expect("utf8"),
+            "--config",
+            self.config.to_str().expect("utf8"),
+        ];
+        all.extend_from_slice(args);
+        let r = run_bounded(&all);
+        r.no_panic(&args.join(" "));
+        r
+    }
+
+    fn policies(&self) -> String {
+        root().join("fixtures/mcp/policies").display().to_string()
+    }
+
+    /// `stele mcp list --json`: each server's JSON.
+    fn list(&self) -> Vec<Value> {
+        let p = self.policies();
+        let r = self.stele(&["mcp", "list", "--json", "--policies", &p]);
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("list JSON ({e}): {r:?}"))
+    }
+
+    fn call(&self, server: &str, tool: &str, args: &str, priority: &str) -> Run {
+        let p = self.policies();
+        self.stele(&[
+            "mcp",
+            "call",
+            server,
+            tool,
+            "--args",
+            args,
+            "--priority",
+            priority,
+            "--json",
+            "--policies",
+            &p,
+        ])
+    }
+
+    fn events(&self) -> Vec<Value> {
+        let r = self.stele(&["events", "--json"]);
+        assert_eq!(r.code, Some(0), "{r:?}");
+        r.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event JSON"))
+            .collect()
+    }
+}
+
+fn kind<'a>(ev: &'a [Value], k: &str) -> Vec<&'a Value> {
+    ev.iter().filter(|e| e["body"]["kind"] == k).collect()
+}
+
+fn tool<'a>(server: &'a Value, name: &str) -> &'a Value {
+    server["tools"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no tool {name} in {server}"))
+}
+
+fn call_json(r: &Run) -> Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("call JSON ({e}): {r:?}"))
+}
+
+#[test]
+fn everything_server_lists_calls_and_reads_resources_all_journaled() {
+    let s = Setup::new(
+        "warn",
+        &format!(
+            "[[mcp.servers]]\nname = \"everything\"\ncommand = {:?}\n",
+            npm_bin("mcp-server-everything")
+        ),
+    );
+    let list = s.list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let echo = tool(&list[0], "echo");
+    assert_eq!(echo["qualified"], "mcp__everything__echo");
+    // The reference servers do not sign their schemas: offered under warn.
+    assert_eq!(echo["status"], "unsigned");
+    assert_eq!(echo["accepted"], true);
+
+    let r = s.call(
+        "everything",
+        "echo",
+        r#"{"message":"hello from stele"}"#,
+        "normal",
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let out = call_json(&r);
+    assert_eq!(out["ok"], true);
+    assert!(
+        out["output"].as_str().expect("text").contains("hello from stele"),
+        "{out}"
+    );
+
+    let r = s.stele(&["mcp", "resources", "everything", "--policies", &s.policies()]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let resources: Value = serde_json::from_str(&r.stdout).expect("resources JSON");
+    let first = resources.as_array().and_then(|a| a.first()).expect("a resource")["uri"]
+        .as_str()
+        .expect("uri")
+        .to_owned();
+    let r = s.stele(&[
+        "mcp",
+        "resources",
+        "everything",
+        "--read",
+        &first,
+        "--policies",
+        &s.policies(),
+    ]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains(&first), "{}", r.stdout);
+
+    let ev = s.events();
+    assert_eq!(
+        kind(&ev, "mcp_server_connected").len(),
+        4,
+        "one connection per command"
+    );
+    let listed = kind(&ev, "mcp_tools_listed");
+    assert!(
+        listed[0]["body"]["tools"]
+            .as_str()
+            .expect("tools")
+            .contains("\"echo\"")
+    );
+    assert!(
+        kind(&ev, "mcp_tool_verified")
+            .iter()
+            .any(|e| e["body"]["tool"] == "echo"
+                && e["body"]["status"] == "unsigned"
+                && e["body"]["accepted"] == true)
+    );
+    let decided = kind(&ev, "policy_decided");
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0]["body"]["verdict"], "allow");
+    assert!(
+        decided[0]["body"]["request"]
+            .as_str()
+            .expect("request")
+            .contains("\"mcp_verification\":\"unsigned\"")
+    );
+    let called = kind(&ev, "mcp_tool_called");
+    assert_eq!(called[0]["body"]["tool"], "echo");
+    let returned = kind(&ev, "mcp_tool_returned");
+    assert_eq!(returned[0]["body"]["ok"], true);
+    assert!(
+        returned[0]["body"]["output"]
+            .as_str()
+            .expect("output")
+            .contains("hello from stele")
+    );
+    let reads = kind(&ev, "mcp_resource_read");
+    assert_eq!(reads.len(), 2);
+    assert_eq!(reads[1]["body"]["uri"], first.as_str());
+    for e in &ev {
+        if e["body"]["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("mcp_") && k != "mcp_key_pinned")
+        {
+            assert_eq!(e["stream"], "mcp:everything", "{e}");
+        }
+    }
+    let r = s.stele(&["journal", "verify"]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+}
+
+#[test]
+fn filesystem_server_is_refused_under_strict_and_reads_files_under_warn() {
+    let s = Setup::new("strict", "");
+    let shared = s.dir.path().join("shared");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    std::fs::write(shared.join("note.txt"), "a note for the MCP test\n").expect("note");
+    let servers = format!(
+        "[[mcp.servers]]\nname = \"files\"\ncommand = {:?}\nargs = [{:?}]\n",
+        npm_bin("mcp-server-filesystem"),
+        shared.display().to_string()
+    );
+    s.configure("strict", &servers);
+    let list = s.list();
+    let read = tool(&list[0], "read_text_file");
+    assert_eq!(read["status"], "unsigned");
+    assert_eq!(read["accepted"], false, "strict refuses unsigned schemas");
+    let path = shared.join("note.txt").display().to_string();
+    let args = serde_json::json!({ "path": path }).to_string();
+    let r = s.call("files", "read_text_file", &args, "normal");
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let out = call_json(&r);
+    assert!(out["output"].as_str().expect("why").contains("refused"), "{out}");
+    assert!(
+        kind(&s.events(), "mcp_tool_called").is_empty(),
+        "a refused tool is never called"
+    );
+
+    s.configure("warn", &servers);
+    let r = s.call("files", "read_text_file", &args, "normal");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        call_json(&r)["output"]
+            .as_str()
+            .expect("text")
+            .contains("a note for the MCP test")
+    );
+    // The server's own confinement: outside its directory is an error result.
+    let r = s.call("files", "read_text_file", r#"{"path":"/etc/hostname"}"#, "normal");
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert_eq!(call_json(&r)["ok"], false);
+    let ev = s.events();
+    assert!(
+        kind(&ev, "mcp_tool_returned")
+            .iter()
+            .any(|e| e["body"]["ok"] == false)
+    );
+}
+
+#[test]
+fn a_signed_schema_pins_its_key_on_first_use_and_verifies_after() {
+    let s = Setup::new("strict", &signed_server("a", "signed"));
+    let first = s.list();
+    // The first tool pins the domain's key; the others verify against it.
+    let statuses: Vec<&str> = first[0]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(statuses, ["first_use", "verified", "verified"]);
+    assert!(first[0]["tools"].as_array().expect("tools").iter().all(|t| t["accepted"] == true));
+    let key = tool(&first[0], "add")["key"].as_str().expect("key").to_owned();
+    assert!(key.starts_with("sha256:") && key.len() == 7 + 64, "{key}");
+    let r = s.stele(&["mcp", "pins", "--json"]);
+    let pins: Value = serde_json::from_str(&r.stdout).expect("pins JSON");
+    assert_eq!(pins["domains"]["tools.example"]["fingerprint"], key.as_str());
+
+    let second = s.list();
+    assert_eq!(tool(&second[0], "add")["status"], "verified");
+    let r = s.call("signed", "add", r#"{"a":2,"b":3}"#, "low");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(call_json(&r)["output"], "5");
+
+    let ev = s.events();
+    let pinned = kind(&ev, "mcp_key_pinned");
+    assert_eq!(pinned.len(), 1, "one pin per domain, however many tools");
+    assert_eq!(pinned[0]["stream"], "mcp");
+    assert!(
+        pinned[0]["body"]["public_key_pem"]
+            .as_str()
+            .expect("pem")
+            .contains("BEGIN PUBLIC KEY")
+    );
+}
+
+#[test]
+fn a_changed_key_is_refused_under_strict_warned_under_warn_until_unpinned() {
+    let s = Setup::new("strict", &signed_server("a", "signed"));
+    let old = tool(&s.list()[0], "add")["key"].as_str().expect("key").to_owned();
+
+    s.configure("strict", &signed_server("b", "signed"));
+    let list = s.list();
+    let add = tool(&list[0], "add");
+    assert_eq!(add["status"], "key_changed");
+    assert_eq!(add["accepted"], false);
+    assert!(add["detail"].as_str().expect("detail").contains(&old), "{add}");
+    let r = s.call("signed", "add", r#"{"a":1,"b":1}"#, "normal");
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        call_json(&r)["output"]
+            .as_str()
+            .expect("why")
+            .contains("key_changed")
+    );
+
+    // warn: offered, the status journaled, the pin kept; a low-priority
+    // agent is still denied by policy.
+    s.configure("warn", &signed_server("b", "signed"));
+    let r = s.call("signed", "add", r#"{"a":1,"b":1}"#, "normal");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let r = s.call("signed", "add", r#"{"a":1,"b":1}"#, "low");
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        call_json(&r)["output"]
+            .as_str()
+            .expect("why")
+            .contains("denied by policy")
+    );
+    let ev = s.events();
+    assert!(
+        kind(&ev, "policy_decided")
+            .iter()
+            .any(|e| e["body"]["verdict"] == "deny")
+    );
+    assert_eq!(
+        kind(&ev, "mcp_key_pinned").len(),
+        1,
+        "a changed key is never pinned by itself"
+    );
+
+    // An operator unpins; the next key seen is pinned.
+    let r = s.stele(&[
+        "mcp",
+        "unpin",
+        "tools.example",
+        "--reason",
+        "the provider rotated its key",
+    ]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    s.configure("strict", &signed_server("b", "signed"));
+    assert_eq!(tool(&s.list()[0], "add")["status"], "first_use");
+    let ev = s.events();
+    let unpinned = kind(&ev, "mcp_key_unpinned");
+    assert_eq!(unpinned[0]["body"]["fingerprint"], old.as_str());
+    assert_eq!(unpinned[0]["body"]["reason"], "the provider rotated its key");
+    assert_eq!(kind(&ev, "mcp_key_pinned").len(), 2);
+    let r = s.stele(&["mcp", "unpin", "nowhere.example", "--reason", "x"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("no key is pinned for domain \"nowhere.example\""),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_tampered_schema_is_refused_under_strict() {
+    let s = Setup::new("strict", &signed_server("a", "signed"));
+    let pinned = s.list();
+    assert_eq!(tool(&pinned[0], "add")["status"], "first_use");
+    assert_eq!(tool(&pinned[0], "echo")["status"], "verified");
+    s.configure("strict", &signed_server("a", "tampered"));
+    let list = s.list();
+    let echo = tool(&list[0], "echo");
+    assert_eq!(echo["status"], "invalid_signature", "{echo}");
+    assert_eq!(echo["accepted"], false);
+    let r = s.call("signed", "echo", r#"{"text":"x"}"#, "normal");
+    assert_eq!(r.code, Some(1), "{r:?}");
+    // Tampered from the start: nothing is pinned from a bad signature.
+    let fresh = Setup::new("strict", &signed_server("a", "tampered"));
+    assert_eq!(tool(&fresh.list()[0], "echo")["status"], "invalid_signature");
+    assert!(kind(&fresh.events(), "mcp_key_pinned").is_empty());
+}
+
+#[test]
+fn an_unsigned_tool_is_refused_under_strict_and_offered_under_warn() {
+    let s = Setup::new("strict", &signed_server("a", "unsigned"));
+    let add = tool(&s.list()[0], "add").clone();
+    assert_eq!(add["status"], "unsigned");
+    assert_eq!(add["accepted"], false);
+    assert_eq!(
+        s.call("signed", "add", r#"{"a":1,"b":2}"#, "normal").code,
+        Some(1)
+    );
+
+    s.configure("warn", &signed_server("a", "unsigned"));
+    let r = s.call("signed", "add", r#"{"a":1,"b":2}"#, "normal");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(call_json(&r)["output"], "3");
+    let ev = s.events();
+    let verified = kind(&ev, "mcp_tool_verified");
+    assert!(
+        verified
+            .iter()
+            .any(|e| e["body"]["status"] == "unsigned" && e["body"]["accepted"] == false)
+    );
+    assert!(
+        verified
+            .iter()
+            .any(|e| e["body"]["status"] == "unsigned" && e["body"]["accepted"] == true)
+    );
+}
+
+#[test]
+fn bad_configuration_and_dead_servers_get_clear_errors() {
+    let s = Setup::new(
+        "strict",
+        "[[mcp.servers]]\nname = \"both\"\ncommand = \"x\"\nurl = \"http://127.0.0.1:9/mcp\"\n",
+    );
+    let r = s.stele(&["mcp", "pins"]);
+    assert_ne!(r.code, Some(0));
+    assert!(
+        r.stderr
+            .contains("mcp server both: give either command or url, not both"),
+        "{}",
+        r.stderr
+    );
+
+    s.configure(
+        "strict",
+        "[[mcp.servers]]\nname = \"Bad_Name\"\ncommand = \"x\"\n",
+    );
+    let r = s.stele(&["mcp", "pins"]);
+    assert!(
+        r.stderr.contains("mcp server name \"Bad_Name\" is invalid"),
+        "{}",
+        r.stderr
+    );
+
+    s.configure(
+        "strict",
+        "[[mcp.servers]]\nname = \"ghost\"\ncommand = \"/nonexistent/mcp-server\"\n",
+    );
+    let r = s.stele(&["mcp", "list", "--policies", &s.policies()]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("ghost: error: MCP server ghost: cannot connect to /nonexistent/mcp-server"),
+        "{}",
+        r.stdout
+    );
+
+    // A server that exits at once: its stderr is in the error.
+    s.configure(
+        "strict",
+        "[[mcp.servers]]\nname = \"dies\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo broken server >&2; exit 3\"]\n",
+    );
+    let r = s.stele(&["mcp", "list", "--policies", &s.policies()]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stdout.contains("cannot connect") && r.stdout.contains("broken server"),
+        "{}",
+        r.stdout
+    );
+
+    let r = s.stele(&["mcp", "call", "nope", "x", "--policies", &s.policies()]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("no MCP server named \"nope\""), "{}", r.stderr);
+}
+
+#[test]
+fn a_reasoning_run_calls_an_mcp_tool_and_replays_without_the_server() {
+    let s = Setup::new("strict", &signed_server("a", "signed"));
+    let workspace = s.dir.path().join("ws");
+    let agent = s.dir.path().join("adder.toml");
+    let text = std::fs::read_to_string(root().join("fixtures/mcp/adder.toml"))
+        .expect("fixture")
+        .replace(
+            "workspace = \"stele-workspace\"",
+            &format!("workspace = {:?}", workspace.display().to_string()),
+        )
+        .replace(
+            "script = \"fixtures/mcp/adder.json\"",
+            &format!(
+                "script = {:?}",
+                root().join("fixtures/mcp/adder.json").display().to_string()
+            ),
+        );
+    std::fs::write(&agent, text).expect("agent");
+    let p = s.policies();
+    let r = s.stele(&[
+        "run",
+        agent.to_str().expect("utf8"),
+        "--input",
+        "add 2 and 3",
+        "--json",
+        "--policies",
+        &p,
+    ]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let out: Value = serde_json::from_str(&r.stdout).expect("run JSON");
+    assert_eq!(out["outcome"], "completed", "{out}");
+    let run = out["run"].as_str().expect("run id").to_owned();
+
+    let ev = s.events();
+    let returned: Vec<_> = kind(&ev, "tool_returned");
+    assert_eq!(returned.len(), 1);
+    assert_eq!(returned[0]["body"]["output"], "5");
+    assert_eq!(returned[0]["body"]["ok"], true);
+    let called = kind(&ev, "mcp_tool_called");
+    assert_eq!(
+        called[0]["body"]["correlation"].as_str().expect("corr"),
+        format!("{run}/{}", returned[0]["body"]["call_id"].as_str().expect("id"))
+    );
+    // Two decisions: the driver's (in the run) and the MCP client's own.
+    let decided = kind(&ev, "policy_decided");
+    assert_eq!(decided.len(), 2, "{decided:?}");
+    assert!(decided.iter().all(|d| d["body"]["verdict"] == "allow"));
+
+    // The replay serves the journaled result: with the server gone it
+    // still reproduces the run.
+    s.configure(
+        "strict",
+        "[[mcp.servers]]\nname = \"signed\"\ncommand = \"/nonexistent/server\"\n",
+    );
+    let r = s.stele(&["replay", &run, "--policies", &p]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        kind(&s.events(), "mcp_server_connected").len() == 1,
+        "replay started no server"
+    );
+}

@@ -1,0 +1,377 @@
+//! Reasoning runs inside `stele up`, through the real binary: `stele run`
+//! and `stele approve` going through the daemon (the same output and exit
+//! codes as the direct path), the same over HTTP (`POST /v1/runs`,
+//! `/approve`, `/reject`) with its errors, a parked run surviving a
+//! `kill -9` of the daemon and approved after the restart, an approval
+//! timeout enforced by the daemon's timer (no client touches the run), and
+//! a scheduled reasoning agent stopped mid-run (its run journaled
+//! `cancelled`, its task `stopped`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::up::{Up, WAIT, dump, kind, verify};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn policies() -> String {
+    root().join("fixtures/policies").display().to_string()
+}
+
+/// A workspace with notes and the fixture `assistant` (demo script: read,
+/// a denied command, a write that needs approval, an answer), with
+/// absolute paths (the daemon resolves relative ones from its own cwd).
+fn assistant(dir: &Path) -> (PathBuf, PathBuf) {
+    let workspace = dir.join("ws");
+    std::fs::create_dir_all(&workspace).expect("ws");
+    std::fs::write(workspace.join("notes.txt"), "Please summarise this workspace.\n").expect("notes");
+    let text = std::fs::read_to_string(root().join("fixtures/reasoning/assistant.toml")).expect("fixture");
+    let text = text
+        .replace(
+            "workspace = \"stele-workspace\"",
+            &format!("workspace = {:?}", workspace.display().to_string()),
+        )
+        .replace(
+            "script = \"fixtures/scripts/demo.json\"",
+            &format!(
+                "script = {:?}",
+                root().join("fixtures/scripts/demo.json").display().to_string()
+            ),
+        );
+    let file = dir.join("assistant.toml");
+    std::fs::write(&file, text).expect("agent");
+    (file, workspace)
+}
+
+fn out_json(out: &std::process::Output) -> Value {
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn run_events<'a>(ev: &'a [Value], run: &str) -> Vec<&'a Value> {
+    ev.iter().filter(|e| e["stream"] == format!("run:{run}")).collect()
+}
+
+/// `stele run … --json` against the daemon: parks (exit 3) on the write.
+fn run_until_parked(up: &Up, agent: &Path) -> (String, String) {
+    let out = up.cli(&[
+        "run",
+        agent.to_str().expect("utf8"),
+        "--input",
+        "Summarise the workspace",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stele run through the daemon should park: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = out_json(&out);
+    assert_eq!(v["outcome"], "awaiting_approval", "{v}");
+    let run = v["run"].as_str().expect("run").to_owned();
+    let call = v["awaiting"][0]["call"].as_str().expect("call").to_owned();
+    (run, call)
+}
+
+#[test]
+fn stele_run_and_approve_go_through_the_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agent, workspace) = assistant(dir.path());
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+    let (run, call) = run_until_parked(&up, &agent);
+    // The run is the daemon's: its events are in the daemon's journal.
+    let ev = up.events();
+    let mine = run_events(&ev, &run);
+    assert!(
+        mine.iter().any(|e| e["body"]["kind"] == "approval_requested"),
+        "{}",
+        dump(&ev)
+    );
+    let denied = mine
+        .iter()
+        .filter(|e| e["body"]["kind"] == "policy_decided" && e["body"]["verdict"] == "deny")
+        .count();
+    assert_eq!(denied, 1, "the command is denied for a low-priority agent:\n{}", dump(&ev));
+    // A wrong call is refused clearly; the run still waits.
+    let out = up.cli(&["approve", &run, "call_nope"]);
+    assert_eq!(out.status.code(), Some(2), "an error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no call call_nope awaiting approval"), "{err}");
+    // Approve: the run goes on in the daemon; the CLI follows it to the end.
+    let out = up.cli(&["approve", &run, &call, "--as", "alice", "--reason", "fine"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "approve: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with(&format!("{run} completed after ")), "{text}");
+    assert!(text.contains(&format!("stele events --run {run}")), "{text}");
+    assert!(workspace.join("summary.md").is_file(), "the approved write happened");
+    let ev = up.events();
+    let decided: Vec<&Value> = run_events(&ev, &run)
+        .into_iter()
+        .filter(|e| e["body"]["kind"] == "approval_decided")
+        .collect();
+    assert_eq!(decided.len(), 1, "{}", dump(&ev));
+    assert_eq!(decided[0]["body"]["approver"], "alice");
+    assert_eq!(decided[0]["body"]["approved"], true);
+    // Approving again: the run has finished.
+    let out = up.cli(&["approve", &run, &call]);
+    assert_eq!(out.status.code(), Some(2), "an error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is finished"), "{}", String::from_utf8_lossy(&out.stderr));
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
+
+fn get(up: &Up, path: &str) -> (u16, Value) {
+    let mut r = up
+        .http()
+        .get(format!("{}{path}", up.http))
+        .call()
+        .expect("GET");
+    let status = r.status().as_u16();
+    let body = r
+        .body_mut()
+        .read_to_string()
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn post(up: &Up, path: &str, body: &Value) -> (u16, Value) {
+    let mut r = up
+        .http()
+        .post(format!("{}{path}", up.http))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .expect("POST");
+    let status = r.status().as_u16();
+    let body = r
+        .body_mut()
+        .read_to_string()
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Polls `GET /v1/runs/{id}` until the daemon no longer drives the run.
+fn settled(up: &Up, run: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, v) = get(up, &format!("/v1/runs/{run}"));
+        assert_eq!(status, 200, "{v}");
+        if v["driving"] == false && (v["state"] == "finished" || v["state"] == "awaiting_approval") {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{run} did not settle: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn runs_start_and_are_decided_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agent, workspace) = assistant(dir.path());
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+    let definition = std::fs::read_to_string(&agent).expect("agent");
+    // Bad requests are clean 4xx.
+    let (status, v) = post(&up, "/v1/runs", &json!({"input": "x"}));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("exactly one of"), "{v}");
+    let (status, v) = post(&up, "/v1/runs", &json!({"agent": "nobody", "input": "x"}));
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = post(&up, "/v1/runs", &json!({"definition": "name = 1", "input": "x"}));
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = post(&up, "/v1/runs", &json!({"agent": "a", "input": 3}));
+    assert_eq!(status, 422, "{v}");
+    // Start from an inline definition: 202 with the run id.
+    let (status, v) = post(
+        &up,
+        "/v1/runs",
+        &json!({"definition": definition, "input": "Summarise the workspace"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let run = v["run"].as_str().expect("run").to_owned();
+    let parked = settled(&up, &run);
+    let call = parked["awaiting"]
+        .as_object()
+        .and_then(|a| a.keys().next().cloned())
+        .expect("a call awaits approval");
+    // Deciding errors.
+    let (status, v) = post(&up, "/v1/runs/run-999/approve", &json!({"call": call}));
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = post(&up, &format!("/v1/runs/{run}/approve"), &json!({"call": "call_nope"}));
+    assert_eq!(status, 409, "{v}");
+    let (status, v) = post(&up, &format!("/v1/runs/{run}/approve"), &json!({"nope": 1}));
+    assert_eq!(status, 422, "{v}");
+    // Reject: the run goes on without the write and finishes.
+    let (status, v) = post(
+        &up,
+        &format!("/v1/runs/{run}/reject"),
+        &json!({"call": call, "reason": "not now", "approver": "bob"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let done = settled(&up, &run);
+    assert_eq!(done["state"], "finished", "{done}");
+    assert!(done["steps"].as_u64().is_some_and(|s| s > 0), "{done}");
+    assert!(!workspace.join("summary.md").exists(), "the rejected write did not happen");
+    // A second run of the now registered agent, by name.
+    let (status, v) = post(&up, "/v1/runs", &json!({"agent": "assistant", "input": "again"}));
+    assert_eq!(status, 202, "{v}");
+    assert_ne!(v["run"], run.as_str());
+    settled(&up, v["run"].as_str().expect("run"));
+    let ev = up.events();
+    let decided = kind(&ev, "approval_decided");
+    assert_eq!(decided[0]["body"]["approver"], "bob", "{}", dump(&ev));
+    assert_eq!(decided[0]["body"]["approved"], false);
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
+
+#[test]
+fn a_parked_run_survives_a_daemon_kill_and_is_approved_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agent, workspace) = assistant(dir.path());
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+    let (run, call) = run_until_parked(&up, &agent);
+    up.signal(9);
+    let _ = up.wait_exit();
+    drop(up);
+    let up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+    let out = up.cli(&["runs", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs = out_json(&out);
+    assert_eq!(runs[&run]["state"], "awaiting_approval", "{runs}");
+    let out = up.cli(&["approve", &run, &call, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = out_json(&out);
+    assert_eq!(v["outcome"], "completed", "{v}");
+    assert!(workspace.join("summary.md").is_file());
+    drop(up);
+    verify(&dir.path().join("data"));
+}
+
+/// The fixture policies with the write approval's timeout set to 1 s.
+fn fast_timeout_policies(dir: &Path) -> PathBuf {
+    let out = dir.join("policies");
+    std::fs::create_dir_all(&out).expect("policies dir");
+    for entry in std::fs::read_dir(root().join("fixtures/policies")).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("policy");
+        let name = path.file_name().expect("name");
+        std::fs::write(
+            out.join(name),
+            text.replace("@approval_timeout(\"10m\")", "@approval_timeout(\"1s\")"),
+        )
+        .expect("write policy");
+    }
+    out
+}
+
+#[test]
+fn the_daemon_rejects_an_approval_left_past_its_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agent, workspace) = assistant(dir.path());
+    let fast = fast_timeout_policies(dir.path());
+    let mut up = Up::start_with(dir.path(), None, &["--policies", fast.to_str().expect("utf8")]);
+    let (run, call) = run_until_parked(&up, &agent);
+    // Nobody touches the run: the daemon's timer resolves it.
+    let ev = up.wait_for("the approval to expire and the run to finish", |ev| {
+        let mine = run_events(ev, &run);
+        mine.iter().any(|e| e["body"]["kind"] == "approval_decided")
+            && mine.iter().any(|e| e["body"]["kind"] == "run_finished")
+    });
+    let mine = run_events(&ev, &run);
+    let decided = mine
+        .iter()
+        .find(|e| e["body"]["kind"] == "approval_decided")
+        .expect("decided");
+    assert_eq!(decided["body"]["approver"], "expired", "{}", dump(&ev));
+    assert_eq!(decided["body"]["approved"], false);
+    assert_eq!(decided["body"]["call_id"], call.as_str());
+    assert!(
+        decided["body"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rejected by the timeout"),
+        "{decided}"
+    );
+    assert!(!workspace.join("summary.md").exists());
+    // Deciding it now is refused: it is no longer awaited.
+    let out = up.cli(&["approve", &run, &call]);
+    assert_eq!(out.status.code(), Some(2), "an error");
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
+
+#[test]
+fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workspace = dir.path().join("ws");
+    std::fs::create_dir_all(&workspace).expect("ws");
+    let script = dir.path().join("sleeper.json");
+    std::fs::write(
+        &script,
+        json!({"model": "scripted", "answers": [
+            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": ["30"]}}]},
+            {"content": "woke up"}
+        ]})
+        .to_string(),
+    )
+    .expect("script");
+    let agents = dir.path().join("agents");
+    std::fs::create_dir_all(&agents).expect("agents");
+    std::fs::write(
+        agents.join("sleeper.toml"),
+        format!(
+            "name = \"sleeper\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"120s\"\n[runs]\nkind = \"reasoning\"\ntools = [\"run_command\"]\nworkspace = {:?}\nscript = {:?}\n",
+            workspace.display().to_string(),
+            script.display().to_string()
+        ),
+    )
+    .expect("agent");
+    let mut up = Up::start_with(dir.path(), Some(&agents), &["--policies", &policies()]);
+    let ev = up.wait_for("the sleeper's tool call", |ev| !kind(ev, "tool_called").is_empty());
+    let started = kind(&ev, "run_started");
+    assert_eq!(started.len(), 1, "{}", dump(&ev));
+    let run = started[0]["body"]["run"].as_str().expect("run").to_owned();
+    // Its input says what triggered it.
+    let input = started[0]["body"]["input"].as_str().unwrap_or("");
+    assert!(input.contains("of agent sleeper, triggered by"), "{input}");
+    let out = up.cli(&["agent", "stop", "sleeper"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ev = up.wait_for("the run's cancellation and the task's exit", |ev| {
+        !kind(ev, "run_finished").is_empty() && !kind(ev, "process_exited").is_empty()
+    });
+    let finished = kind(&ev, "run_finished");
+    assert_eq!(finished[0]["body"]["run"], run.as_str());
+    assert_eq!(finished[0]["body"]["outcome"], "cancelled", "{}", dump(&ev));
+    let exited = kind(&ev, "process_exited");
+    assert_eq!(exited[0]["body"]["stopped"], true, "{}", dump(&ev));
+    let ev = up.wait_for("the agent to terminate", |ev| {
+        kind(ev, "agent_state_changed")
+            .iter()
+            .any(|e| e["body"]["agent"] == "sleeper" && e["body"]["to"] == "terminated")
+    });
+    assert!(kind(&ev, "run_finished").len() == 1, "no second run:\n{}", dump(&ev));
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
