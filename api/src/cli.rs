@@ -796,14 +796,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", crate::http::openapi_text()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token(TokenCmd::Create { name, scope, json }) => crate::http::auth::token_create(&name, &scope, json),
+        Command::Token(TokenCmd::Create { name, scope, json }) => {
+            crate::http::auth::token_create(&name, &scope, json)
+        }
         Command::Config(ConfigCmd::Show) => {
             print!("{}", toml::to_string_pretty(config())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Up { agents, port, policies } => {
-            crate::up::up(&data, agents.as_deref(), port, policies.as_deref())
-        }
+        Command::Up {
+            agents,
+            port,
+            policies,
+        } => crate::up::up(&data, agents.as_deref(), port, policies.as_deref()),
         Command::Run {
             agent,
             input,

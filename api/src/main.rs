@@ -19,8 +19,8 @@ mod policy_cmd;
 mod proof;
 mod replay_cmd;
 mod run_cmd;
-mod sandbox_cmd;
 mod saga_cmd;
+mod sandbox_cmd;
 mod step;
 mod up;
 mod up_runs;
@@ -82,4 +82,9 @@ fn quiet_on_closed_stdout() {
         }
         default(info);
     }));
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
 }

@@ -281,7 +281,8 @@ pub(crate) async fn begin(
     let (driver, tools) = driver_with(def, gate)?;
     let spec = spec(def, &run_id)?;
     // The knowledge bridge (recall_knowledge / store_knowledge, learnings).
-    let (driver, spec, knowledge) = crate::context_cmd::bridge(journal, policies, def, &run_id, driver, spec)?;
+    let (driver, spec, knowledge) =
+        crate::context_cmd::bridge(journal, policies, def, &run_id, driver, spec)?;
     // MCP tools of the agent's profile (discovered, SchemaPin-verified, journaled).
     let (driver, spec) = crate::mcp_cmd::bridge(journal, def, driver, spec).await?;
     let hydration = hydrate::hydrate(
@@ -583,7 +584,11 @@ pub fn decide(
         let body = serde_json::json!({"call": call, "reason": reason, "approver": approver});
         let verb = if approved { "approve" } else { "reject" };
         daemon
-            .post(&format!("/v1/runs/{run}/{verb}"), "application/json", &body.to_string())?
+            .post(
+                &format!("/v1/runs/{run}/{verb}"),
+                "application/json",
+                &body.to_string(),
+            )?
             .ok()?;
         return follow(&daemon, run, json);
     }
@@ -626,11 +631,15 @@ pub fn list(data: &Path, policies: &Path, json: bool) -> Result<ExitCode> {
     }
     let reader = open_reader(data)?;
     let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
-    let runs: std::collections::BTreeMap<String, stele_projections::runs::RunView> = runs.runs.into_iter().collect();
+    let runs: std::collections::BTreeMap<String, stele_projections::runs::RunView> =
+        runs.runs.into_iter().collect();
     print_runs(&runs, json)
 }
 
-fn print_runs(runs: &std::collections::BTreeMap<String, stele_projections::runs::RunView>, json: bool) -> Result<ExitCode> {
+fn print_runs(
+    runs: &std::collections::BTreeMap<String, stele_projections::runs::RunView>,
+    json: bool,
+) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(runs)?);
         return Ok(ExitCode::SUCCESS);

@@ -84,7 +84,12 @@ enum Query {
 }
 
 /// Runs the daemon until it is shut down.
-pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>, policies: Option<&Path>) -> Result<ExitCode> {
+pub fn up(
+    data: &Path,
+    agents_dir: Option<&Path>,
+    http_port: Option<u16>,
+    policies: Option<&Path>,
+) -> Result<ExitCode> {
     let config = crate::cli::config().clone();
     // Definitions first: a bad file is reported before anything starts.
     let definitions = match agents_dir {
@@ -126,7 +131,15 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>, polici
         let (addr, scheme) = (listener.addr, listener.scheme());
         let (tx, rx) = mpsc::unbounded_channel();
         let nats_cfg = config.nats.clone();
-        let mut core = Core::load(data, journal, config, launcher, confinement, (tx.clone(), rx), desk.clone())?;
+        let mut core = Core::load(
+            data,
+            journal,
+            config,
+            launcher,
+            confinement,
+            (tx.clone(), rx),
+            desk.clone(),
+        )?;
         core.start().await?;
         // The JetStream feed, when configured: it follows the journal from its
         // cursor; NATS outages never touch the runtime.
@@ -191,9 +204,14 @@ pub fn up(data: &Path, agents_dir: Option<&Path>, http_port: Option<u16>, polici
 fn write_up_file(data: &Path, addr: std::net::SocketAddr, scheme: &str) -> Result<()> {
     let path = up_file(data);
     let tmp = data.join("up.json.tmp");
-    let tls_cert = crate::cli::config().http.tls_cert.as_ref().map(|p| p.display().to_string());
-    let body = json!({"pid": std::process::id(), "http": addr.to_string(), "scheme": scheme, "tls_cert": tls_cert})
-        .to_string();
+    let tls_cert = crate::cli::config()
+        .http
+        .tls_cert
+        .as_ref()
+        .map(|p| p.display().to_string());
+    let body =
+        json!({"pid": std::process::id(), "http": addr.to_string(), "scheme": scheme, "tls_cert": tls_cert})
+            .to_string();
     std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
@@ -574,7 +592,9 @@ impl Core {
             return Ok(());
         }
         self.state.apply(&e);
-        if let stele_journal::ArchivedEventBody::TaskQueued { task, agent, trigger, .. } = e.body()
+        if let stele_journal::ArchivedEventBody::TaskQueued {
+            task, agent, trigger, ..
+        } = e.body()
             && self
                 .state
                 .definition(agent.as_str())
@@ -960,7 +980,9 @@ impl Core {
             .stream(&stream, Seq(1))
             .filter_map(Result::ok)
             .find_map(|e| match e.body() {
-                stele_journal::ArchivedEventBody::TaskQueued { task: t, trigger, .. } if t.as_str() == task => {
+                stele_journal::ArchivedEventBody::TaskQueued { task: t, trigger, .. }
+                    if t.as_str() == task =>
+                {
                     Some(trigger.to_string())
                 }
                 _ => None,
@@ -979,7 +1001,7 @@ impl Core {
         self.shutdown = Some(Arc::clone(&forced));
         // Runs driven outside the scheduler end with the daemon (journaled
         // `cancelled`); parked runs stay parked.
-        self.desk.cancel_detached("the runtime is shutting down");
+        self.desk.close("the runtime is shutting down");
         let tx = self.tx.clone();
         let grace = self.config.runtime.stop_grace;
         let journal = self.journal.clone();

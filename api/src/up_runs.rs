@@ -173,6 +173,8 @@ struct Inner {
     claimed: Mutex<HashMap<String, Claim>>,
     /// Approval timers, by run.
     timers: Mutex<HashMap<String, AbortHandle>>,
+    /// Set when the runtime shuts down: no new drive begins.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The daemon's reasoning runs (cheap to clone).
@@ -197,7 +199,12 @@ impl Desk {
     /// compiled once (or why they did not load: then every run is refused
     /// with that reason).
     #[must_use]
-    pub fn new(data: &Path, journal: Journal, policies: &Path, gate: Result<Arc<PolicyGate>, String>) -> Desk {
+    pub fn new(
+        data: &Path,
+        journal: Journal,
+        policies: &Path,
+        gate: Result<Arc<PolicyGate>, String>,
+    ) -> Desk {
         Desk(Arc::new(Inner {
             data: data.to_owned(),
             journal,
@@ -206,6 +213,7 @@ impl Desk {
             begin: tokio::sync::Mutex::new(()),
             claimed: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -239,7 +247,13 @@ impl Desk {
         lock(&self.0.claimed).values().filter(|c| !c.task).count()
     }
 
-    /// Cancels every detached drive (a shutdown).
+    /// Refuses new drives and cancels the detached ones (a shutdown).
+    pub fn close(&self, reason: &str) {
+        self.0.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cancel_detached(reason);
+    }
+
+    /// Cancels every detached drive.
     pub fn cancel_detached(&self, reason: &str) {
         for c in lock(&self.0.claimed).values().filter(|c| !c.task) {
             c.cancel.send_replace(Some(reason.to_owned()));
@@ -260,13 +274,7 @@ impl Desk {
     /// No such agent, or a definition that does not parse.
     pub async fn definition(&self, agent: &str, source: Option<&str>) -> Result<AgentDefinition> {
         let path = Path::new("(request definition)");
-        run_cmd::definition_async(
-            &self.0.data,
-            &self.0.journal,
-            agent,
-            source.map(|s| (path, s)),
-        )
-        .await
+        run_cmd::definition_async(&self.0.data, &self.0.journal, agent, source.map(|s| (path, s))).await
     }
 
     /// Begins a run of `def` on `input` and drives it in a tokio task; the
@@ -284,6 +292,9 @@ impl Desk {
         cancel: Cancel,
         task: bool,
     ) -> Result<(String, tokio::task::JoinHandle<Result<Settled>>)> {
+        if !task && self.0.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("the runtime is shutting down; no run begins");
+        }
         let begun = {
             let _one_at_a_time = self.0.begin.lock().await;
             run_cmd::begin(
@@ -322,6 +333,11 @@ impl Desk {
     }
 
     fn claim(&self, run: &str, cancel: Cancel, task: bool) -> Result<(), DecideError> {
+        if !task && self.0.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(DecideError::Busy(
+                "the runtime is shutting down; the run stays as it is".into(),
+            ));
+        }
         let mut claimed = lock(&self.0.claimed);
         if claimed.contains_key(run) {
             return Err(DecideError::Busy(format!(
@@ -383,7 +399,8 @@ impl Desk {
         drop(write.lock().await);
         let events = run_cmd::run_events(&self.0.journal.reader(), run)?;
         let spec = run_cmd::spec(def, run)?;
-        let resumed = reasoning::resume(spec, &events).map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?;
+        let resumed =
+            reasoning::resume(spec, &events).map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?;
         let finished = match resumed {
             Resumed::Reasoning(lp) => lp.cancel(reason),
             Resumed::Parked(p) => p.cancel(reason),
@@ -401,13 +418,20 @@ impl Desk {
     fn settled_from_view(&self, run: &str) -> Result<Settled> {
         let reader = self.0.journal.reader();
         let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?.state;
-        let view = runs.runs.get(run).with_context(|| format!("no run named {run}"))?;
+        let view = runs
+            .runs
+            .get(run)
+            .with_context(|| format!("no run named {run}"))?;
         Ok(Settled {
             run: run.to_owned(),
             outcome: view.outcome.clone().unwrap_or_else(|| view.state.clone()),
             answer: view.answer.clone().unwrap_or_default(),
             steps: view.step,
-            awaiting: view.awaiting.iter().map(|(c, r)| (c.clone(), r.clone())).collect(),
+            awaiting: view
+                .awaiting
+                .iter()
+                .map(|(c, r)| (c.clone(), r.clone()))
+                .collect(),
         })
     }
 
@@ -428,18 +452,13 @@ impl Desk {
         let cancel = cancel_signal();
         self.claim(run, cancel.clone(), false)?;
         let prepared = async {
-            let (driver, parked) = run_cmd::prepare_decision(
-                &self.0.data,
-                &self.0.journal,
-                run,
-                call,
-                self.gate()?,
-            )
-            .await?;
+            let (driver, parked) =
+                run_cmd::prepare_decision(&self.0.data, &self.0.journal, run, call, self.gate()?).await?;
             let view_agent = {
                 let reader = self.0.journal.reader();
                 let runs =
-                    state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?.state;
+                    state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?
+                        .state;
                 runs.runs.get(run).map(|v| v.agent.clone()).unwrap_or_default()
             };
             let def = self.definition(&view_agent, None).await?;
@@ -497,13 +516,10 @@ impl Desk {
 
     /// (Re)arms the timer of `run`'s earliest approval deadline, if any.
     fn arm(&self, run: &str) {
-        let deadline = match run_cmd::run_events(&self.0.journal.reader(), run) {
-            Ok(events) => reasoning::next_approval_deadline(&events),
-            Err(e) => {
-                eprintln!("stele up: {run}: reading its approvals: {e:#}");
-                None
-            }
-        };
+        // An id that names no run (a refused request's) has no deadline.
+        let deadline = run_cmd::run_events(&self.0.journal.reader(), run)
+            .ok()
+            .and_then(|events| reasoning::next_approval_deadline(&events));
         let mut timers = lock(&self.0.timers);
         if let Some(old) = timers.remove(run) {
             old.abort();

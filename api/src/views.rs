@@ -124,7 +124,9 @@ pub fn state_value(
         AgentRegistry::NAME => folded_state::<AgentRegistry>(reader, store, at),
         SchedulerView::NAME => folded_state::<SchedulerView>(reader, store, at),
         RunsView::NAME => folded_state::<RunsView>(reader, store, at),
-        stele_projections::ContextStore::NAME => folded_state::<stele_projections::ContextStore>(reader, store, at),
+        stele_projections::ContextStore::NAME => {
+            folded_state::<stele_projections::ContextStore>(reader, store, at)
+        }
         "run" => {
             let Some(run) = run else {
                 anyhow::bail!("--view run needs --run RUN (list runs with `stele runs`)");

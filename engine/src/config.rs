@@ -355,7 +355,9 @@ impl TryFrom<McpServerToml> for McpServerConfig {
 
     fn try_from(t: McpServerToml) -> Result<Self, String> {
         let name_ok = (1..=32).contains(&t.name.len())
-            && t.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && t.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !name_ok {
             return Err(format!(
                 "mcp server name {:?} is invalid; use 1 to 32 of a-z, 0-9 and -",
@@ -364,7 +366,10 @@ impl TryFrom<McpServerToml> for McpServerConfig {
         }
         match (&t.command, &t.url) {
             (Some(_), Some(_)) => {
-                return Err(format!("mcp server {}: give either command or url, not both", t.name));
+                return Err(format!(
+                    "mcp server {}: give either command or url, not both",
+                    t.name
+                ));
             }
             (None, None) => {
                 return Err(format!(
@@ -373,7 +378,10 @@ impl TryFrom<McpServerToml> for McpServerConfig {
                 ));
             }
             (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                return Err(format!("mcp server {}: url {url:?} is not http:// or https://", t.name));
+                return Err(format!(
+                    "mcp server {}: url {url:?} is not http:// or https://",
+                    t.name
+                ));
             }
             _ => {}
         }
@@ -1062,7 +1070,10 @@ impl TryFrom<HttpConfigFile> for HttpConfig {
         if !(1..=(64 << 20)).contains(&f.max_body) {
             return Err(format!("[http] max_body must be 1 B-64 MiB, not {}", f.max_body));
         }
-        for (name, v) in [("max_concurrent", f.max_concurrent), ("max_streams", f.max_streams)] {
+        for (name, v) in [
+            ("max_concurrent", f.max_concurrent),
+            ("max_streams", f.max_streams),
+        ] {
             if !(1..=65_536).contains(&v) {
                 return Err(format!("[http] {name} must be 1-65536, not {v}"));
             }
@@ -1252,7 +1263,9 @@ fn bus_capacity<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     if (1..=1_000_000).contains(&n) {
         Ok(n)
     } else {
-        Err(serde::de::Error::custom(format!("{n} is out of range; 1 to 1000000")))
+        Err(serde::de::Error::custom(format!(
+            "{n} is out of range; 1 to 1000000"
+        )))
     }
 }
 
@@ -1261,7 +1274,9 @@ fn bus_payload<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     if (1..=512 * 1024).contains(&n) {
         Ok(n)
     } else {
-        Err(serde::de::Error::custom(format!("{n} is out of range; 1 to 524288 bytes")))
+        Err(serde::de::Error::custom(format!(
+            "{n} is out of range; 1 to 524288 bytes"
+        )))
     }
 }
 
@@ -1270,7 +1285,9 @@ fn bus_rate<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     if (1..=10_000_000).contains(&n) {
         Ok(n)
     } else {
-        Err(serde::de::Error::custom(format!("{n} is out of range; 1 to 10000000")))
+        Err(serde::de::Error::custom(format!(
+            "{n} is out of range; 1 to 10000000"
+        )))
     }
 }
 

@@ -309,7 +309,10 @@ impl ToolBox {
             sample_every: self.timeout + Duration::from_secs(1),
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        process::spawn(spec, &self.launcher, &self.confinement, tx).map_err(|e| e.to_string())?;
+        let handle =
+            process::spawn(spec, &self.launcher, &self.confinement, tx).map_err(|e| e.to_string())?;
+        // A call dropped mid-way (its run was cancelled) stops its command.
+        let _stop = StopOnDrop(handle);
         while let Some(ev) = rx.recv().await {
             if let ProcessEvent::Exited(r) = ev {
                 let out = format!("{}{}", r.stdout, r.stderr);
@@ -321,5 +324,19 @@ impl ToolBox {
             }
         }
         Err("the command ended without a report".into())
+    }
+}
+
+/// How long a command whose call was dropped gets between SIGTERM and
+/// SIGKILL.
+const DROPPED_CALL_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops a tool's command when its call is dropped before it returned (a
+/// no-op once the command has exited).
+struct StopOnDrop(process::ProcessHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop(DROPPED_CALL_GRACE);
     }
 }

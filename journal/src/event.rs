@@ -48,12 +48,10 @@ pub const ENVELOPE_BYTES: usize = 1 + 32 + 32 + 8 + 64;
 pub const CANONICAL_HEADER_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 2;
 
 pub use body::{
-    AgentState, ArchivedAgentState, ArchivedEventBody, ArchivedProcessExit, ArchivedRuntimeHost,
-    ArchivedTaskOutcome, ArchivedTaskPriority, EventBody, ProcessExit, RuntimeHost, TaskOutcome,
-    TaskPriority,
-    ArchivedSandboxExit, ArchivedSandboxStart, SandboxExit, SandboxStart,
-    ArchivedBusEnvelope, BusEnvelope,
-    ArchivedContextArchive, ArchivedContextItem, ContextArchive, ContextItem,
+    AgentState, ArchivedAgentState, ArchivedBusEnvelope, ArchivedContextArchive, ArchivedContextItem,
+    ArchivedEventBody, ArchivedProcessExit, ArchivedRuntimeHost, ArchivedSandboxExit, ArchivedSandboxStart,
+    ArchivedTaskOutcome, ArchivedTaskPriority, BusEnvelope, ContextArchive, ContextItem, EventBody,
+    ProcessExit, RuntimeHost, SandboxExit, SandboxStart, TaskOutcome, TaskPriority,
 };
 
 /// The size of the archived `EventBody` (the tag plus its largest
@@ -915,14 +913,7 @@ mod body {
     /// the key epoch and nonce counter, the ciphertext and the sender's
     /// signature.
     #[derive(
-        Clone,
-        Debug,
-        PartialEq,
-        Eq,
-        rkyv::Archive,
-        rkyv::Serialize,
-        rkyv::Deserialize,
-        serde::Serialize,
+        Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
     )]
     #[rkyv(derive(Debug), attr(allow(missing_docs)))]
     pub struct BusEnvelope {

@@ -299,7 +299,13 @@ fn a_signed_schema_pins_its_key_on_first_use_and_verifies_after() {
         .map(|t| t["status"].as_str().expect("status"))
         .collect();
     assert_eq!(statuses, ["first_use", "verified", "verified"]);
-    assert!(first[0]["tools"].as_array().expect("tools").iter().all(|t| t["accepted"] == true));
+    assert!(
+        first[0]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .all(|t| t["accepted"] == true)
+    );
     let key = tool(&first[0], "add")["key"].as_str().expect("key").to_owned();
     assert!(key.starts_with("sha256:") && key.len() == 7 + 64, "{key}");
     let r = s.stele(&["mcp", "pins", "--json"]);
@@ -386,7 +392,7 @@ fn a_changed_key_is_refused_under_strict_warned_under_warn_until_unpinned() {
     assert_eq!(unpinned[0]["body"]["reason"], "the provider rotated its key");
     assert_eq!(kind(&ev, "mcp_key_pinned").len(), 2);
     let r = s.stele(&["mcp", "unpin", "nowhere.example", "--reason", "x"]);
-    assert_eq!(r.code, Some(1), "{r:?}");
+    assert_ne!(r.code, Some(0), "{r:?}");
     assert!(
         r.stderr
             .contains("no key is pinned for domain \"nowhere.example\""),
@@ -496,7 +502,7 @@ fn bad_configuration_and_dead_servers_get_clear_errors() {
     );
 
     let r = s.stele(&["mcp", "call", "nope", "x", "--policies", &s.policies()]);
-    assert_eq!(r.code, Some(1), "{r:?}");
+    assert_ne!(r.code, Some(0), "{r:?}");
     assert!(r.stderr.contains("no MCP server named \"nope\""), "{}", r.stderr);
 }
 
@@ -545,8 +551,13 @@ fn a_reasoning_run_calls_an_mcp_tool_and_replays_without_the_server() {
         format!("{run}/{}", returned[0]["body"]["call_id"].as_str().expect("id"))
     );
     // Two decisions: the driver's (in the run) and the MCP client's own.
-    let decided = kind(&ev, "policy_decided");
+    let decided: Vec<_> = kind(&ev, "policy_decided")
+        .into_iter()
+        .filter(|d| d["body"]["point"] == "tool_invocation")
+        .collect();
     assert_eq!(decided.len(), 2, "{decided:?}");
+    assert_eq!(decided[0]["stream"], format!("run:{run}").as_str());
+    assert_eq!(decided[1]["stream"], "mcp:signed");
     assert!(decided.iter().all(|d| d["body"]["verdict"] == "allow"));
 
     // The replay serves the journaled result: with the server gone it

@@ -48,12 +48,19 @@ fn assistant(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn out_json(out: &std::process::Output) -> Value {
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 fn run_events<'a>(ev: &'a [Value], run: &str) -> Vec<&'a Value> {
-    ev.iter().filter(|e| e["stream"] == format!("run:{run}")).collect()
+    ev.iter()
+        .filter(|e| e["stream"] == format!("run:{run}"))
+        .collect()
 }
 
 /// `stele run … --json` against the daemon: parks (exit 3) on the write.
@@ -97,7 +104,12 @@ fn stele_run_and_approve_go_through_the_daemon() {
         .iter()
         .filter(|e| e["body"]["kind"] == "policy_decided" && e["body"]["verdict"] == "deny")
         .count();
-    assert_eq!(denied, 1, "the command is denied for a low-priority agent:\n{}", dump(&ev));
+    assert_eq!(
+        denied,
+        1,
+        "the command is denied for a low-priority agent:\n{}",
+        dump(&ev)
+    );
     // A wrong call is refused clearly; the run still waits.
     let out = up.cli(&["approve", &run, "call_nope"]);
     assert_eq!(out.status.code(), Some(2), "an error");
@@ -113,7 +125,10 @@ fn stele_run_and_approve_go_through_the_daemon() {
     );
     assert!(text.starts_with(&format!("{run} completed after ")), "{text}");
     assert!(text.contains(&format!("stele events --run {run}")), "{text}");
-    assert!(workspace.join("summary.md").is_file(), "the approved write happened");
+    assert!(
+        workspace.join("summary.md").is_file(),
+        "the approved write happened"
+    );
     let ev = up.events();
     let decided: Vec<&Value> = run_events(&ev, &run)
         .into_iter()
@@ -125,18 +140,18 @@ fn stele_run_and_approve_go_through_the_daemon() {
     // Approving again: the run has finished.
     let out = up.cli(&["approve", &run, &call]);
     assert_eq!(out.status.code(), Some(2), "an error");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is finished"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is finished"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     up.signal(15);
     assert!(up.wait_exit().success());
     verify(&up.data);
 }
 
 fn get(up: &Up, path: &str) -> (u16, Value) {
-    let mut r = up
-        .http()
-        .get(format!("{}{path}", up.http))
-        .call()
-        .expect("GET");
+    let mut r = up.http().get(format!("{}{path}", up.http)).call().expect("GET");
     let status = r.status().as_u16();
     let body = r
         .body_mut()
@@ -187,7 +202,13 @@ fn runs_start_and_are_decided_over_http() {
     // Bad requests are clean 4xx.
     let (status, v) = post(&up, "/v1/runs", &json!({"input": "x"}));
     assert_eq!(status, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap_or("").contains("exactly one of"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exactly one of"),
+        "{v}"
+    );
     let (status, v) = post(&up, "/v1/runs", &json!({"agent": "nobody", "input": "x"}));
     assert_eq!(status, 404, "{v}");
     let (status, v) = post(&up, "/v1/runs", &json!({"definition": "name = 1", "input": "x"}));
@@ -210,7 +231,11 @@ fn runs_start_and_are_decided_over_http() {
     // Deciding errors.
     let (status, v) = post(&up, "/v1/runs/run-999/approve", &json!({"call": call}));
     assert_eq!(status, 404, "{v}");
-    let (status, v) = post(&up, &format!("/v1/runs/{run}/approve"), &json!({"call": "call_nope"}));
+    let (status, v) = post(
+        &up,
+        &format!("/v1/runs/{run}/approve"),
+        &json!({"call": "call_nope"}),
+    );
     assert_eq!(status, 409, "{v}");
     let (status, v) = post(&up, &format!("/v1/runs/{run}/approve"), &json!({"nope": 1}));
     assert_eq!(status, 422, "{v}");
@@ -224,7 +249,10 @@ fn runs_start_and_are_decided_over_http() {
     let done = settled(&up, &run);
     assert_eq!(done["state"], "finished", "{done}");
     assert!(done["steps"].as_u64().is_some_and(|s| s > 0), "{done}");
-    assert!(!workspace.join("summary.md").exists(), "the rejected write did not happen");
+    assert!(
+        !workspace.join("summary.md").exists(),
+        "the rejected write did not happen"
+    );
     // A second run of the now registered agent, by name.
     let (status, v) = post(&up, "/v1/runs", &json!({"agent": "assistant", "input": "again"}));
     assert_eq!(status, 202, "{v}");
@@ -321,6 +349,15 @@ fn the_daemon_rejects_an_approval_left_past_its_timeout() {
     verify(&up.data);
 }
 
+/// Whether a `/bin/sleep 37` (the sleeper's tool call) runs.
+fn sleeping_37() -> bool {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| c == b"/bin/sleep\x0037\x00")
+}
+
 #[test]
 fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -330,7 +367,7 @@ fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
     std::fs::write(
         &script,
         json!({"model": "scripted", "answers": [
-            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": ["30"]}}]},
+            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": ["37"]}}]},
             {"content": "woke up"}
         ]})
         .to_string(),
@@ -348,13 +385,20 @@ fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
     )
     .expect("agent");
     let mut up = Up::start_with(dir.path(), Some(&agents), &["--policies", &policies()]);
-    let ev = up.wait_for("the sleeper's tool call", |ev| !kind(ev, "tool_called").is_empty());
+    let ev = up.wait_for("the sleeper's tool call", |ev| {
+        !kind(ev, "tool_called").is_empty()
+    });
     let started = kind(&ev, "run_started");
     assert_eq!(started.len(), 1, "{}", dump(&ev));
     let run = started[0]["body"]["run"].as_str().expect("run").to_owned();
     // Its input says what triggered it.
     let input = started[0]["body"]["input"].as_str().unwrap_or("");
     assert!(input.contains("of agent sleeper, triggered by"), "{input}");
+    let deadline = Instant::now() + WAIT;
+    while !sleeping_37() {
+        assert!(Instant::now() < deadline, "the tool's command never showed up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = up.cli(&["agent", "stop", "sleeper"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ev = up.wait_for("the run's cancellation and the task's exit", |ev| {
@@ -365,12 +409,134 @@ fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
     assert_eq!(finished[0]["body"]["outcome"], "cancelled", "{}", dump(&ev));
     let exited = kind(&ev, "process_exited");
     assert_eq!(exited[0]["body"]["stopped"], true, "{}", dump(&ev));
+    // The tool's command was stopped with its run.
+    let deadline = Instant::now() + WAIT;
+    while sleeping_37() {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled run's command still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let ev = up.wait_for("the agent to terminate", |ev| {
         kind(ev, "agent_state_changed")
             .iter()
             .any(|e| e["body"]["agent"] == "sleeper" && e["body"]["to"] == "terminated")
     });
-    assert!(kind(&ev, "run_finished").len() == 1, "no second run:\n{}", dump(&ev));
+    assert!(
+        kind(&ev, "run_finished").len() == 1,
+        "no second run:\n{}",
+        dump(&ev)
+    );
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
+
+#[test]
+fn an_event_driven_reasoning_agent_gets_its_event_and_the_token_names_the_approver() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workspace = dir.path().join("ws");
+    std::fs::create_dir_all(&workspace).expect("ws");
+    let script = dir.path().join("watcher.json");
+    std::fs::write(
+        &script,
+        json!({"model": "scripted", "answers": [
+            {"content": "noting it", "tool_calls": [{"name": "write_file", "arguments": {"path": "seen.txt", "content": "seen"}}]},
+            {"content": "noted"}
+        ]})
+        .to_string(),
+    )
+    .expect("script");
+    let agents = dir.path().join("agents");
+    std::fs::create_dir_all(&agents).expect("agents");
+    std::fs::write(
+        agents.join("watcher.toml"),
+        format!(
+            "name = \"watcher\"\npriority = \"normal\"\n[mode]\nkind = \"event-driven\"\nfilter = {{ kinds = [\"annotated\"], streams = [\"ops\"] }}\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n[runs]\nkind = \"reasoning\"\ntools = [\"write_file\"]\nworkspace = {:?}\nscript = {:?}\n",
+            workspace.display().to_string(),
+            script.display().to_string()
+        ),
+    )
+    .expect("agent");
+    // Authentication on: an operate token named `oncall`.
+    let out = crate::stele()
+        .args(["token", "create", "oncall", "--scope", "operate", "--json"])
+        .output()
+        .expect("token create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = out_json(&out);
+    let token = t["token"].as_str().expect("token").to_owned();
+    let line = t["config"].as_str().expect("config line");
+    std::fs::write(
+        dir.path().join("stele.toml"),
+        format!("{}\n{line}\n", crate::up::CONFIG),
+    )
+    .expect("config");
+    let mut up = Up::start_with(dir.path(), Some(&agents), &["--policies", &policies()]);
+    let out = up.cli(&[
+        "journal",
+        "append",
+        "--stream",
+        "ops",
+        "--text",
+        "deploy started",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seq = out_json(&out)["seq"].as_u64().expect("seq");
+    let ev = up.wait_for("the watcher's run to park", |ev| {
+        !kind(ev, "approval_requested").is_empty()
+    });
+    let started = kind(&ev, "run_started");
+    assert_eq!(started.len(), 1, "{}", dump(&ev));
+    let run = started[0]["body"]["run"].as_str().expect("run").to_owned();
+    let input = started[0]["body"]["input"].as_str().unwrap_or("");
+    assert!(
+        input.contains(&format!("triggered by event {seq} on stream ops"))
+            && input.contains("deploy started"),
+        "the input carries the event: {input}"
+    );
+    let call = kind(&ev, "approval_requested")[0]["body"]["call_id"]
+        .as_str()
+        .expect("call")
+        .to_owned();
+    // Without the token: 401; with it the approver is the token's name,
+    // whatever the body says.
+    let url = format!("{}/v1/runs/{run}/approve", up.http);
+    let body = json!({"call": call, "approver": "mallory"}).to_string();
+    let r = up
+        .http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(&body)
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = up
+        .http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("authorization", &format!("Bearer {token}"))
+        .send(&body)
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 202);
+    let ev = up.wait_for("the run to finish", |ev| !kind(ev, "run_finished").is_empty());
+    assert_eq!(
+        kind(&ev, "run_finished")[0]["body"]["outcome"],
+        "completed",
+        "{}",
+        dump(&ev)
+    );
+    let decided = kind(&ev, "approval_decided");
+    assert_eq!(decided[0]["body"]["approver"], "oncall", "{}", dump(&ev));
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("seen.txt")).expect("written"),
+        "seen"
+    );
+    // The task ended when the run parked; the approval finished the run.
+    let exits = kind(&ev, "process_exited");
+    assert_eq!(exits.len(), 1, "{}", dump(&ev));
+    assert_eq!(exits[0]["body"]["code"], 0);
     up.signal(15);
     assert!(up.wait_exit().success());
     verify(&up.data);

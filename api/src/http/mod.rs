@@ -246,7 +246,10 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
             get(handlers::runs.layer(read.clone())).post(runs::start.layer(operate.clone())),
         )
         .route("/v1/runs/{id}", get(handlers::run.layer(read.clone())))
-        .route("/v1/runs/{id}/approve", post(runs::approve.layer(operate.clone())))
+        .route(
+            "/v1/runs/{id}/approve",
+            post(runs::approve.layer(operate.clone())),
+        )
         .route("/v1/runs/{id}/reject", post(runs::reject.layer(operate.clone())))
         .route("/v1/events", get(events::list.layer(read.clone())))
         .route("/v1/events/{seq}", get(events::one.layer(read.clone())))

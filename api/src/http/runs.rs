@@ -70,7 +70,9 @@ fn refused(message: String) -> ApiError {
         (StatusCode::NOT_FOUND, "unknown")
     } else if message.contains("has expired") {
         (StatusCode::GONE, "approval_expired")
-    } else if message.contains("awaiting approval") || message.contains("has finished") || message.contains("is not parked")
+    } else if message.contains("awaiting approval")
+        || message.contains("has finished")
+        || message.contains("is not parked")
     {
         (StatusCode::CONFLICT, "not_awaiting")
     } else {
@@ -102,23 +104,37 @@ pub async fn start(State(s): State<AppState>, JsonBody(body): JsonBody<StartRun>
             ));
         }
     };
-    let def = s.runs.definition(&agent, source).await.map_err(|e| {
+    let source = source.map(str::to_owned);
+    let desk = s.runs.clone();
+    // In a task of its own: a request timeout must not drop a run half begun.
+    let begun = tokio::spawn(async move {
+        let def = desk.definition(&agent, source.as_deref()).await?;
+        desk.start(def, body.input, cancel_signal(), false).await
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e.into()))?;
+    let (run, _drive) = begun.map_err(|e| {
         let message = format!("{e:#}");
         if message.starts_with("no agent named") {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_agent", message)
-        } else {
+        } else if e.downcast_ref::<stele_engine::agent::DefinitionError>().is_some() {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_definition", message)
+        } else if message.contains("shutting down") {
+            ApiError::unavailable(message)
+        } else {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot_run", message)
         }
     })?;
-    let (run, _drive) = s
-        .runs
-        .start(def, body.input, cancel_signal(), false)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot_run", format!("{e:#}")))?;
     Ok(accepted(run))
 }
 
-async fn decide(s: &AppState, run: &str, caller: Option<Caller>, body: Decision, approved: bool) -> ApiResult<Response> {
+async fn decide(
+    s: &AppState,
+    run: &str,
+    caller: Option<Caller>,
+    body: Decision,
+    approved: bool,
+) -> ApiResult<Response> {
     let approver = match caller {
         Some(c) if s.tokens.enabled() => c.name,
         _ => body
@@ -127,7 +143,13 @@ async fn decide(s: &AppState, run: &str, caller: Option<Caller>, body: Decision,
             .unwrap_or_else(|| "anonymous".into()),
     };
     let reason = body.reason.unwrap_or_default();
-    match s.runs.decide(run, &body.call, approved, &approver, &reason).await {
+    let (desk, id, call) = (s.runs.clone(), run.to_owned(), body.call);
+    // In a task of its own: a request timeout must not drop a decision
+    // half taken (an expiry it resolves first drives the run on).
+    let decided = tokio::spawn(async move { desk.decide(&id, &call, approved, &approver, &reason).await })
+        .await
+        .map_err(|e| ApiError::internal(&e.into()))?;
+    match decided {
         Ok(()) => Ok(accepted(run.to_owned())),
         Err(DecideError::Busy(m)) => Err(ApiError::new(StatusCode::CONFLICT, "run_busy", m)),
         Err(DecideError::Refused(e)) => Err(refused(format!("{e:#}"))),
