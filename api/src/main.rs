@@ -51,6 +51,7 @@ fn main() -> ExitCode {
     // (`json`) turn logs on.
     match cli::run(cli) {
         Ok(code) => code,
+        Err(e) if is_closed_stdout(&e) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
@@ -82,6 +83,20 @@ fn quiet_on_closed_stdout() {
         }
         default(info);
     }));
+}
+
+/// Whether a command failed only because its stdout reader went away: a
+/// bare `BrokenPipe` from a `writeln!(out, …)?`. Failures on sockets and
+/// child pipes always carry context (what was being reached), so they stay
+/// errors.
+fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    let broken = std::io::ErrorKind::BrokenPipe;
+    e.chain().count() == 1
+        && (e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == broken)
+            || e.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(broken)))
 }
 
 /// The error and its causes on one line.

@@ -478,3 +478,70 @@ fn interrupt(child: &std::process::Child) {
         .expect("run kill");
     assert!(status.success());
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly_like_sigpipe() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        // Far more output than a pipe buffers (64 KiB), so the writer is
+        // still writing when its reader leaves.
+        let j = Journal::open(
+            tmp.path(),
+            Options {
+                durability: Durability::Buffered,
+                ..Options::default()
+            },
+        )
+        .expect("open");
+        let batch = (0..3000)
+            .map(|i| Append {
+                stream: StreamId::new("ops").expect("id"),
+                cause: None,
+                body: EventBody::Annotated {
+                    text: format!("note {i} {}", "x".repeat(100)),
+                    run: None,
+                },
+            })
+            .collect();
+        tokio::runtime::Runtime::new()
+            .expect("rt")
+            .block_on(j.append_many(batch))
+            .expect("append");
+    }
+    for args in [
+        &["events"][..],
+        &["events", "--json"],
+        &["at", "head", "--view", "journal"],
+    ] {
+        let mut child = crate::stele()
+            .arg("--data")
+            .arg(tmp.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        out.read_line(&mut first).expect("first line");
+        assert!(!first.is_empty(), "{args:?} printed something");
+        drop(out);
+        let o = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&o.stderr);
+        if args[0] == "events" {
+            assert_eq!(
+                o.status.code(),
+                Some(141),
+                "{args:?}: status of a SIGPIPE-killed writer; stderr: {err}"
+            );
+        }
+        assert!(!err.contains("panicked"), "{args:?}: no panic: {err}");
+        assert!(
+            !err.contains("Broken pipe"),
+            "{args:?}: no error for a reader that left: {err}"
+        );
+    }
+}
