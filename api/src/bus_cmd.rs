@@ -572,6 +572,15 @@ impl stele_engine::tools::ToolRunner for NoTools {
 pub struct Daemon {
     socket: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    bus: Bus,
+}
+
+impl Daemon {
+    /// The bus it serves (reasoning runs' builtins send through it).
+    #[must_use]
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
 }
 
 impl Drop for Daemon {
@@ -613,19 +622,20 @@ pub async fn start_daemon(
         tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let served = bus.clone();
     tasks.push(tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 continue;
             };
-            let bus = bus.clone();
+            let bus = served.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = serve(conn, bus).await;
             });
         }
     }));
-    Ok(Some(Daemon { socket, tasks }))
+    Ok(Some(Daemon { socket, tasks, bus }))
 }
 
 async fn serve(conn: tokio::net::UnixStream, bus: Bus) -> std::io::Result<()> {

@@ -513,6 +513,44 @@ pub fn bridge(
     Ok((driver, spec, Bridge { service, requester }))
 }
 
+/// The knowledge relevant to a run's `input`, recalled before its first
+/// reasoning step (the RAG pipeline, within the default token budget) as a
+/// `ContextHydrated` fact (`knowledge:<agent>`, the BLAKE3 and size of
+/// what the model sees). `None` when nothing matches; a failed recall is
+/// reported, not fatal (the run goes on without it). The search itself is
+/// journaled on the agent's `context:` stream.
+pub async fn recalled(
+    bridge: &Bridge,
+    run: &str,
+    input: &str,
+    now_ms: u64,
+) -> Option<stele_journal::EventBody> {
+    use stele_engine::context::rag;
+    match rag::recall(
+        &bridge.service,
+        &bridge.requester,
+        input,
+        rag::RECALL_ON_START,
+        rag::DEFAULT_BUDGET_TOKENS,
+        now_ms,
+    )
+    .await
+    {
+        Ok((_, a)) if !a.used.is_empty() => Some(stele_journal::EventBody::ContextHydrated {
+            run: run.to_owned(),
+            reference: format!("{}{}", rag::KNOWLEDGE_REFERENCE, bridge.requester.agent),
+            blake3: blake3::hash(a.text.as_bytes()).to_hex().to_string(),
+            size_bytes: u64::try_from(a.text.len()).unwrap_or(u64::MAX),
+            content: a.text,
+        }),
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("warning: {run}: no knowledge recalled for the input: {e}");
+            None
+        }
+    }
+}
+
 /// Stores what a finished run learned as an episodic memory of its agent
 /// (a parked run has not finished: nothing yet). A failure is reported,
 /// not fatal: the run itself is journaled.

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use stele_engine::agent::AgentDefinition;
 use stele_engine::breaker::BreakerConfig;
+use stele_engine::bus::BusTools;
+use stele_engine::bus::service::Bus;
 use stele_engine::config::{InferenceConfig, ProviderKind};
 use stele_engine::hydrate;
 use stele_engine::llm::Provider;
@@ -249,6 +251,101 @@ pub(crate) fn report(stop: &Stop, json: bool) -> ExitCode {
     }
 }
 
+/// A run's tools: what the model is offered (`spec.tools`) and what
+/// performs each call (`driver.tools`), layered in one order for every
+/// path that starts or continues a run, so a run continued after an
+/// approval (or a restart) is offered exactly what it was offered before
+/// it parked.
+pub(crate) struct Stack {
+    /// The driver, its tools layered.
+    pub driver: Driver,
+    /// The run's spec, every offered tool in it.
+    pub spec: RunSpec,
+    /// The built-in tools (hydration, compensations outside a drive).
+    pub tools: Arc<ToolBox>,
+    /// The knowledge bridge (stores what the run learned).
+    pub knowledge: crate::context_cmd::Bridge,
+}
+
+/// Assembles the tools of run `run` of `def`, each layer filtered by the
+/// agent's tool profile (`[runs] tools`): the built-in tools, then its MCP
+/// servers' tools (`[mcp] servers`; discovered, verified, journaled), then
+/// the bus builtins (`send_to`, `ask`, `delegate`, `parallel`, `race`) when
+/// `bus` is given — the bus runs only when `[bus] policies` is set — and
+/// the knowledge tools in front.
+///
+/// # Errors
+/// The agent is not a reasoning agent, its provider, workspace, MCP hub or
+/// context service cannot be set up.
+pub(crate) async fn stack(
+    journal: &Journal,
+    def: &AgentDefinition,
+    run: &str,
+    gate: Arc<PolicyGate>,
+    policies: &Path,
+    bus: Option<&Bus>,
+) -> Result<Stack> {
+    let (driver, tools) = driver_with(def, gate)?;
+    let spec = spec(def, run)?;
+    // MCP tools of the agent's profile (discovered, SchemaPin-verified, journaled).
+    let (mut driver, mut spec) = crate::mcp_cmd::bridge(journal, def, driver, spec).await?;
+    // The bus builtins, when the bus runs.
+    if let Some(bus) = bus {
+        let patterns = profile(def);
+        let offered: Vec<_> = stele_engine::bus::builtins::specs()
+            .into_iter()
+            .filter(|t| {
+                patterns
+                    .iter()
+                    .any(|p| stele_engine::tools::glob_match(p, &t.name))
+            })
+            .collect();
+        if !offered.is_empty() {
+            spec.tools.extend(offered);
+            driver.tools = Arc::new(BusTools {
+                bus: bus.clone(),
+                agent: def.name.clone(),
+                run: run.to_owned(),
+                inner: driver.tools.clone(),
+            });
+        }
+    }
+    // The knowledge bridge (recall_knowledge / store_knowledge, learnings).
+    let (driver, spec, knowledge) = crate::context_cmd::bridge(journal, policies, def, run, driver, spec)?;
+    Ok(Stack {
+        driver,
+        spec,
+        tools,
+        knowledge,
+    })
+}
+
+/// The agent's tool profile (`[runs] tools`; empty offers every tool).
+fn profile(def: &AgentDefinition) -> Vec<String> {
+    match &def.runs {
+        Runs::Reasoning { tools, .. } if !tools.is_empty() => tools.clone(),
+        _ => vec!["*".to_owned()],
+    }
+}
+
+/// The bus a run driven in this process sends through: started over
+/// `journal` when `[bus] policies` is set (the builtins are then offered),
+/// none otherwise.
+///
+/// # Errors
+/// The bus's policies do not load, or the bus cannot start.
+pub(crate) async fn local_bus(data: &Path, journal: &Journal) -> Result<Option<Bus>> {
+    let config = &crate::cli::config().bus;
+    let Some(policies) = &config.policies else {
+        return Ok(None);
+    };
+    let gate = PolicyGate::load(policies)
+        .with_context(|| format!("[bus] policies: loading {}", policies.display()))?;
+    // The bus task ends when the last handle (the run's) is dropped.
+    let (bus, _task) = Bus::start(journal.clone(), data, Arc::new(gate), config.clone()).await?;
+    Ok(Some(bus))
+}
+
 /// A run whose `RunStarted` (and pre-hydration) is durable, ready to drive.
 pub(crate) struct Begun {
     /// The run id.
@@ -274,18 +371,18 @@ pub(crate) async fn begin(
     input: &str,
     gate: Arc<PolicyGate>,
     policies: &Path,
+    bus: Option<&Bus>,
 ) -> Result<Begun> {
     let reader = journal.reader();
     let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
     let run_id = runs.next_run();
-    let (driver, tools) = driver_with(def, gate)?;
-    let spec = spec(def, &run_id)?;
-    // The knowledge bridge (recall_knowledge / store_knowledge, learnings).
-    let (driver, spec, knowledge) =
-        crate::context_cmd::bridge(journal, policies, def, &run_id, driver, spec)?;
-    // MCP tools of the agent's profile (discovered, SchemaPin-verified, journaled).
-    let (driver, spec) = crate::mcp_cmd::bridge(journal, def, driver, spec).await?;
-    let hydration = hydrate::hydrate(
+    let Stack {
+        driver,
+        spec,
+        tools,
+        knowledge,
+    } = stack(journal, def, &run_id, gate, policies, bus).await?;
+    let mut hydration = hydrate::hydrate(
         &driver.gate,
         &tools,
         &run_id,
@@ -294,6 +391,10 @@ pub(crate) async fn begin(
         input,
     )
     .await;
+    // The agent's knowledge relevant to the task, before the first step.
+    if let Some(fact) = crate::context_cmd::recalled(&knowledge, &run_id, input, now_ms()).await {
+        hydration.push(fact);
+    }
     let mut lp = AgentLoop::start_hydrated(spec, input.to_owned(), None, hydration);
     let mut sink = JournalSink::new(journal, &run_id)?;
     sink.record(lp.take_facts())
@@ -320,7 +421,8 @@ pub(crate) fn start(
     let def = definition(data, journal, agent)?;
     let gate = load_gate(policies)?;
     runtime()?.block_on(async {
-        let begun = begin(data, journal, &def, input, gate, policies).await?;
+        let bus = local_bus(data, journal).await?;
+        let begun = begin(data, journal, &def, input, gate, policies, bus.as_ref()).await?;
         let mut sink = JournalSink::new(journal, &begun.run)?;
         let stop = begun
             .driver
@@ -454,7 +556,14 @@ pub(crate) struct Expired {
 /// `None` when none has expired.
 pub(crate) fn expire(data: &Path, journal: &Journal, run: &str, policies: &Path) -> Result<Option<Expired>> {
     let gate = load_gate(policies)?;
-    runtime()?.block_on(expire_async(data, journal, run, gate))
+    // Nothing expired: no bus to start.
+    if reasoning::expired_approvals(&run_events(&journal.reader(), run)?, now_ms()).is_empty() {
+        return Ok(None);
+    }
+    runtime()?.block_on(async {
+        let bus = local_bus(data, journal).await?;
+        expire_async(data, journal, run, gate, policies, bus.as_ref()).await
+    })
 }
 
 /// [`expire`] on a loaded gate.
@@ -463,6 +572,8 @@ pub(crate) async fn expire_async(
     journal: &Journal,
     run: &str,
     gate: Arc<PolicyGate>,
+    policies: &Path,
+    bus: Option<&Bus>,
 ) -> Result<Option<Expired>> {
     let reader = journal.reader();
     let events = run_events(&reader, run)?;
@@ -476,13 +587,12 @@ pub(crate) async fn expire_async(
         .get(run)
         .with_context(|| format!("no run named {run}"))?;
     let def = definition_async(data, journal, &view.agent, None).await?;
-    let mut parked = match reasoning::resume(spec(&def, run)?, &events)
-        .map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?
-    {
-        Resumed::Parked(p) => p,
-        _ => bail!("{run} has approvals that timed out but is not parked"),
-    };
-    let (driver, _) = driver_with(&def, gate)?;
+    let Stack { driver, spec, .. } = stack(journal, &def, run, gate, policies, bus).await?;
+    let mut parked =
+        match reasoning::resume(spec, &events).map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))? {
+            Resumed::Parked(p) => p,
+            _ => bail!("{run} has approvals that timed out but is not parked"),
+        };
     let mut sink = JournalSink::new(journal, run)?;
     let mut calls = Vec::new();
     for (call, why) in expired {
@@ -517,7 +627,9 @@ pub(crate) fn decide_on(
 ) -> Result<Stop> {
     let gate = load_gate(policies)?;
     runtime()?.block_on(async {
-        let (driver, parked) = prepare_decision(data, journal, run, call, gate).await?;
+        let bus = local_bus(data, journal).await?;
+        let (driver, parked) =
+            prepare_decision(data, journal, run, call, gate, policies, bus.as_ref()).await?;
         let mut sink = JournalSink::new(journal, run)?;
         driver
             .decide(parked, call, approved, approver, reason, &mut sink)
@@ -534,8 +646,10 @@ pub(crate) async fn prepare_decision(
     run: &str,
     call: &str,
     gate: Arc<PolicyGate>,
+    policies: &Path,
+    bus: Option<&Bus>,
 ) -> Result<(Driver, AgentLoop<stele_engine::orga::AwaitingApproval>)> {
-    if let Some(expired) = expire_async(data, journal, run, gate.clone()).await?
+    if let Some(expired) = expire_async(data, journal, run, gate.clone(), policies, bus).await?
         && let Some((_, why)) = expired.calls.iter().find(|(c, _)| c == call)
     {
         bail!("the approval of {call} in {run} has expired: {why}; the run went on without it");
@@ -555,16 +669,16 @@ pub(crate) async fn prepare_decision(
     }
     let def = definition_async(data, journal, &view.agent, None).await?;
     let events = run_events(&reader, run)?;
-    let parked = match reasoning::resume(spec(&def, run)?, &events)
-        .map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?
-    {
-        Resumed::Parked(p) => p,
-        Resumed::Reasoning(_) | Resumed::Interrupted(_) => {
-            bail!("{run} is not parked: its process died mid-run (`stele saga recover {run}` ends it)")
-        }
-        Resumed::Finished => bail!("{run} has finished"),
-    };
-    let (driver, _) = driver_with(&def, gate)?;
+    // The same tools the run was offered before it parked.
+    let Stack { driver, spec, .. } = stack(journal, &def, run, gate, policies, bus).await?;
+    let parked =
+        match reasoning::resume(spec, &events).map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))? {
+            Resumed::Parked(p) => p,
+            Resumed::Reasoning(_) | Resumed::Interrupted(_) => {
+                bail!("{run} is not parked: its process died mid-run (`stele saga recover {run}` ends it)")
+            }
+            Resumed::Finished => bail!("{run} has finished"),
+        };
     Ok((driver, parked))
 }
 

@@ -162,7 +162,11 @@ pub fn up(
             core.register_from_dir(&file, def, source).await?;
         }
         let _control = crate::control::Server::start(data, core.journal.clone())?;
-        let _bus = crate::bus_cmd::start_daemon(data, core.journal.clone(), &core.config).await?;
+        let bus_daemon = crate::bus_cmd::start_daemon(data, core.journal.clone(), &core.config).await?;
+        // Runs are offered the bus builtins only when the bus runs.
+        if let Some(b) = &bus_daemon {
+            desk.offer_bus(b.bus().clone());
+        }
         let server = crate::http::start(
             listener,
             crate::http::Parts {

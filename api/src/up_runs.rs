@@ -175,6 +175,9 @@ struct Inner {
     timers: Mutex<HashMap<String, AbortHandle>>,
     /// Set when the runtime shuts down: no new drive begins.
     closed: std::sync::atomic::AtomicBool,
+    /// The bus, when it runs (`[bus] policies`): runs are then offered
+    /// its builtins.
+    bus: std::sync::OnceLock<stele_engine::bus::service::Bus>,
 }
 
 /// The daemon's reasoning runs (cheap to clone).
@@ -214,7 +217,14 @@ impl Desk {
             claimed: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            bus: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Offers every run begun or continued from now on the bus builtins,
+    /// sent through `bus` (the daemon's; set once, when the bus starts).
+    pub fn offer_bus(&self, bus: stele_engine::bus::service::Bus) {
+        let _ = self.0.bus.set(bus);
     }
 
     fn gate(&self) -> Result<Arc<PolicyGate>> {
@@ -304,6 +314,7 @@ impl Desk {
                 &input,
                 self.gate()?,
                 &self.0.policies,
+                self.0.bus.get(),
             )
             .await?
         };
@@ -452,8 +463,16 @@ impl Desk {
         let cancel = cancel_signal();
         self.claim(run, cancel.clone(), false)?;
         let prepared = async {
-            let (driver, parked) =
-                run_cmd::prepare_decision(&self.0.data, &self.0.journal, run, call, self.gate()?).await?;
+            let (driver, parked) = run_cmd::prepare_decision(
+                &self.0.data,
+                &self.0.journal,
+                run,
+                call,
+                self.gate()?,
+                &self.0.policies,
+                self.0.bus.get(),
+            )
+            .await?;
             let view_agent = {
                 let reader = self.0.journal.reader();
                 let runs =
@@ -571,13 +590,22 @@ impl Desk {
                 .map(|v| v.agent.clone())
                 .with_context(|| format!("no run named {run}"))?;
             let def = self.definition(&agent, None).await?;
-            let mut parked = match reasoning::resume(run_cmd::spec(&def, run)?, &events)
+            // The same tools the run was offered before it parked.
+            let run_cmd::Stack { driver, spec, .. } = run_cmd::stack(
+                &self.0.journal,
+                &def,
+                run,
+                self.gate()?,
+                &self.0.policies,
+                self.0.bus.get(),
+            )
+            .await?;
+            let mut parked = match reasoning::resume(spec, &events)
                 .map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?
             {
                 Resumed::Parked(p) => p,
                 _ => bail!("{run} has approvals that timed out but is not parked"),
             };
-            let (driver, _) = run_cmd::driver_with(&def, self.gate()?)?;
             let desk = self.clone();
             let run = run.to_owned();
             tokio::spawn(async move {

@@ -641,6 +641,12 @@ pub fn rehydrate(recorded: &RecordedRun, gate: &PolicyGate) -> Vec<EventBody> {
                 allowed = matches!(checked.gate, stele_engine::orga::Gate::Allow { .. });
                 out.push(checked.decided);
             }
+            // Recalled knowledge: no file decision precedes it.
+            EventBody::ContextHydrated { reference, .. }
+                if reference.starts_with(stele_engine::context::rag::KNOWLEDGE_REFERENCE) =>
+            {
+                out.push(e.body.clone());
+            }
             other => {
                 if allowed {
                     out.push(other.clone());

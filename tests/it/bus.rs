@@ -829,3 +829,130 @@ fn two_instances_exchange_signed_encrypted_messages_over_nats() {
     });
     assert!(delivered_remote, "a journaled b's receipt");
 }
+
+/// Policies of `fixtures/policies` plus one that lets reasoning runs call
+/// the bus builtins, in `dir`.
+fn policies_with_builtins(dir: &Path) -> PathBuf {
+    let out = dir.join("policies");
+    std::fs::create_dir_all(&out).expect("policies dir");
+    for f in std::fs::read_dir(policies()).expect("fixtures/policies") {
+        let f = f.expect("entry").path();
+        if f.extension().is_some_and(|e| e == "cedar" || e == "cedarschema") {
+            std::fs::copy(&f, out.join(f.file_name().expect("name"))).expect("copy policy");
+        }
+    }
+    std::fs::write(
+        out.join("builtins.cedar"),
+        "@id(\"runs-message-agents\")\npermit (principal, action == Action::\"invoke_tool\", resource)\nwhen { resource == Tool::\"send_to\" || resource == Tool::\"ask\" };\n",
+    )
+    .expect("builtins policy");
+    out
+}
+
+#[test]
+fn a_reasoning_run_sends_through_the_bus_builtin_and_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let policies = policies_with_builtins(dir.path());
+    let cfg = dir.path().join("stele.toml");
+    std::fs::write(
+        &cfg,
+        format!("[bus]\npolicies = {:?}\n", policies.display().to_string()),
+    )
+    .expect("config");
+    let script = dir.path().join("script.json");
+    std::fs::write(
+        &script,
+        r#"{"model": "scripted", "answers": [
+  {"content": "I'll tell inbox.", "tool_calls": [{"name": "send_to", "arguments": {"agent": "inbox", "message": "the report is ready"}}]},
+  {"content": "Told inbox."}
+]}"#,
+    )
+    .expect("script");
+    let sender = dir.path().join("sender.toml");
+    std::fs::write(
+        &sender,
+        format!(
+            "name = \"sender\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"10s\"\n[runs]\nkind = \"reasoning\"\nsystem = \"You tell others.\"\ntools = [\"send_to\", \"read_file\"]\nworkspace = {:?}\nscript = {:?}\nmax_steps = 4\n",
+            dir.path().join("ws").display().to_string(),
+            script.display().to_string()
+        ),
+    )
+    .expect("sender");
+    let inbox = dir.path().join("inbox.toml");
+    std::fs::write(&inbox, definition("inbox", "")).expect("inbox");
+    let p = policies.to_str().expect("utf-8");
+    let r = cli(
+        &data,
+        &cfg,
+        &["agent", "register", inbox.to_str().expect("utf-8")],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let r = cli(
+        &data,
+        &cfg,
+        &[
+            "run",
+            sender.to_str().expect("utf-8"),
+            "--input",
+            "tell inbox",
+            "--json",
+            "--policies",
+            p,
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).expect("run JSON");
+    assert_eq!(out["outcome"], "completed", "{out}");
+    let run = out["run"].as_str().expect("run id").to_owned();
+
+    let journal = open(&data);
+    let evs = events(&journal.reader());
+    drop(journal);
+    let returned = evs
+        .iter()
+        .find(|(k, _)| k == "tool_returned")
+        .map(|(_, v)| v.clone())
+        .expect("the send_to call returned");
+    assert_eq!(returned["ok"], true, "{returned}");
+    assert!(
+        returned["output"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("sent ")),
+        "{returned}"
+    );
+    let sent = evs
+        .iter()
+        .find(|(k, _)| k == "message_sent")
+        .map(|(_, v)| v.clone())
+        .expect("a journaled MessageSent");
+    assert_eq!(sent["sender"], "sender", "{sent}");
+    assert_eq!(sent["recipient"], "inbox", "{sent}");
+    assert_eq!(sent["builtin"], "send_to", "{sent}");
+    let call = returned["call_id"].as_str().expect("call id");
+    assert_eq!(sent["context"], format!("{run}/{call}").as_str(), "{sent}");
+    assert!(
+        evs.iter().any(|(k, v)| k == "message_delivered"
+            && v["recipient"] == "inbox"
+            && v["message"] == sent["message"]),
+        "a journaled MessageDelivered to inbox"
+    );
+    // The bus's own gate decided the message too.
+    assert!(
+        evs.iter()
+            .any(|(k, v)| k == "policy_decided" && v["point"] == "message_send")
+    );
+
+    // The replay serves the journaled result: no message is sent again.
+    let r = cli(&data, &cfg, &["replay", &run, "--policies", p]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let journal = open(&data);
+    let again = events(&journal.reader());
+    assert_eq!(
+        again.iter().filter(|(k, _)| k == "message_sent").count(),
+        1,
+        "replay sent nothing"
+    );
+    drop(journal);
+    verify(&data);
+}

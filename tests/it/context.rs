@@ -940,3 +940,82 @@ fn the_knowledge_bridge_stores_and_recalls_in_a_scripted_run() {
         String::from_utf8_lossy(&replay.stderr)
     );
 }
+
+#[test]
+fn knowledge_is_injected_before_the_first_step_and_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    ok_json(&cli(
+        &data,
+        &[
+            "context",
+            "store",
+            "librarian",
+            "Database backups are kept for thirty days in the vault.",
+            "--json",
+        ],
+    ));
+    let script = dir.path().join("script.json");
+    std::fs::write(
+        &script,
+        r#"{"model": "scripted", "answers": [{"content": "Thirty days."}]}"#,
+    )
+    .expect("script");
+    let agent = dir.path().join("librarian.toml");
+    let text = std::fs::read_to_string(root().join("fixtures/context/librarian.toml"))
+        .expect("fixture")
+        .replace(
+            "workspace = \"stele-workspace\"",
+            &format!("workspace = {:?}", dir.path().join("ws").display().to_string()),
+        )
+        .replace(
+            "script = \"fixtures/context/knowledge.json\"",
+            &format!("script = {:?}", script.display().to_string()),
+        );
+    std::fs::write(&agent, text).expect("agent");
+    let run = ok_json(&cli(
+        &data,
+        &[
+            "run",
+            agent.to_str().expect("utf8"),
+            "--input",
+            "how long are database backups kept?",
+            "--json",
+        ],
+    ));
+    assert_eq!(run["outcome"], "completed", "{run}");
+    let out = stele()
+        .arg("--data")
+        .arg(&data)
+        .args(["events", "--json", "--run", "run-1"])
+        .output()
+        .expect("events");
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+        .collect();
+    // RunStarted, then the recalled knowledge, before the first phase.
+    assert_eq!(events[0]["body"]["kind"], "run_started");
+    let hydrated = &events[1]["body"];
+    assert_eq!(hydrated["kind"], "context_hydrated", "{events:?}");
+    assert_eq!(hydrated["reference"], "knowledge:librarian");
+    let content = hydrated["content"].as_str().expect("content");
+    assert!(
+        content.contains("librarian/m-1") && content.contains("thirty days"),
+        "{content}"
+    );
+    assert_eq!(
+        hydrated["blake3"].as_str().expect("blake3"),
+        blake3::hash(content.as_bytes()).to_hex().as_str()
+    );
+    assert_eq!(hydrated["size_bytes"], content.len());
+    assert_eq!(events[2]["body"]["kind"], "phase_entered");
+    // The replay serves the recalled knowledge as journaled: identical.
+    let replay = cli(&data, &["replay", "run-1"]);
+    assert!(
+        replay.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&replay.stdout),
+        String::from_utf8_lossy(&replay.stderr)
+    );
+}

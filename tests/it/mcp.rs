@@ -573,3 +573,90 @@ fn a_reasoning_run_calls_an_mcp_tool_and_replays_without_the_server() {
         "replay started no server"
     );
 }
+
+#[test]
+fn a_run_continued_after_an_approval_calls_an_mcp_tool_and_replays() {
+    let s = Setup::new("strict", &signed_server("a", "signed"));
+    // The MCP policies, and writing a file needs an operator's approval.
+    let policies = s.dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    std::fs::copy(
+        root().join("fixtures/mcp/policies/mcp.cedar"),
+        policies.join("mcp.cedar"),
+    )
+    .expect("copy policy");
+    std::fs::write(
+        policies.join("write.cedar"),
+        "@id(\"write-needs-approval\")\n@approval(\"writing a file needs an operator's approval\")\npermit (principal, action == Action::\"invoke_tool\", resource == Tool::\"write_file\");\n",
+    )
+    .expect("write policy");
+    let script = s.dir.path().join("script.json");
+    std::fs::write(
+        &script,
+        r#"{"model": "scripted", "answers": [
+  {"content": "I'll note the task first.", "tool_calls": [{"name": "write_file", "arguments": {"path": "task.txt", "content": "add 2 and 3"}}]},
+  {"content": "Now the sum.", "tool_calls": [{"name": "mcp__signed__add", "arguments": {"a": 2, "b": 3}}]},
+  {"content": "2 + 3 = 5."}
+]}"#,
+    )
+    .expect("script");
+    let agent = s.dir.path().join("adder.toml");
+    std::fs::write(
+        &agent,
+        format!(
+            "name = \"adder\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n[runs]\nkind = \"reasoning\"\nsystem = \"You add numbers.\"\ntools = [\"write_file\", \"mcp__signed__*\"]\nworkspace = {:?}\nscript = {:?}\nmax_steps = 6\n",
+            s.dir.path().join("ws").display().to_string(),
+            script.display().to_string()
+        ),
+    )
+    .expect("agent");
+    let p = policies.display().to_string();
+    let r = s.stele(&[
+        "run",
+        agent.to_str().expect("utf8"),
+        "--input",
+        "add 2 and 3",
+        "--json",
+        "--policies",
+        &p,
+    ]);
+    assert_eq!(r.code, Some(3), "the run parks: {r:?}");
+    let out: Value = serde_json::from_str(&r.stdout).expect("run JSON");
+    assert_eq!(out["outcome"], "awaiting_approval", "{out}");
+    let run = out["run"].as_str().expect("run id").to_owned();
+    let call = out["awaiting"][0]["call"].as_str().expect("call").to_owned();
+
+    let r = s.stele(&["approve", &run, &call, "--json", "--policies", &p]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let out: Value = serde_json::from_str(&r.stdout).expect("approve JSON");
+    assert_eq!(out["outcome"], "completed", "{out}");
+    assert_eq!(out["answer"], "2 + 3 = 5.", "{out}");
+
+    let ev = s.events();
+    let returned = kind(&ev, "tool_returned");
+    assert_eq!(returned.len(), 2, "{returned:?}");
+    assert_eq!(returned[0]["body"]["ok"], true, "{:?}", returned[0]);
+    // The MCP tool, offered again after the run was rebuilt, served the call.
+    assert_eq!(returned[1]["body"]["ok"], true, "{:?}", returned[1]);
+    assert_eq!(returned[1]["body"]["output"], "5");
+    let called = kind(&ev, "mcp_tool_called");
+    assert_eq!(called.len(), 1, "{called:?}");
+    assert_eq!(
+        called[0]["body"]["correlation"].as_str().expect("corr"),
+        format!("{run}/{}", returned[1]["body"]["call_id"].as_str().expect("id"))
+    );
+
+    // The replay reproduces the whole run, the approval included, without
+    // the server.
+    s.configure(
+        "strict",
+        "[[mcp.servers]]\nname = \"signed\"\ncommand = \"/nonexistent/server\"\n",
+    );
+    let r = s.stele(&["replay", &run, "--policies", &p]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(
+        kind(&s.events(), "mcp_tool_called").len(),
+        1,
+        "replay called no server"
+    );
+}

@@ -541,3 +541,116 @@ fn an_event_driven_reasoning_agent_gets_its_event_and_the_token_names_the_approv
     assert!(up.wait_exit().success());
     verify(&up.data);
 }
+
+/// A daemon whose bus runs (`[bus] policies`) and whose MCP server is the
+/// signed test server; a run that messages (bus builtin), parks on a write,
+/// and after the approval calls an MCP tool: the daemon offers the same
+/// tools to the continued run.
+#[test]
+fn the_daemon_offers_bus_and_mcp_tools_to_started_and_continued_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run_policies = dir.path().join("policies");
+    std::fs::create_dir_all(&run_policies).expect("policies dir");
+    std::fs::copy(
+        root().join("fixtures/mcp/policies/mcp.cedar"),
+        run_policies.join("mcp.cedar"),
+    )
+    .expect("copy policy");
+    std::fs::write(
+        run_policies.join("run.cedar"),
+        "@id(\"write-needs-approval\")\n@approval(\"writing a file needs an operator's approval\")\npermit (principal, action == Action::\"invoke_tool\", resource == Tool::\"write_file\");\n\
+         @id(\"runs-message-agents\")\npermit (principal, action == Action::\"invoke_tool\", resource == Tool::\"send_to\");\n",
+    )
+    .expect("run policy");
+    std::fs::write(
+        dir.path().join("stele.toml"),
+        format!(
+            "{}\n[bus]\npolicies = {:?}\n\n[mcp]\ntool_verification = \"strict\"\n\n[[mcp.servers]]\nname = \"signed\"\ncommand = \"python3\"\nargs = [{:?}]\ndomain = \"tools.example\"\nenv = {{ SCHEMAPIN_KEY = \"a\", SCHEMAPIN_MODE = \"signed\" }}\n",
+            crate::up::CONFIG,
+            policies().as_str(),
+            root().join("fixtures/mcp/signed_server.py").display().to_string()
+        ),
+    )
+    .expect("config");
+    let script = dir.path().join("script.json");
+    std::fs::write(
+        &script,
+        r#"{"model": "scripted", "answers": [
+  {"content": "Telling myself.", "tool_calls": [{"name": "send_to", "arguments": {"agent": "adder", "message": "started"}}]},
+  {"content": "Noting the task.", "tool_calls": [{"name": "write_file", "arguments": {"path": "task.txt", "content": "add 2 and 3"}}]},
+  {"content": "Now the sum.", "tool_calls": [{"name": "mcp__signed__add", "arguments": {"a": 2, "b": 3}}]},
+  {"content": "2 + 3 = 5."}
+]}"#,
+    )
+    .expect("script");
+    let agent = dir.path().join("adder.toml");
+    std::fs::write(
+        &agent,
+        format!(
+            "name = \"adder\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n[runs]\nkind = \"reasoning\"\nsystem = \"You add numbers.\"\ntools = [\"send_to\", \"write_file\", \"mcp__signed__*\"]\nworkspace = {:?}\nscript = {:?}\nmax_steps = 6\n",
+            dir.path().join("ws").display().to_string(),
+            script.display().to_string()
+        ),
+    )
+    .expect("agent");
+    let p = run_policies.display().to_string();
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &p]);
+    let out = up.cli(&[
+        "run",
+        agent.to_str().expect("utf8"),
+        "--input",
+        "add 2 and 3",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "parks on the write: {:?}",
+        out_json(&out)
+    );
+    let v = out_json(&out);
+    let run = v["run"].as_str().expect("run").to_owned();
+    let call = v["awaiting"][0]["call"].as_str().expect("call").to_owned();
+    let out = up.cli(&["approve", &run, &call, "--json"]);
+    let v = out_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["answer"], "2 + 3 = 5.", "{v}");
+
+    let ev = up.events();
+    let returned: Vec<&Value> = run_events(&ev, &run)
+        .into_iter()
+        .filter(|e| e["body"]["kind"] == "tool_returned")
+        .collect();
+    assert_eq!(returned.len(), 3, "{}", dump(&ev));
+    assert!(
+        returned.iter().all(|r| r["body"]["ok"] == true),
+        "send_to, the write and the MCP call succeed:\n{}",
+        dump(&ev)
+    );
+    assert_eq!(returned[2]["body"]["output"], "5");
+    let sent = kind(&ev, "message_sent");
+    assert_eq!(sent.len(), 1, "{}", dump(&ev));
+    assert_eq!(
+        sent[0]["body"]["context"].as_str().expect("context"),
+        format!("{run}/{}", returned[0]["body"]["call_id"].as_str().expect("id"))
+    );
+    assert_eq!(kind(&ev, "message_delivered").len(), 1, "{}", dump(&ev));
+    assert_eq!(kind(&ev, "mcp_tool_called").len(), 1, "{}", dump(&ev));
+    up.signal(15);
+    assert!(up.wait_exit().success());
+
+    // Replayed without the daemon: identical, nothing sent or called again.
+    let config = dir.path().join("stele.toml");
+    let r = crate::run_bounded(&[
+        "--data",
+        up.data.to_str().expect("utf8"),
+        "--config",
+        config.to_str().expect("utf8"),
+        "replay",
+        &run,
+        "--policies",
+        &p,
+    ]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    verify(&up.data);
+}

@@ -252,10 +252,12 @@ impl Bus {
                 });
             }
         }
+        let mut folded = head;
         if !pins.is_empty() {
             let receipts = journal.append_many(pins).await?;
             let last = receipts.last().map_or(head, |r| r.seq);
             catch_up(&mut follow, last, &mut view, &mut registry).await?;
+            folded = last;
         }
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let notify = Arc::new(Notify::new());
@@ -269,6 +271,7 @@ impl Bus {
             journal,
             reader,
             follow,
+            folded,
             keys,
             gate,
             config,
@@ -579,6 +582,8 @@ struct Task {
     journal: Journal,
     reader: Reader,
     follow: stele_journal::Follow,
+    /// The last seq folded into `view` and `registry`.
+    folded: Seq,
     keys: BusKeys,
     gate: Arc<PolicyGate>,
     config: BusConfig,
@@ -637,6 +642,12 @@ impl Task {
     }
 
     async fn batch(&mut self, commands: Vec<Command>) -> Result<(), BusError> {
+        // What others appended since (an agent registered by a run, say)
+        // is folded before deciding on it.
+        let head = self.reader.head().seq;
+        if head > self.folded {
+            self.fold_to(head).await?;
+        }
         let now = now_ms();
         let mut b = Batch::default();
         for c in commands {
@@ -732,6 +743,7 @@ impl Task {
                     let seq = e.seq();
                     self.view.apply(&e);
                     self.registry.apply(&e);
+                    self.folded = seq;
                     if seq >= to {
                         return Ok(());
                     }

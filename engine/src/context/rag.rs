@@ -32,6 +32,12 @@ use crate::tools::{CompensationFuture, ToolResult, ToolRunner};
 pub const KNOWLEDGE_TOOLS: [&str; 2] = ["recall_knowledge", "store_knowledge"];
 /// Token budget of a `recall_knowledge` answer when the call names none.
 pub const DEFAULT_BUDGET_TOKENS: usize = 1000;
+/// How a `ContextHydrated` fact of recalled knowledge (not a workspace
+/// file) names its reference: `knowledge:<agent>`. A replay serves such a
+/// fact as journaled (no file decision precedes it).
+pub const KNOWLEDGE_REFERENCE: &str = "knowledge:";
+/// Knowledge items recalled for a run's input before its first step.
+pub const RECALL_ON_START: usize = 5;
 /// Largest budget a call may ask for.
 pub const MAX_BUDGET_TOKENS: usize = 8000;
 /// Characters per token of the budget's estimate.
