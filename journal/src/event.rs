@@ -1354,48 +1354,87 @@ kinds! {
     McpResourceRead => "mcp_resource_read",
 }
 
-impl EventBody {
-    /// The run this event belongs to, when it carries one.
-    ///
-    /// # Errors
-    /// A run id in the body that is not a valid id.
-    pub fn run_id(&self) -> Result<Option<RunId>> {
-        match self {
-            EventBody::Annotated { run: Some(r), .. } => RunId::new(r.clone()).map(Some),
-            // A task's whole story is one run: `stele events --run task-7`.
-            EventBody::TaskQueued { task, .. }
-            | EventBody::TaskPlaced { task, .. }
-            | EventBody::TaskPreempted { task, .. }
-            | EventBody::TaskFinished { task, .. }
-            | EventBody::ProcessStarted { task, .. }
-            | EventBody::ResourcesSampled { task, .. }
-            | EventBody::ProcessExited { task, .. }
-            | EventBody::RunInterrupted { task, .. }
-            | EventBody::HealthChecked { task, .. }
-            | EventBody::SandboxStarted { task, .. }
-            | EventBody::SandboxExited { task, .. }
-            | EventBody::SandboxReaped { task, .. } => RunId::new(task.clone()).map(Some),
-            EventBody::RunStarted { run, .. }
-            | EventBody::PhaseEntered { run, .. }
-            | EventBody::CompletionReceived { run, .. }
-            | EventBody::CompletionFailed { run, .. }
-            | EventBody::ActionProposed { run, .. }
-            | EventBody::ToolCalled { run, .. }
-            | EventBody::ToolReturned { run, .. }
-            | EventBody::ApprovalRequested { run, .. }
-            | EventBody::ApprovalDecided { run, .. }
-            | EventBody::RunFinished { run, .. }
-            | EventBody::RunForked { run, .. }
-            | EventBody::RunBreakerChanged { run, .. }
-            | EventBody::SagaStepRecorded { run, .. }
-            | EventBody::SagaCompensating { run, .. }
-            | EventBody::SagaCompensated { run, .. }
-            | EventBody::ContextHydrated { run, .. } => RunId::new(run.clone()).map(Some),
-            EventBody::PolicyDecided { run: Some(r), .. } => RunId::new(r.clone()).map(Some),
-            _ => Ok(None),
+/// Which facts belong to a run, and through which field: one list makes
+/// both [`EventBody::run_id`] and [`ArchivedEventBody::run`], so the native
+/// and the archived answers cannot drift apart. A new fact that carries a
+/// run goes into one of the three lists.
+macro_rules! run_fields {
+    (
+        task: [$($task:ident),+ $(,)?],
+        run: [$($run:ident),+ $(,)?],
+        optional_run: [$($opt:ident),+ $(,)?] $(,)?
+    ) => {
+        impl EventBody {
+            /// The run this event belongs to, when it carries one. A task's
+            /// whole story is one run (`stele events --run task-7`).
+            ///
+            /// # Errors
+            /// A run id in the body that is not a valid id.
+            pub fn run_id(&self) -> Result<Option<RunId>> {
+                match self {
+                    $(EventBody::$task { task, .. })|+ => RunId::new(task.clone()).map(Some),
+                    $(EventBody::$run { run, .. })|+ => RunId::new(run.clone()).map(Some),
+                    $(EventBody::$opt { run: Some(r), .. })|+ => RunId::new(r.clone()).map(Some),
+                    _ => Ok(None),
+                }
+            }
         }
-    }
 
+        impl ArchivedEventBody {
+            /// The run this event belongs to, as [`EventBody::run_id`] says.
+            #[must_use]
+            pub fn run(&self) -> Option<&str> {
+                match self {
+                    $(ArchivedEventBody::$task { task, .. })|+ => Some(task.as_str()),
+                    $(ArchivedEventBody::$run { run, .. })|+ => Some(run.as_str()),
+                    $(ArchivedEventBody::$opt { run, .. })|+ => run.as_ref().map(|r| r.as_str()),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+run_fields! {
+    task: [
+        TaskQueued,
+        TaskPlaced,
+        TaskPreempted,
+        TaskFinished,
+        ProcessStarted,
+        ResourcesSampled,
+        ProcessExited,
+        RunInterrupted,
+        HealthChecked,
+        SandboxStarted,
+        SandboxExited,
+        SandboxReaped,
+    ],
+    run: [
+        RunStarted,
+        PhaseEntered,
+        CompletionReceived,
+        CompletionFailed,
+        ActionProposed,
+        ToolCalled,
+        ToolReturned,
+        ApprovalRequested,
+        ApprovalDecided,
+        RunFinished,
+        RunForked,
+        RunBreakerChanged,
+        SagaStepRecorded,
+        SagaCompensating,
+        SagaCompensated,
+        ContextHydrated,
+    ],
+    optional_run: [
+        Annotated,
+        PolicyDecided,
+    ],
+}
+
+impl EventBody {
     /// rkyv-encodes the body, refusing bodies over the size limit.
     ///
     /// # Errors
@@ -1412,46 +1451,6 @@ impl EventBody {
             });
         }
         Ok(bytes.into_vec())
-    }
-}
-
-impl ArchivedEventBody {
-    /// The run this event belongs to, as [`EventBody::run_id`] says.
-    #[must_use]
-    pub fn run(&self) -> Option<&str> {
-        match self {
-            ArchivedEventBody::Annotated { run, .. } => run.as_ref().map(|r| r.as_str()),
-            ArchivedEventBody::TaskQueued { task, .. }
-            | ArchivedEventBody::TaskPlaced { task, .. }
-            | ArchivedEventBody::TaskPreempted { task, .. }
-            | ArchivedEventBody::TaskFinished { task, .. }
-            | ArchivedEventBody::ProcessStarted { task, .. }
-            | ArchivedEventBody::ResourcesSampled { task, .. }
-            | ArchivedEventBody::ProcessExited { task, .. }
-            | ArchivedEventBody::RunInterrupted { task, .. }
-            | ArchivedEventBody::HealthChecked { task, .. }
-            | ArchivedEventBody::SandboxStarted { task, .. }
-            | ArchivedEventBody::SandboxExited { task, .. }
-            | ArchivedEventBody::SandboxReaped { task, .. } => Some(task.as_str()),
-            ArchivedEventBody::RunStarted { run, .. }
-            | ArchivedEventBody::PhaseEntered { run, .. }
-            | ArchivedEventBody::CompletionReceived { run, .. }
-            | ArchivedEventBody::CompletionFailed { run, .. }
-            | ArchivedEventBody::ActionProposed { run, .. }
-            | ArchivedEventBody::ToolCalled { run, .. }
-            | ArchivedEventBody::ToolReturned { run, .. }
-            | ArchivedEventBody::ApprovalRequested { run, .. }
-            | ArchivedEventBody::ApprovalDecided { run, .. }
-            | ArchivedEventBody::RunFinished { run, .. }
-            | ArchivedEventBody::RunForked { run, .. }
-            | ArchivedEventBody::RunBreakerChanged { run, .. }
-            | ArchivedEventBody::SagaStepRecorded { run, .. }
-            | ArchivedEventBody::SagaCompensating { run, .. }
-            | ArchivedEventBody::SagaCompensated { run, .. }
-            | ArchivedEventBody::ContextHydrated { run, .. } => Some(run.as_str()),
-            ArchivedEventBody::PolicyDecided { run, .. } => run.as_ref().map(|r| r.as_str()),
-            _ => None,
-        }
     }
 }
 
