@@ -10,9 +10,7 @@
 //! and follow the run until it settles, printing the same output with the
 //! same exit codes.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -27,11 +25,11 @@ use stele_engine::llm::Provider;
 use stele_engine::openai::OpenAiProvider;
 use stele_engine::orga::{AgentLoop, Reasoning, RunSpec};
 use stele_engine::policy::PolicyGate;
-use stele_engine::reasoning::{self, Driver, Resumed, Sink, Stop};
+use stele_engine::reasoning::{self, Driver, JournalSink, Resumed, Sink, Stop};
 use stele_engine::scripted::ScriptedProvider;
 use stele_engine::tools::ToolBox;
 use stele_engine::{LifecycleCommand, Runs, agent_stream};
-use stele_journal::{Append, EventBody, EventRef, Journal, RunId, Seq, StreamId};
+use stele_journal::{Append, EventRef, Journal, RunId, Seq};
 use stele_projections::{AgentRegistry, RunsView, SnapshotStore, state_at};
 
 use crate::client::Daemon;
@@ -39,48 +37,6 @@ use crate::journal_cmd::{open_reader, open_writer, runtime};
 
 /// Exit code of a run that waits for an approval.
 pub const PARKED: u8 = 3;
-
-/// Appends a run's facts to its stream `run:<id>`.
-pub(crate) struct JournalSink {
-    journal: Journal,
-    stream: StreamId,
-}
-
-impl JournalSink {
-    /// The sink of run `run`.
-    pub(crate) fn new(journal: &Journal, run: &str) -> Result<JournalSink> {
-        Ok(JournalSink {
-            journal: journal.clone(),
-            stream: StreamId::new(format!("run:{run}"))?,
-        })
-    }
-}
-
-impl Sink for JournalSink {
-    fn record<'a>(
-        &'a mut self,
-        facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        Box::pin(async move {
-            if facts.is_empty() {
-                return Ok(());
-            }
-            let appends = facts
-                .into_iter()
-                .map(|body| Append {
-                    stream: self.stream.clone(),
-                    cause: None,
-                    body,
-                })
-                .collect();
-            self.journal
-                .append_many(appends)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-    }
-}
 
 fn provider(cfg: &InferenceConfig, def: &AgentDefinition) -> Result<Arc<dyn Provider>> {
     Ok(match cfg.provider {

@@ -16,7 +16,8 @@ use stele_journal::EventBody;
 use stele_projections::{RunsView, SnapshotStore, state_at};
 
 use crate::journal_cmd::{open_reader, open_writer, runtime};
-use crate::run_cmd::{JournalSink, definition, driver, expire, run_events};
+use crate::run_cmd::{definition, driver, expire, run_events};
+use stele_engine::reasoning::JournalSink;
 
 /// `stele saga show RUN`.
 pub fn show(data: &Path, run: &str, json: bool) -> Result<ExitCode> {

@@ -14,10 +14,8 @@
 //!   (`backtest`), and 100,000 requests repeating 1,164 distinct ones (each
 //!   distinct request is evaluated once). Target: ≥ 100,000 requests/s.
 
-use std::future::Future;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +24,7 @@ use stele_engine::llm::ToolCall;
 use stele_engine::orga::AgentLoop;
 use stele_engine::policy::PolicyGate;
 use stele_engine::process::{Launcher, detect_confinement};
-use stele_engine::reasoning::{Driver, Sink, check, spec_for};
+use stele_engine::reasoning::{Driver, JournalSink, check, spec_for};
 use stele_engine::scripted::ScriptedProvider;
 use stele_engine::tools::ToolBox;
 use stele_engine::{AgentDefinition, LifecycleCommand};
@@ -38,37 +36,6 @@ const STEPS: usize = 1_112;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct JournalSink {
-    journal: Journal,
-    stream: StreamId,
-}
-
-impl Sink for JournalSink {
-    fn record<'a>(
-        &'a mut self,
-        facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        Box::pin(async move {
-            if facts.is_empty() {
-                return Ok(());
-            }
-            let appends = facts
-                .into_iter()
-                .map(|body| Append {
-                    stream: self.stream.clone(),
-                    cause: None,
-                    body,
-                })
-                .collect();
-            self.journal
-                .append_many(appends)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-    }
 }
 
 fn settings() -> Settings {
@@ -159,10 +126,7 @@ fn record_long_run(dir: &Path) -> PathBuf {
     };
     let mut spec = spec_for(&def, "run-1", "scripted", 0).expect("spec");
     spec.max_attempts = 4;
-    let mut sink = JournalSink {
-        journal: journal.clone(),
-        stream: StreamId::new("run:run-1").expect("id"),
-    };
+    let mut sink = JournalSink::new(&journal, "run-1").expect("sink");
     rt.block_on(driver.drive(AgentLoop::start(spec, "go".into(), None), &mut sink))
         .expect("drive");
     rt.block_on(journal.sync()).expect("sync");

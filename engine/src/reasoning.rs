@@ -44,6 +44,53 @@ pub trait Sink: Send {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
+/// The sink of a live run: appends its facts, in order and in one batch
+/// per call, to the run's stream `run:<id>`.
+#[derive(Debug)]
+pub struct JournalSink {
+    journal: stele_journal::Journal,
+    stream: stele_journal::StreamId,
+}
+
+impl JournalSink {
+    /// The sink of run `run`.
+    ///
+    /// # Errors
+    /// `run` does not make a valid stream id.
+    pub fn new(journal: &stele_journal::Journal, run: &str) -> Result<JournalSink, stele_journal::Error> {
+        Ok(JournalSink {
+            journal: journal.clone(),
+            stream: stele_journal::StreamId::new(format!("run:{run}"))?,
+        })
+    }
+}
+
+impl Sink for JournalSink {
+    fn record<'a>(
+        &'a mut self,
+        facts: Vec<EventBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            if facts.is_empty() {
+                return Ok(());
+            }
+            let appends = facts
+                .into_iter()
+                .map(|body| stele_journal::Append {
+                    stream: self.stream.clone(),
+                    cause: None,
+                    body,
+                })
+                .collect();
+            self.journal
+                .append_many(appends)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// How a drive ended.
 #[derive(Debug)]
 pub enum Stop {
