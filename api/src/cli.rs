@@ -647,6 +647,14 @@ pub enum BenchCmd {
     /// MCP call overhead over stdio: the test server's own time, the
     /// client's round trip and the journaled call, in the same run.
     Mcp(crate::mcp_cmd::BenchMcpArgs),
+    /// The HTTP API of a real `stele up` on 127.0.0.1: GET /v1/events
+    /// streaming rate, SSE fan-out under appends, GET /v1/agents latency at
+    /// a fixed rate (open loop), each beside a baseline.
+    Http(crate::bench_http::BenchHttpArgs),
+    /// The LanceDB vector index (ANN) against exact search in the same run:
+    /// insert rate, index build time, search latency, recall@k.
+    #[cfg(feature = "lancedb")]
+    Vectors(crate::vector_bench::BenchVectorsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -731,7 +739,8 @@ fn load_config(explicit: Option<&std::path::Path>) -> Result<stele_engine::Confi
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let data = cli.data_dir();
     let loaded = load_config(cli.config.as_deref())?;
-    crate::http::telemetry::init(&loaded.log)?;
+    // Flushes the exported spans ([otel]) when the command is done.
+    let _telemetry = crate::http::telemetry::init(&loaded.log, &loaded.otel)?;
     let _ = CONFIG.set(loaded);
     match cli.command {
         Command::Journal(JournalCmd::Append {
@@ -780,7 +789,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Context(cmd) => crate::context_cmd::run(&data, cmd),
         Command::Mcp(cmd) => crate::mcp_cmd::run(&data, &cmd),
         Command::Bench(BenchCmd::Mcp(args)) => crate::mcp_cmd::bench(&args),
+        Command::Bench(BenchCmd::Http(args)) => crate::bench_http::bench(&args),
         Command::Bench(BenchCmd::Bus(args)) => crate::bus_cmd::bench(&args),
+        #[cfg(feature = "lancedb")]
+        Command::Bench(BenchCmd::Vectors(args)) => crate::vector_bench::run(&args),
         Command::Demo { journal: true, .. } => journal_cmd::demo(&data),
         Command::Demo {
             journal: false,

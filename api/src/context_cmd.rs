@@ -14,7 +14,8 @@ use clap::{Args, Subcommand};
 use stele_engine::context::ops::{Changes, Requester};
 use stele_engine::context::score::Scoring;
 use stele_engine::context::search::{Mode, Query};
-use stele_engine::context::vector::ExactIndex;
+use stele_engine::config::VectorBackend;
+use stele_engine::context::vector::{ExactIndex, VectorIndex};
 use stele_engine::context::{AccessLevel, ContextService, MemoryType, NewItem, embed};
 use stele_engine::policy::PolicyGate;
 use stele_projections::{AgentRegistry, SnapshotStore, state_at};
@@ -212,21 +213,64 @@ fn requester(data: &Path, journal: &stele_journal::Journal, agent: &str) -> Resu
     })
 }
 
-/// A service over the journal in `data` with the gate of `policies`.
-pub fn service(journal: stele_journal::Journal, policies: &Path) -> Result<ContextService> {
+/// The vector index `[context]` asks for, in the journal's data directory
+/// `data` (a relative `vector_data_path` is inside it).
+///
+/// # Errors
+/// A backend this build does not have, or the index cannot be opened.
+pub fn vector_index(data: &Path) -> Result<Box<dyn VectorIndex>> {
+    let config = &crate::cli::config().context;
+    match config.vector_backend {
+        VectorBackend::Lancedb => {
+            let dir = data.join(&config.vector_data_path);
+            lancedb_index(&dir)
+        }
+        VectorBackend::Qdrant => bail!(
+            "[context] vector_backend = \"qdrant\": this stele is built without the vector-qdrant feature; use \"lancedb\" or \"exact\""
+        ),
+        VectorBackend::Exact => Ok(Box::new(ExactIndex::new())),
+    }
+}
+
+#[cfg(feature = "lancedb")]
+fn lancedb_index(dir: &Path) -> Result<Box<dyn VectorIndex>> {
+    let index = stele_vectors::LanceIndex::open(dir, stele_vectors::Options::default())
+        .with_context(|| format!("opening the LanceDB vector index in {}", dir.display()))?;
+    Ok(Box::new(index))
+}
+
+#[cfg(not(feature = "lancedb"))]
+fn lancedb_index(dir: &Path) -> Result<Box<dyn VectorIndex>> {
+    tracing::warn!(
+        dir = %dir.display(),
+        "this stele is built without the lancedb feature: similarity search uses the exact in-memory index"
+    );
+    Ok(Box::new(ExactIndex::new()))
+}
+
+/// The context service of `journal` with the gate of `policies`: shared by
+/// everything in this process that uses it at the same time (the daemon's
+/// concurrent runs see one folded store and one vector index), opened again
+/// once none does.
+pub fn service(journal: stele_journal::Journal, policies: &Path) -> Result<Arc<ContextService>> {
+    type Services = Vec<((PathBuf, PathBuf), std::sync::Weak<ContextService>)>;
+    static SERVICES: std::sync::Mutex<Services> = std::sync::Mutex::new(Vec::new());
+    let key = (journal.dir().to_owned(), policies.to_owned());
+    let mut services = SERVICES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    services.retain(|(_, s)| s.strong_count() > 0);
+    if let Some(s) = services.iter().find(|(k, _)| *k == key).and_then(|(_, s)| s.upgrade()) {
+        return Ok(s);
+    }
     let config = &crate::cli::config().context;
     let gate = Arc::new(
         PolicyGate::load(policies).with_context(|| format!("loading policies {}", policies.display()))?,
     );
     let scoring = Scoring::from_config(config)?;
     let embedder: Arc<dyn embed::Embedder> = Arc::from(embed::from_config(config)?);
-    Ok(ContextService::open(
-        journal,
-        gate,
-        embedder,
-        scoring,
-        Some(Box::new(ExactIndex::new())),
-    )?)
+    let vectors = vector_index(journal.dir())?;
+    let service = Arc::new(ContextService::open(journal, gate, embedder, scoring, Some(vectors))?);
+    services.push((key, Arc::downgrade(&service)));
+    Ok(service)
 }
 
 fn print(json: bool, value: &serde_json::Value, human: &str) {
@@ -490,7 +534,7 @@ pub fn bridge(
     Bridge,
 )> {
     use stele_engine::context::rag;
-    let service = Arc::new(service(journal.clone(), policies)?);
+    let service = service(journal.clone(), policies)?;
     let requester = Requester {
         agent: driver.agent.clone(),
         priority: driver.priority.clone(),

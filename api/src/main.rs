@@ -5,6 +5,7 @@
 mod agent_cmd;
 mod audit;
 mod bench;
+mod bench_http;
 mod bus_cmd;
 mod cli;
 mod client;
@@ -24,6 +25,8 @@ mod sandbox_cmd;
 mod step;
 mod up;
 mod up_runs;
+#[cfg(feature = "lancedb")]
+mod vector_bench;
 mod views;
 
 use std::process::ExitCode;

@@ -242,11 +242,12 @@ pub fn fork(data: &Path, args: &ForkArgs) -> Result<ExitCode> {
     let new_run = state_at::<RunsView>(&reader, &store, reader.head().seq)?
         .state
         .next_run();
-    let (live_driver, _) = crate::run_cmd::driver(&origin.definition, &args.policies)?;
+    let (live_driver, _) = crate::run_cmd::driver(&origin.definition, &args.policies, &journal)?;
     let live = stele_replay::fork::Live {
         provider: live_driver.provider,
         tools: live_driver.tools,
         gate: live_driver.gate,
+        started: None,
     };
     let outcome = runtime()?.block_on(stele_replay::fork(
         &origin,

@@ -19,7 +19,7 @@ use stele_engine::agent::AgentDefinition;
 use stele_engine::breaker::BreakerConfig;
 use stele_engine::bus::BusTools;
 use stele_engine::bus::service::Bus;
-use stele_engine::config::{InferenceConfig, ProviderKind};
+use stele_engine::config::{InferenceConfig, ProviderKind, SandboxTier};
 use stele_engine::hydrate;
 use stele_engine::llm::Provider;
 use stele_engine::openai::OpenAiProvider;
@@ -27,7 +27,8 @@ use stele_engine::orga::{AgentLoop, Reasoning, RunSpec};
 use stele_engine::policy::PolicyGate;
 use stele_engine::reasoning::{self, Driver, JournalSink, Resumed, Sink, Stop};
 use stele_engine::scripted::ScriptedProvider;
-use stele_engine::tools::ToolBox;
+use stele_engine::sandbox::{ContainerExecutor, DockerHost};
+use stele_engine::tools::{CommandSandbox, ToolBox};
 use stele_engine::{LifecycleCommand, Runs, agent_stream};
 use stele_journal::{Append, EventRef, Journal, RunId, Seq};
 use stele_projections::{AgentRegistry, RunsView, SnapshotStore, state_at};
@@ -60,12 +61,22 @@ pub(crate) fn load_gate(policies: &Path) -> Result<Arc<PolicyGate>> {
 
 /// The driver of an agent's runs, and its tools (for hydration and
 /// compensations outside a drive).
-pub(crate) fn driver(def: &AgentDefinition, policies: &Path) -> Result<(Driver, Arc<ToolBox>)> {
-    driver_with(def, load_gate(policies)?)
+pub(crate) fn driver(
+    def: &AgentDefinition,
+    policies: &Path,
+    journal: &Journal,
+) -> Result<(Driver, Arc<ToolBox>)> {
+    driver_with(def, load_gate(policies)?, journal)
 }
 
-/// [`driver`] with a policy gate already loaded (the daemon's).
-pub(crate) fn driver_with(def: &AgentDefinition, gate: Arc<PolicyGate>) -> Result<(Driver, Arc<ToolBox>)> {
+/// [`driver`] with a policy gate already loaded (the daemon's). The agent's
+/// `run_command` runs in its sandbox tier (`[runs] tier`, else `[security]
+/// default_sandbox_tier`); its containers carry `journal`'s owner label.
+pub(crate) fn driver_with(
+    def: &AgentDefinition,
+    gate: Arc<PolicyGate>,
+    journal: &Journal,
+) -> Result<(Driver, Arc<ToolBox>)> {
     let cfg = &crate::cli::config().inference;
     let Runs::Reasoning { workspace, .. } = &def.runs else {
         bail!(
@@ -78,6 +89,19 @@ pub(crate) fn driver_with(def: &AgentDefinition, gate: Arc<PolicyGate>) -> Resul
     let workspace = workspace
         .canonicalize()
         .with_context(|| format!("workspace {}", workspace.display()))?;
+    let tier = def.tier(crate::cli::config().security.default_sandbox_tier);
+    let sandbox = match tier {
+        SandboxTier::Native => CommandSandbox::Native,
+        SandboxTier::Docker | SandboxTier::Gvisor => CommandSandbox::Container {
+            executor: ContainerExecutor::new(DockerHost::from_env(), tier),
+            image: match &def.runs {
+                Runs::Reasoning { image, .. } => image.clone(),
+                _ => None,
+            },
+            owner: crate::sandbox_cmd::journal_owner(journal)?,
+            agent: def.name.clone(),
+        },
+    };
     let tools = Arc::new(ToolBox {
         workspace,
         memory_mb: def.limits.memory_mb,
@@ -85,6 +109,7 @@ pub(crate) fn driver_with(def: &AgentDefinition, gate: Arc<PolicyGate>) -> Resul
         timeout: def.limits.execution_timeout,
         launcher: stele_engine::process::Launcher::current().context("finding the stele binary")?,
         confinement: stele_engine::process::detect_confinement(),
+        sandbox,
     });
     let driver = Driver {
         provider: provider(cfg, def)?,
@@ -241,7 +266,7 @@ pub(crate) async fn stack(
     policies: &Path,
     bus: Option<&Bus>,
 ) -> Result<Stack> {
-    let (driver, tools) = driver_with(def, gate)?;
+    let (driver, tools) = driver_with(def, gate, journal)?;
     let spec = spec(def, run)?;
     // MCP tools of the agent's profile (discovered, SchemaPin-verified, journaled).
     let (mut driver, mut spec) = crate::mcp_cmd::bridge(journal, def, driver, spec).await?;

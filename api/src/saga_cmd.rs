@@ -107,7 +107,7 @@ pub fn recover(data: &Path, run: &str, policies: &Path) -> Result<ExitCode> {
         .get(run)
         .with_context(|| format!("no run named {run}"))?;
     let def = definition(data, &journal, &view.agent)?;
-    let (_, tools) = driver(&def, policies)?;
+    let (_, tools) = driver(&def, policies, &journal)?;
     let mut sink = JournalSink::new(&journal, run)?;
     let rt = runtime()?;
     let reason = "the process driving the run died before it finished (stele saga recover)";

@@ -265,6 +265,7 @@ fn run_one(data: &Path, args: &RunArgs) -> Result<ExitCode> {
                 pids_limit: args.pids,
                 tmpfs_mb: args.tmpfs_mb,
                 owner: owner.clone(),
+                ..ContainerOptions::default()
             },
         };
         let (tx, mut rx) = mpsc::unbounded_channel();

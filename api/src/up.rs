@@ -784,6 +784,13 @@ impl Core {
             return;
         };
         let tier = def.tier(self.config.security.default_sandbox_tier);
+        // A named network is a policy decision, journaled before the
+        // container is created; without a permit the container has none.
+        let decision = network
+            .as_ref()
+            .filter(|_| def.limits.network_io_mbps > 0 && tier != stele_engine::config::SandboxTier::Native)
+            .map(|name| self.network_decision(&task, &def, tier, name));
+        let joined = decision.as_ref().and_then(|(name, _)| name.clone());
         let spec = TaskSpec {
             task: task.clone(),
             agent: agent.to_owned(),
@@ -798,15 +805,38 @@ impl Core {
             sample_every: self.config.runtime.sample_interval,
             container: ContainerOptions {
                 image: image.clone(),
-                // A named network only for an agent allowed network I/O.
-                network: network.clone().filter(|_| def.limits.network_io_mbps > 0),
+                // A named network only for an agent allowed network I/O
+                // whose policy permits it (`join_network`).
+                network: joined,
                 pids_limit: None,
                 tmpfs_mb: None,
                 owner: self.owner.clone(),
+                ..ContainerOptions::default()
             },
         };
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        match self.sandboxes.executor(tier).start(spec, events_tx) {
+        let started = match (decision, self.sandboxes.container(tier)) {
+            (Some((_, fact)), Some(executor)) => {
+                let (journal, stream) = (self.journal.clone(), stele_engine::agent_stream(agent));
+                executor.start_after(
+                    spec,
+                    events_tx,
+                    Box::pin(async move {
+                        journal
+                            .append(Append {
+                                stream,
+                                cause: None,
+                                body: fact,
+                            })
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| format!("journaling its network's policy decision: {e}"))
+                    }),
+                )
+            }
+            _ => self.sandboxes.executor(tier).start(spec, events_tx),
+        };
+        match started {
             Ok(handle) => {
                 self.procs.insert(task.clone(), handle);
                 let tx = self.tx.clone();
@@ -817,6 +847,8 @@ impl Core {
                     task: task.clone(),
                     launcher: self.launcher.clone(),
                     confinement: self.confinement.clone(),
+                    host: self.sandboxes.host().clone(),
+                    container: None,
                     tx: self.tx.clone(),
                 });
                 tokio::spawn(async move {
@@ -850,6 +882,8 @@ impl Core {
                                 confinement,
                                 sandbox,
                             } => {
+                                // A container's probe runs inside it.
+                                let container = sandbox.as_ref().map(|s| s.container.clone());
                                 if let Some(sandbox) = sandbox {
                                     record(stele_journal::EventBody::SandboxStarted {
                                         task: task.clone(),
@@ -858,7 +892,11 @@ impl Core {
                                     .await;
                                 }
                                 if let Some(p) = &probe {
-                                    prober = Some(tokio::spawn(p.clone().run()));
+                                    let p = Probe {
+                                        container,
+                                        ..p.clone()
+                                    };
+                                    prober = Some(tokio::spawn(p.run()));
                                 }
                                 Input::Command(
                                     RuntimeCommand::ProcessStarted {
@@ -921,6 +959,75 @@ impl Core {
     /// end comes back as the task's exit (completed or parked: code 0;
     /// another outcome: 1; stopped: `stopped`; past `execution_timeout`:
     /// cancelled and `timed_out`).
+    /// Whether task `task` of `def` may join the container network `name`:
+    /// the Cedar gate decides `join_network` on `Network::"<name>"` (point
+    /// `resource_allocation`, context `tier` and `network_io_mbps`). Returns
+    /// the network to join (`None`: no network) and the `PolicyDecided` to
+    /// journal before the container is created. Without a loaded policy set,
+    /// or on a verdict other than allow, there is no network.
+    fn network_decision(
+        &self,
+        task: &str,
+        def: &AgentDefinition,
+        tier: stele_engine::config::SandboxTier,
+        name: &str,
+    ) -> (Option<String>, stele_journal::EventBody) {
+        use stele_engine::policy::{AuthzRequest, Entity, Point, Verdict};
+        let request = AuthzRequest {
+            point: Point::ResourceAllocation,
+            principal: Entity {
+                kind: "Agent".into(),
+                id: def.name.clone(),
+                attrs: json!({"priority": format!("{:?}", def.priority).to_lowercase()}),
+            },
+            action: "join_network".into(),
+            resource: Entity {
+                kind: "Network".into(),
+                id: name.to_owned(),
+                attrs: Value::Null,
+            },
+            context: json!({
+                "tier": stele_engine::sandbox::tier_name(tier),
+                "network_io_mbps": def.limits.network_io_mbps,
+            }),
+        };
+        let (joined, verdict, detail, policies, policy_set) = match self.desk.gate() {
+            Ok(gate) => {
+                let d = gate.decide(&request);
+                let mut detail = d.verdict.detail();
+                if !d.errors.is_empty() {
+                    detail = format!("{detail} (errors: {})", d.errors.join("; "));
+                }
+                let joined = match &d.verdict {
+                    Verdict::Allow | Verdict::AllowWithConditions { .. } => Some(name.to_owned()),
+                    Verdict::RequireApproval { .. } => {
+                        detail = format!("{detail}; nobody approves at a container's start, so it gets no network");
+                        None
+                    }
+                    Verdict::Deny { .. } => None,
+                };
+                (joined, d.verdict.name().to_owned(), detail, d.policies, gate.hash())
+            }
+            Err(e) => (
+                None,
+                "deny".to_owned(),
+                format!("{e:#}"),
+                Vec::new(),
+                String::new(),
+            ),
+        };
+        let fact = stele_journal::EventBody::PolicyDecided {
+            run: Some(task.to_owned()),
+            point: request.point.name().to_owned(),
+            request: request.canonical_json(),
+            verdict,
+            detail,
+            policies,
+            policy_set,
+        };
+        (joined, fact)
+    }
+
     fn spawn_reasoning(&mut self, task: String, def: AgentDefinition) {
         let agent = def.name.clone();
         let trigger = self.trigger_of(&task);
@@ -1149,13 +1256,19 @@ fn reasoning_exit(end: &TaskEnd, stopped: bool, timed_out: bool, wall_ms: u64) -
     }
 }
 
-/// A task's health probe loop (see `stele_engine::agent::HealthCheck`).
+/// A task's health probe loop (see `stele_engine::agent::HealthCheck`):
+/// a native task's probe is a confined process on the host; a container's
+/// runs inside the container (a Docker exec), where its task's files,
+/// processes and network are.
 #[derive(Clone)]
 struct Probe {
     check: stele_engine::agent::HealthCheck,
     task: String,
     launcher: Launcher,
     confinement: Confinement,
+    host: DockerHost,
+    /// The task's container (container tiers).
+    container: Option<String>,
     tx: mpsc::UnboundedSender<Input>,
 }
 
@@ -1182,6 +1295,32 @@ impl Probe {
     }
 
     async fn once(&self) -> (bool, String) {
+        if let Some(container) = &self.container {
+            let command: Vec<String> = std::iter::once(self.check.command.display().to_string())
+                .chain(self.check.args.iter().cloned())
+                .collect();
+            return match stele_engine::sandbox::exec_in(&self.host, container, command, self.check.timeout, 256)
+                .await
+            {
+                Err(e) => (false, format!("probe cannot run in the container: {e}")),
+                Ok(r) => {
+                    let status = match r.code {
+                        None => format!(
+                            "timed out after {} in the container",
+                            humantime::format_duration(self.check.timeout)
+                        ),
+                        Some(c) => format!("exited with code {c} in the container"),
+                    };
+                    let output = r.output.trim();
+                    let detail = if output.is_empty() {
+                        status
+                    } else {
+                        format!("{status}: {output}")
+                    };
+                    (r.code == Some(0), detail)
+                }
+            };
+        }
         let spec = ProcessSpec {
             task: format!("{}-probe", self.task),
             command: self.check.command.display().to_string(),

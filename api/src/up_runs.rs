@@ -85,6 +85,26 @@ impl Settled {
         }
     }
 
+    /// Where a fork left its new run.
+    fn of_fork(f: &stele_replay::ForkOutcome) -> Settled {
+        match &f.ended {
+            stele_replay::run::Ended::Finished { outcome, answer, steps } => Settled {
+                run: f.run.clone(),
+                outcome: outcome.clone(),
+                answer: answer.clone(),
+                steps: *steps,
+                awaiting: Vec::new(),
+            },
+            stele_replay::run::Ended::Parked { awaiting } => Settled {
+                run: f.run.clone(),
+                outcome: "awaiting_approval".into(),
+                answer: String::new(),
+                steps: 0,
+                awaiting: awaiting.clone(),
+            },
+        }
+    }
+
     /// One line saying where the run stands (a task's output).
     #[must_use]
     pub fn summary(&self) -> String {
@@ -227,7 +247,11 @@ impl Desk {
         let _ = self.0.bus.set(bus);
     }
 
-    fn gate(&self) -> Result<Arc<PolicyGate>> {
+    /// The daemon's policy gate (the current deciders a replay uses).
+    ///
+    /// # Errors
+    /// No policy set is loaded; the message says why.
+    pub(crate) fn gate(&self) -> Result<Arc<PolicyGate>> {
         match &self.0.gate {
             Ok(g) => Ok(Arc::clone(g)),
             Err(e) => bail!(
@@ -343,6 +367,73 @@ impl Desk {
         Ok((run, handle))
     }
 
+    /// Forks `origin` at `at` (its next journaled input replaced by `edit`)
+    /// into a new run, driven in a tokio task like any detached run (live
+    /// past the journaled prefix, with the daemon's policy gate); returns
+    /// the new run's id once its start (`RunStarted`, `RunForked`) is
+    /// durable, and the task's handle.
+    ///
+    /// # Errors
+    /// The runtime is shutting down, no policy set is loaded, the agent's
+    /// provider or tools cannot be set up, or the fork failed before it
+    /// started (its spec, the journal refusing its start).
+    pub async fn fork(
+        &self,
+        origin: stele_replay::RecordedRun,
+        at: stele_journal::Seq,
+        edit: Option<stele_replay::Edit>,
+    ) -> Result<(String, tokio::task::JoinHandle<Result<Settled>>)> {
+        if self.0.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("the runtime is shutting down; no run begins");
+        }
+        let def = origin.definition.clone();
+        let (driver, _tools) = run_cmd::driver_with(&def, self.gate()?, &self.0.journal)?;
+        let started = Arc::new(tokio::sync::Notify::new());
+        let live = stele_replay::fork::Live {
+            provider: Arc::clone(&driver.provider),
+            tools: Arc::clone(&driver.tools),
+            gate: Arc::clone(&driver.gate),
+            started: Some(Arc::clone(&started)),
+        };
+        // Run ids are taken in order: hold the lock until the start is durable.
+        let _one_at_a_time = self.0.begin.lock().await;
+        let run = {
+            let reader = self.0.journal.reader();
+            state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?
+                .state
+                .next_run()
+        };
+        let cancel = cancel_signal();
+        match self.claim(&run, cancel.clone(), false) {
+            Ok(()) => {}
+            Err(DecideError::Busy(m)) => bail!("{m}"),
+            Err(DecideError::Refused(e)) => return Err(e),
+        }
+        let desk = self.clone();
+        let new_run = run.clone();
+        let mut handle = tokio::spawn(async move {
+            let write = Arc::new(tokio::sync::Mutex::new(()));
+            let settings = crate::replay_cmd::settings();
+            let work = async {
+                let outcome = stele_replay::fork(&origin, at, edit, &new_run, &settings, live, &desk.0.journal)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Settled::of_fork(&outcome))
+            };
+            desk.guarded_settled(&new_run, &def, &driver, &write, cancel, work)
+                .await
+        });
+        tokio::select! {
+            biased;
+            () = started.notified() => Ok((run, handle)),
+            ended = &mut handle => {
+                // It ended before its start was durable: that is an error.
+                let settled = ended.map_err(|e| anyhow::anyhow!("{run}: {e}"))??;
+                bail!("{run}: the fork ended before it started ({})", settled.outcome)
+            }
+        }
+    }
+
     fn claim(&self, run: &str, cancel: Cancel, task: bool) -> Result<(), DecideError> {
         if !task && self.0.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(DecideError::Busy(
@@ -375,6 +466,21 @@ impl Desk {
         cancel: Cancel,
         work: impl Future<Output = Result<Stop, String>>,
     ) -> Result<Settled> {
+        let work = async { work.await.map(|s| Settled::of(&s)) };
+        self.guarded_settled(run, def, driver, write, cancel, work).await
+    }
+
+    /// [`Desk::guarded`] for work that says where it left the run itself
+    /// (a fork).
+    async fn guarded_settled(
+        &self,
+        run: &str,
+        def: &AgentDefinition,
+        driver: &Driver,
+        write: &Arc<tokio::sync::Mutex<()>>,
+        cancel: Cancel,
+        work: impl Future<Output = Result<Settled, String>>,
+    ) -> Result<Settled> {
         let mut stopped = cancel.subscribe();
         let outcome = tokio::select! {
             r = work => Ok(r),
@@ -383,9 +489,7 @@ impl Desk {
             }
         };
         let settled = match outcome {
-            Ok(r) => r
-                .map(|s| Settled::of(&s))
-                .map_err(|e| anyhow::anyhow!("{run}: {e}")),
+            Ok(r) => r.map_err(|e| anyhow::anyhow!("{run}: {e}")),
             Err(reason) => self.end_cancelled(run, def, driver, write, &reason).await,
         };
         self.release(run);

@@ -13,6 +13,10 @@
 //!   the same from a journal of 100,000 `PolicyDecided` events
 //!   (`backtest`), and 100,000 requests repeating 1,164 distinct ones (each
 //!   distinct request is evaluated once). Target: ≥ 100,000 requests/s.
+//!   Baselines in the same run: `baseline_previous_backtest_100k`, the
+//!   backtest as it was before it read zero-copy on every core (each
+//!   decision copied out of the journal, every detail rendered; kept here
+//!   verbatim), and `evaluate_100k_in_memory_one_core` (a one-thread pool).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -120,6 +124,7 @@ fn record_long_run(dir: &Path) -> PathBuf {
                 program: PathBuf::from("/nonexistent"),
             },
             confinement: detect_confinement(),
+            sandbox: stele_engine::tools::CommandSandbox::Native,
         }),
         agent: "long".into(),
         priority: "normal".into(),
@@ -248,6 +253,90 @@ fn bench_at(c: &mut Criterion) {
     journal.close();
 }
 
+/// The backtest as it was (kept for the baseline): the decisions copied
+/// out of the journal one by one, each distinct request parsed, decided and
+/// its detail rendered on every core, then the flips.
+mod previous {
+    use rayon::prelude::*;
+    use stele_engine::policy::{AuthzRequest, PolicyGate};
+    use stele_journal::{ArchivedEventBody, Reader, Seq};
+    use stele_replay::backtest::{Flip, Recorded, Unreadable};
+
+    pub fn recorded(reader: &Reader, from: Seq, to: Seq) -> Vec<Recorded> {
+        let mut out = Vec::new();
+        for e in reader.range(from, to) {
+            let e = e.expect("read");
+            if let ArchivedEventBody::PolicyDecided {
+                run,
+                request,
+                verdict,
+                policies,
+                ..
+            } = e.body()
+            {
+                out.push(Recorded {
+                    seq: e.seq().0,
+                    run: run.as_ref().map(|r| r.to_string()),
+                    request: request.to_string(),
+                    verdict: verdict.to_string(),
+                    policies: policies.iter().map(|p| p.to_string()).collect(),
+                });
+            }
+        }
+        out
+    }
+
+    type Answer = (String, Vec<String>, String);
+
+    pub fn evaluate(gate: &PolicyGate, decisions: &[Recorded]) -> (Vec<Flip>, Vec<Unreadable>) {
+        let mut distinct: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut texts: Vec<&str> = Vec::new();
+        let index: Vec<usize> = decisions
+            .iter()
+            .map(|r| {
+                *distinct.entry(r.request.as_str()).or_insert_with(|| {
+                    texts.push(r.request.as_str());
+                    texts.len() - 1
+                })
+            })
+            .collect();
+        let answers: Vec<Result<Answer, String>> = texts
+            .par_iter()
+            .with_min_len(64)
+            .map(|text| {
+                AuthzRequest::from_canonical_json(text)
+                    .map(|req| {
+                        let d = gate.decide(&req);
+                        (d.verdict.name().to_owned(), d.policies, d.verdict.detail())
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        let mut flips = Vec::new();
+        let mut unreadable = Vec::new();
+        for (r, i) in decisions.iter().zip(index) {
+            match &answers[i] {
+                Err(reason) => unreadable.push(Unreadable {
+                    seq: r.seq,
+                    reason: reason.clone(),
+                }),
+                Ok((verdict, policies, detail)) if *verdict != r.verdict => flips.push(Flip {
+                    seq: r.seq,
+                    run: r.run.clone(),
+                    request: r.request.clone(),
+                    old_verdict: r.verdict.clone(),
+                    new_verdict: verdict.clone(),
+                    old_policies: r.policies.clone(),
+                    new_policies: policies.clone(),
+                    new_detail: detail.clone(),
+                }),
+                Ok(_) => {}
+            }
+        }
+        (flips, unreadable)
+    }
+}
+
 fn bench_backtest(c: &mut Criterion) {
     const REQUESTS: u64 = 100_000;
     let new = PolicyGate::load(&root().join("fixtures/policies-backtest")).expect("new set");
@@ -315,6 +404,13 @@ fn bench_backtest(c: &mut Criterion) {
     g.bench_function("evaluate_100k_in_memory", |b| {
         b.iter(|| black_box(stele_replay::backtest::evaluate(&new, &recorded).0.len()));
     });
+    let one_core = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    g.bench_function("evaluate_100k_in_memory_one_core", |b| {
+        b.iter(|| one_core.install(|| black_box(stele_replay::backtest::evaluate(&new, &recorded).0.len())));
+    });
     // Requests as a journal repeats them: 1,164 distinct ones, each
     // evaluated once.
     let repeated: Vec<stele_replay::backtest::Recorded> =
@@ -330,6 +426,16 @@ fn bench_backtest(c: &mut Criterion) {
                     .flips
                     .len(),
             )
+        });
+    });
+    // Both give the same flips.
+    let now = stele_replay::backtest(&reader, &new, Seq(1), reader.head().seq).expect("backtest");
+    let before = previous::evaluate(&new, &previous::recorded(&reader, Seq(1), reader.head().seq));
+    assert_eq!((now.flips, now.unreadable), before);
+    g.bench_function("baseline_previous_backtest_100k", |b| {
+        b.iter(|| {
+            let decisions = previous::recorded(&reader, Seq(1), reader.head().seq);
+            black_box(previous::evaluate(&new, &decisions).0.len())
         });
     });
     g.bench_function("baseline_read_100k_decisions", |b| {

@@ -233,6 +233,16 @@ pub enum Runs {
         /// The scripted provider's fixture (overrides `[inference] script`).
         #[serde(default)]
         script: Option<PathBuf>,
+        /// Where its `run_command` tool runs: `native`, `docker` or
+        /// `gvisor`; default `[security] default_sandbox_tier`. In a
+        /// container tier the workspace is mounted at `/work` and `command`
+        /// is a program of the image.
+        #[serde(default, deserialize_with = "sandbox_tier")]
+        tier: Option<SandboxTier>,
+        /// The image of `run_command`'s containers (container tiers;
+        /// default: the newest image `stele sandbox image build` made).
+        #[serde(default, deserialize_with = "sandbox_image")]
+        image: Option<String>,
     },
 }
 
@@ -386,12 +396,13 @@ pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl AgentDefinition {
-    /// The sandbox tier its process runs in: the one its `[runs]` names,
-    /// else `default` (`[security] default_sandbox_tier`).
+    /// The sandbox tier its process (a reasoning agent: its `run_command`
+    /// tool) runs in: the one its `[runs]` names, else `default`
+    /// (`[security] default_sandbox_tier`).
     #[must_use]
     pub fn tier(&self, default: SandboxTier) -> SandboxTier {
         match &self.runs {
-            Runs::Process { tier: Some(t), .. } => *t,
+            Runs::Process { tier: Some(t), .. } | Runs::Reasoning { tier: Some(t), .. } => *t,
             _ => default,
         }
     }

@@ -198,6 +198,9 @@ pub enum VectorBackend {
     Lancedb,
     /// A Qdrant server.
     Qdrant,
+    /// Exact search over every vector in memory, rebuilt from the journal at
+    /// each start (no ANN index, no files).
+    Exact,
 }
 
 /// `[context]`.
@@ -206,7 +209,7 @@ pub enum VectorBackend {
 pub struct ContextConfig {
     /// Vector index backend.
     pub vector_backend: VectorBackend,
-    /// LanceDB storage path.
+    /// LanceDB storage path; a relative path is inside the data directory.
     pub vector_data_path: PathBuf,
     /// Embedding width.
     pub embedding_dimension: u32,
@@ -248,7 +251,7 @@ impl Default for ContextConfig {
     fn default() -> Self {
         ContextConfig {
             vector_backend: VectorBackend::Lancedb,
-            vector_data_path: PathBuf::from("./data/vectors"),
+            vector_data_path: PathBuf::from("vectors"),
             embedding_dimension: 1536,
             context_cache_size: 1 << 30,
             knowledge_retention_days: 365,
@@ -335,6 +338,14 @@ pub struct McpServerConfig {
     /// The SchemaPin tool domain its keys are pinned under (default: the
     /// name).
     pub domain: Option<String>,
+    /// Where the provider publishes its SchemaPin key: the URL of its
+    /// `/.well-known/schemapin.json` (given as the origin, e.g.
+    /// `https://tools.example`, or as the document's full URL). When set,
+    /// tool signatures are checked against the key fetched from there (at
+    /// each connection, journaled as `McpKeyDiscovered`) instead of the key
+    /// a tool's `_meta` carries, and a key the document lists as revoked is
+    /// refused.
+    pub well_known: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +359,7 @@ struct McpServerToml {
     env: std::collections::BTreeMap<String, String>,
     url: Option<String>,
     domain: Option<String>,
+    well_known: Option<String>,
 }
 
 impl TryFrom<McpServerToml> for McpServerConfig {
@@ -388,6 +400,13 @@ impl TryFrom<McpServerToml> for McpServerConfig {
         if t.domain.as_deref().is_some_and(str::is_empty) {
             return Err(format!("mcp server {}: domain is empty", t.name));
         }
+        let well_known = match t.well_known {
+            None => None,
+            Some(w) => Some(
+                crate::mcp::schemapin::well_known_url(&w)
+                    .map_err(|e| format!("mcp server {}: well_known: {e}", t.name))?,
+            ),
+        };
         Ok(McpServerConfig {
             name: t.name,
             command: t.command,
@@ -395,6 +414,7 @@ impl TryFrom<McpServerToml> for McpServerConfig {
             env: t.env,
             url: t.url,
             domain: t.domain,
+            well_known,
         })
     }
 }
@@ -439,6 +459,12 @@ impl Default for JournalConfig {
 /// accepts, `cert` and `key` come together, `max_pending` is 1–16384, and
 /// `duplicate_window` is not longer than a non-zero `max_age` (the server
 /// refuses that). The section-wide checks report the position of `[nats]`.
+///
+/// No secret is ever in the file: authentication is one of a `.creds` file
+/// (`credentials`), an NKey seed file (`nkey`), or `user` with the password
+/// in the environment variable named by `password_env`, or a token in the
+/// variable named by `token_env`; a URL holding `user:password@` is refused.
+/// [`NatsConfig::auth`] resolves them when connecting.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(try_from = "NatsConfigFile")]
 pub struct NatsConfig {
@@ -453,6 +479,18 @@ pub struct NatsConfig {
     /// A NATS credentials file (`.creds`: user JWT and NKey seed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<PathBuf>,
+    /// A file holding the seed (`SU…`) of an NKey user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey: Option<PathBuf>,
+    /// User name of user/password authentication (with `password_env`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The NAME of the environment variable holding `user`'s password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// The NAME of the environment variable holding a token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
     /// The stream's retention policy (only when the publisher creates it:
     /// NATS cannot change the retention of an existing stream).
     pub retention: NatsRetention,
@@ -479,6 +517,10 @@ impl Default for NatsConfig {
             stream: "STELE".into(),
             subject_prefix: "stele".into(),
             credentials: None,
+            nkey: None,
+            user: None,
+            password_env: None,
+            token_env: None,
             retention: NatsRetention::Limits,
             max_age: std::time::Duration::from_secs(7 * 24 * 3600),
             duplicate_window: std::time::Duration::from_secs(120),
@@ -500,6 +542,12 @@ struct NatsConfigFile {
     #[serde(deserialize_with = "nats_subject_prefix")]
     subject_prefix: String,
     credentials: Option<PathBuf>,
+    nkey: Option<PathBuf>,
+    user: Option<String>,
+    #[serde(deserialize_with = "nats_env_name")]
+    password_env: Option<String>,
+    #[serde(deserialize_with = "nats_env_name")]
+    token_env: Option<String>,
     retention: NatsRetention,
     #[serde(deserialize_with = "duration_or_zero")]
     max_age: std::time::Duration,
@@ -520,6 +568,10 @@ impl Default for NatsConfigFile {
             stream: d.stream,
             subject_prefix: d.subject_prefix,
             credentials: d.credentials,
+            nkey: d.nkey,
+            user: d.user,
+            password_env: d.password_env,
+            token_env: d.token_env,
             retention: d.retention,
             max_age: d.max_age,
             duplicate_window: d.duplicate_window,
@@ -540,18 +592,142 @@ impl TryFrom<NatsConfigFile> for NatsConfig {
                 humantime::format_duration(f.max_age)
             ));
         }
+        if f.user.is_some() != f.password_env.is_some() {
+            return Err("[nats] user and password_env come together: set both or neither".into());
+        }
+        if f.user.as_deref().is_some_and(str::is_empty) {
+            return Err("[nats] user is empty".into());
+        }
+        let ways: Vec<&str> = [
+            ("credentials", f.credentials.is_some()),
+            ("nkey", f.nkey.is_some()),
+            ("user", f.user.is_some()),
+            ("token_env", f.token_env.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if ways.len() > 1 {
+            return Err(format!(
+                "[nats] sets {}: choose one way to authenticate",
+                ways.join(" and ")
+            ));
+        }
         Ok(NatsConfig {
             enabled: f.enabled,
             url: f.url,
             stream: f.stream,
             subject_prefix: f.subject_prefix,
             credentials: f.credentials,
+            nkey: f.nkey,
+            user: f.user,
+            password_env: f.password_env,
+            token_env: f.token_env,
             retention: f.retention,
             max_age: f.max_age,
             duplicate_window: f.duplicate_window,
             max_pending: f.max_pending,
             tls: f.tls,
         })
+    }
+}
+
+/// How a NATS client authenticates, its secrets read by
+/// [`NatsConfig::auth`]. `Debug` never shows a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No authentication (or only a TLS client certificate).
+    Anonymous,
+    /// A `.creds` file (user JWT and NKey seed), read by the client.
+    Credentials(PathBuf),
+    /// An NKey user: the seed read from `nkey`.
+    NKey { seed: String, file: PathBuf },
+    /// User and password (from the variable named by `password_env`).
+    UserPassword { user: String, password: String },
+    /// A token (from the variable named by `token_env`).
+    Token(String),
+}
+
+impl NatsAuth {
+    /// What it is, for messages: `the credentials file /x.creds`, `user
+    /// "u" (password from $NATS_PASSWORD)`; never a secret.
+    #[must_use]
+    pub fn describe(&self, cfg: &NatsConfig) -> String {
+        match self {
+            NatsAuth::Anonymous => "no credentials".into(),
+            NatsAuth::Credentials(p) => format!("the credentials file {}", p.display()),
+            NatsAuth::NKey { file, .. } => format!("the NKey seed in {}", file.display()),
+            NatsAuth::UserPassword { user, .. } => format!(
+                "user {user:?} (password from ${})",
+                cfg.password_env.as_deref().unwrap_or("?")
+            ),
+            NatsAuth::Token(_) => format!("the token from ${}", cfg.token_env.as_deref().unwrap_or("?")),
+        }
+    }
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::Anonymous => f.write_str("Anonymous"),
+            NatsAuth::Credentials(p) => f.debug_tuple("Credentials").field(p).finish(),
+            NatsAuth::NKey { file, .. } => f.debug_struct("NKey").field("file", file).finish_non_exhaustive(),
+            NatsAuth::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .finish_non_exhaustive(),
+            NatsAuth::Token(_) => f.write_str("Token(..)"),
+        }
+    }
+}
+
+/// Longest NKey seed file read (a seed is 58 characters).
+const MAX_NKEY_FILE_BYTES: u64 = 4096;
+
+impl NatsConfig {
+    /// Reads the secrets of the configured authentication: the NKey seed
+    /// file, or the variable named by `password_env` or `token_env` (looked
+    /// up with `env`). The `.creds` file is read by the client itself.
+    ///
+    /// # Errors
+    /// A message naming the file or variable and what is wrong with it.
+    pub fn auth(&self, env: impl Fn(&str) -> Option<String>) -> Result<NatsAuth, String> {
+        if let Some(c) = &self.credentials {
+            return Ok(NatsAuth::Credentials(c.clone()));
+        }
+        if let Some(file) = &self.nkey {
+            use std::io::Read as _;
+            let mut text = String::new();
+            std::fs::File::open(file)
+                .and_then(|f| f.take(MAX_NKEY_FILE_BYTES).read_to_string(&mut text))
+                .map_err(|e| format!("[nats] nkey: cannot read the NKey seed file {}: {e}", file.display()))?;
+            let seed = text.trim();
+            if !(seed.starts_with("SU") && seed.len() == 58) {
+                return Err(format!(
+                    "[nats] nkey: {} does not hold an NKey user seed (58 characters starting with SU, as `nk -gen user` writes)",
+                    file.display()
+                ));
+            }
+            return Ok(NatsAuth::NKey {
+                seed: seed.to_owned(),
+                file: file.clone(),
+            });
+        }
+        let secret = |var: &str, what: &str| {
+            env(var)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("[nats] {what}: the environment variable {var} is not set (or empty)"))
+        };
+        if let (Some(user), Some(var)) = (&self.user, &self.password_env) {
+            return Ok(NatsAuth::UserPassword {
+                user: user.clone(),
+                password: secret(var, "password_env")?,
+            });
+        }
+        if let Some(var) = &self.token_env {
+            return Ok(NatsAuth::Token(secret(var, "token_env")?));
+        }
+        Ok(NatsAuth::Anonymous)
     }
 }
 
@@ -626,8 +802,14 @@ fn nats_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             }
             None => one,
         };
-        let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        let host_port = host_port.split('/').next().unwrap_or_default();
+        if rest.split('/').next().unwrap_or_default().contains('@') {
+            // Say nothing of the value: it holds a secret.
+            return Err(serde::de::Error::custom(
+                "url holds credentials (user:password@ or token@); put them in the environment \
+                 and name the variable with password_env (and user) or token_env",
+            ));
+        }
+        let host_port = rest.split('/').next().unwrap_or_default();
         let bad = host_port.is_empty()
             || host_port.chars().any(char::is_whitespace)
             || host_port
@@ -640,6 +822,29 @@ fn nats_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         }
     }
     Ok(s)
+}
+
+fn nats_env_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 128;
+    if !ok {
+        // Say nothing of the value: it may be a secret pasted in by mistake.
+        return Err(serde::de::Error::custom(
+            "must be the NAME of the environment variable holding the secret \
+             (letters, digits and _, like \"NATS_PASSWORD\"), never the secret itself",
+        ));
+    }
+    if s.to_ascii_uppercase().starts_with("STELE_NATS_") {
+        return Err(serde::de::Error::custom(format!(
+            "{s:?} cannot hold a secret: STELE_NATS_* variables override [nats] settings; name another variable, like \"NATS_PASSWORD\""
+        )));
+    }
+    Ok(Some(s))
 }
 
 fn nats_stream_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -1120,16 +1325,31 @@ impl Default for LogConfig {
     }
 }
 
-/// `[otel]`: OpenTelemetry trace export over OTLP/HTTP.
+/// `[otel]`: OpenTelemetry trace export over OTLP/HTTP (protobuf).
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OtelConfig {
-    /// The collector's OTLP/HTTP traces URL (`http://host:4318/v1/traces`);
-    /// none: no export.
+    /// The collector's OTLP/HTTP traces URL (`http://host:4318/v1/traces`),
+    /// used as given; none: no export.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// `service.name` of the exported spans.
     pub service_name: String,
+    /// A `tracing` filter choosing the exported spans (independent of
+    /// `[log] level`): `info` exports the ORGA phases and journal commits.
+    pub level: String,
+    /// Longest one export (with its retries) may take; also the bound on
+    /// the flush at exit.
+    #[serde(with = "duration_text")]
+    pub timeout: std::time::Duration,
+    /// How long spans wait in the batch before they are sent.
+    #[serde(with = "duration_text")]
+    pub batch_delay: std::time::Duration,
+    /// Extra resource attributes (`deployment.environment = "prod"`), beside
+    /// `service.name`, `service.version`, `service.instance.id` and those of
+    /// `OTEL_RESOURCE_ATTRIBUTES`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub resource: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for OtelConfig {
@@ -1137,6 +1357,10 @@ impl Default for OtelConfig {
         OtelConfig {
             endpoint: None,
             service_name: "stele".into(),
+            level: "info".into(),
+            timeout: std::time::Duration::from_secs(10),
+            batch_delay: std::time::Duration::from_secs(1),
+            resource: std::collections::BTreeMap::new(),
         }
     }
 }

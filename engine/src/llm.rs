@@ -173,6 +173,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// One attempt at a completion.
     fn complete<'a>(&'a self, request: &'a CompletionRequest) -> CompletionFuture<'a>;
+    /// Whether the answer just given was served from the journal (a replay,
+    /// a fork's journaled prefix) rather than asked of the world: the
+    /// driver then does not wait a failure's retry backoff again — it was
+    /// waited when the failure was recorded.
+    fn served_from_journal(&self) -> bool {
+        false
+    }
 }
 
 /// Free-form key/value conditions attached to an allowed action (from the

@@ -64,12 +64,14 @@
 //! | `agent_creation` | `create_agent` | `Operator`, `Agent` | `Agent` | `mode`, `memory_mb`, `cpu_millis` |
 //! | `message_send` | `send_message` | `Agent` | `Agent`, `Topic` | `pattern` (`direct`/`request`/`publish`), `size_bytes` |
 //! | `resource_allocation` | `allocate` | `Agent` | `Resource` | `memory_mb`, `cpu_millis` |
+//! | `resource_allocation` | `join_network` | `Agent` | `Network` | `tier`, `network_io_mbps` |
 //! | `tool_invocation` | `invoke_tool` | `Agent` | `Tool` | `args` (`path?`, `command?`, `max_bytes?`, `size_bytes?`, `url?`), `in_workspace?` |
 //! | `data_access` | `read_data`, `write_data` | `Agent` | `Data` | — |
 //!
 //! Entity attributes: `Agent { priority: String }`, `Data { classification?:
-//! String, owner?: Agent }`; `Operator`, `Tool`, `Resource`, `Topic` have
-//! none. A custom schema may declare more, in the empty namespace.
+//! String, owner?: Agent }`; `Operator`, `Tool`, `Resource`, `Topic`,
+//! `Network` have none. A custom schema may declare more, in the empty
+//! namespace.
 //!
 //! What is not here: the reasoning loop that asks, the events, reload.
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use stele_journal::{ArchivedEventBody, EventBody, EventRef};
+use tracing::Instrument as _;
 
 use crate::agent::{AgentDefinition, Runs};
 use crate::llm::{Completion, Provider, ProviderError, ToolCall};
@@ -258,10 +259,24 @@ impl Driver {
     /// # Errors
     /// The sink failed (the journal refused the facts): the run stops where
     /// it is, and nothing after the last recorded fact happened.
-    pub async fn drive(&self, mut lp: AgentLoop<Reasoning>, sink: &mut dyn Sink) -> Result<Stop, String> {
+    pub async fn drive(&self, lp: AgentLoop<Reasoning>, sink: &mut dyn Sink) -> Result<Stop, String> {
+        let span = tracing::info_span!("orga.run", run_id = lp.run(), agent = %self.agent);
+        self.drive_loop(lp, sink).instrument(span).await
+    }
+
+    /// The loop of [`Driver::drive`]: one span per phase (`orga.reason`,
+    /// `orga.gate`, `orga.act`, `orga.observe`, `orga.finish`), each with
+    /// the run id and the step.
+    async fn drive_loop(&self, mut lp: AgentLoop<Reasoning>, sink: &mut dyn Sink) -> Result<Stop, String> {
         loop {
-            sink.record(lp.take_facts()).await?;
-            let completion = match self.complete(&mut lp, sink).await? {
+            let (run, step) = (lp.run().to_owned(), lp.step());
+            let completion = async {
+                sink.record(lp.take_facts()).await?;
+                Ok::<_, String>(self.complete(&mut lp, sink).await?)
+            }
+            .instrument(tracing::info_span!("orga.reason", run_id = %run, step))
+            .await?;
+            let completion = match completion {
                 Ok(c) => c,
                 Err(e) => return self.finish(lp.give_up(&e), sink).await,
             };
@@ -269,20 +284,27 @@ impl Driver {
                 Reasoned::Done(f) => return self.finish(f, sink).await,
                 Reasoned::Gate(g) => g,
             };
-            sink.record(check_phase.take_facts()).await?;
-            let run = check_phase.run().to_owned();
-            let agent = self.agent.clone();
-            let checks = check_phase
-                .proposed()
-                .iter()
-                .map(|c| check(&self.gate, &run, &agent, &self.priority, c))
-                .collect();
-            let dispatch = match check_phase.checked(checks) {
-                GateOutcome::Dispatch(d) => d,
-                GateOutcome::Park(mut p) => {
-                    sink.record(p.take_facts()).await?;
-                    return Ok(Stop::Parked(p));
+            let gated = async {
+                sink.record(check_phase.take_facts()).await?;
+                let checks: Vec<Checked> = check_phase
+                    .proposed()
+                    .iter()
+                    .map(|c| check(&self.gate, &run, &self.agent, &self.priority, c))
+                    .collect();
+                tracing::Span::current().record("calls", checks.len());
+                match check_phase.checked(checks) {
+                    GateOutcome::Dispatch(d) => Ok::<_, String>(Ok(d)),
+                    GateOutcome::Park(mut p) => {
+                        sink.record(p.take_facts()).await?;
+                        Ok(Err(p))
+                    }
                 }
+            }
+            .instrument(tracing::info_span!("orga.gate", run_id = %run, step, calls = tracing::field::Empty))
+            .await?;
+            let dispatch = match gated {
+                Ok(d) => d,
+                Err(parked) => return Ok(Stop::Parked(parked)),
             };
             match self.act_and_observe(dispatch, sink).await? {
                 Observed::Next(next) => lp = next,
@@ -305,14 +327,25 @@ impl Driver {
         reason: &str,
         sink: &mut dyn Sink,
     ) -> Result<Stop, String> {
-        match parked.decided(call_id, approved, approver, reason) {
+        let span = tracing::info_span!("orga.decided", run_id = parked.run(), agent = %self.agent, call_id, approved);
+        self.continue_decided(parked.decided(call_id, approved, approver, reason), sink)
+            .instrument(span)
+            .await
+    }
+
+    async fn continue_decided(
+        &self,
+        outcome: Result<ApprovalOutcome, (Box<AgentLoop<AwaitingApproval>>, String)>,
+        sink: &mut dyn Sink,
+    ) -> Result<Stop, String> {
+        match outcome {
             Err((_, why)) => Err(why),
             Ok(ApprovalOutcome::StillWaiting(mut p)) => {
                 sink.record(p.take_facts()).await?;
                 Ok(Stop::Parked(p))
             }
             Ok(ApprovalOutcome::Dispatch(d)) => match self.act_and_observe(d, sink).await? {
-                Observed::Next(next) => Box::pin(self.drive(next, sink)).await,
+                Observed::Next(next) => Box::pin(self.drive_loop(next, sink)).await,
                 Observed::Done(f) => self.finish(f, sink).await,
             },
         }
@@ -326,6 +359,11 @@ impl Driver {
     /// # Errors
     /// The sink failed.
     pub async fn finish(&self, f: Finished, sink: &mut dyn Sink) -> Result<Stop, String> {
+        let span = tracing::info_span!("orga.finish", run_id = %f.run, outcome = %f.outcome);
+        self.finish_run(f, sink).instrument(span).await
+    }
+
+    async fn finish_run(&self, f: Finished, sink: &mut dyn Sink) -> Result<Stop, String> {
         let reason = format!(
             "the run ended {}: {}",
             f.outcome,
@@ -368,7 +406,11 @@ impl Driver {
                 Err(e) => match lp.failed(attempt, &e) {
                     Some(wait) => {
                         sink.record(lp.take_facts()).await?;
-                        tokio::time::sleep(wait).await;
+                        // A journaled failure's backoff was waited when it
+                        // was recorded; a replay or a fork does not wait it.
+                        if !self.provider.served_from_journal() {
+                            tokio::time::sleep(wait).await;
+                        }
                         attempt += 1;
                     }
                     None => {
@@ -382,9 +424,38 @@ impl Driver {
 
     async fn act_and_observe(
         &self,
-        mut d: AgentLoop<ToolDispatching>,
+        d: AgentLoop<ToolDispatching>,
         sink: &mut dyn Sink,
     ) -> Result<Observed, String> {
+        let (run, step) = (d.run().to_owned(), d.step());
+        let (d, results) = self
+            .act(d, sink)
+            .instrument(tracing::info_span!("orga.act", run_id = %run, step, calls = tracing::field::Empty))
+            .await?;
+        self.observe(d, results, sink)
+            .instrument(tracing::info_span!("orga.observe", run_id = %run, step))
+            .await
+    }
+
+    /// Hands the results to the loop and records what it made of them.
+    async fn observe(
+        &self,
+        d: AgentLoop<ToolDispatching>,
+        results: Vec<ToolOutcome>,
+        sink: &mut dyn Sink,
+    ) -> Result<Observed, String> {
+        let now_ms = self.tools.clock_ms();
+        let mut observing = d.returned_at(results, now_ms);
+        sink.record(observing.take_facts()).await?;
+        Ok(observing.observe())
+    }
+
+    /// Runs the allowed calls (their intent recorded first).
+    async fn act(
+        &self,
+        mut d: AgentLoop<ToolDispatching>,
+        sink: &mut dyn Sink,
+    ) -> Result<(AgentLoop<ToolDispatching>, Vec<ToolOutcome>), String> {
         // A clock reading only matters (and is only journaled) when a
         // breaker is not closed.
         let now_ms = if d.breakers_open() {
@@ -393,6 +464,7 @@ impl Driver {
             0
         };
         let calls = d.dispatch(now_ms);
+        tracing::Span::current().record("calls", calls.len());
         // Compensable calls record what undoes them before they run; one
         // whose compensation cannot be captured fails without running.
         let mut runnable = Vec::with_capacity(calls.len());
@@ -416,10 +488,7 @@ impl Driver {
         sink.record(d.take_facts()).await?;
         let mut results = futures::future::join_all(runnable.iter().map(|c| self.run_tool(c))).await;
         results.extend(failed);
-        let now_ms = self.tools.clock_ms();
-        let mut observing = d.returned_at(results, now_ms);
-        sink.record(observing.take_facts()).await?;
-        Ok(observing.observe())
+        Ok((d, results))
     }
 
     async fn run_tool(&self, call: &ToolCall) -> ToolOutcome {

@@ -8,9 +8,12 @@
 //! - `list_dir {path?}`: the entries of a directory under the workspace;
 //! - `write_file {path, content}`: creates or replaces a file under the
 //!   workspace (at most 1 MiB);
-//! - `run_command {command, args?}`: a program run through the process
-//!   runner with the agent's limits, in the workspace; exit status and
-//!   output come back.
+//! - `run_command {command, args?}`: a program run in the agent's sandbox
+//!   tier ([`CommandSandbox`]) with the agent's limits: `native`, a process
+//!   of the process runner in the workspace; `docker` / `gvisor`, a
+//!   container (no network, read-only root, every capability dropped, …)
+//!   with the workspace mounted at `/work`. Exit status and output come
+//!   back; the driver journals them and a replay serves them.
 //!
 //! A path that leaves the workspace (`..`, an absolute path elsewhere, a
 //! symlink pointing out) is refused.
@@ -26,7 +29,11 @@ use std::pin::Pin;
 
 use crate::llm::{ToolCall, ToolSpec};
 use crate::orga::ToolOutcome;
-use crate::process::{self, Confinement, Launcher, ProcessEvent, ProcessSpec};
+use crate::process::{Confinement, Launcher};
+use crate::sandbox::{
+    ContainerExecutor, ContainerOptions, ExecEvent, ExecHandle, Executor as _, NativeExecutor, TaskSpec,
+    tier_name,
+};
 
 /// Largest file `read_file` returns.
 pub const MAX_READ_BYTES: u64 = 64 * 1024;
@@ -107,6 +114,29 @@ pub struct ToolBox {
     pub launcher: Launcher,
     /// What confines processes here.
     pub confinement: Confinement,
+    /// Where `run_command` runs.
+    pub sandbox: CommandSandbox,
+}
+
+/// Where a [`ToolBox`]'s `run_command` runs: the agent's sandbox tier.
+#[derive(Clone, Debug)]
+pub enum CommandSandbox {
+    /// The `native` tier: a process of the process runner (the toolbox's
+    /// launcher and confinement), in the workspace.
+    Native,
+    /// A container of the `docker` or `gvisor` tier, the workspace mounted
+    /// read-write at `/work` and the command run as the workspace's owner.
+    Container {
+        /// The tier's executor.
+        executor: ContainerExecutor,
+        /// The image (`None`: the newest `stele sandbox image build`).
+        image: Option<String>,
+        /// The `stele.owner` label (the journal's identity), so a crash's
+        /// leftovers are reaped.
+        owner: String,
+        /// The agent (its label).
+        agent: String,
+    },
 }
 
 /// The result of a tool: success and its text.
@@ -296,31 +326,74 @@ impl ToolBox {
     }
 
     async fn run(&self, command: String, args: Vec<String>) -> ToolResult {
-        let spec = ProcessSpec {
+        let (agent, container) = match &self.sandbox {
+            CommandSandbox::Native => (String::new(), ContainerOptions::default()),
+            CommandSandbox::Container {
+                image, owner, agent, ..
+            } => {
+                use std::os::unix::fs::MetadataExt as _;
+                let meta = std::fs::metadata(&self.workspace)
+                    .map_err(|e| format!("workspace {}: {e}", self.workspace.display()))?;
+                (
+                    agent.clone(),
+                    ContainerOptions {
+                        image: image.clone(),
+                        owner: owner.clone(),
+                        workspace: Some(self.workspace.clone()),
+                        user: Some(format!("{}:{}", meta.uid(), meta.gid())),
+                        ..ContainerOptions::default()
+                    },
+                )
+            }
+        };
+        let native = matches!(self.sandbox, CommandSandbox::Native);
+        let spec = TaskSpec {
             task: "tool".into(),
+            agent,
             command,
             args,
             env: BTreeMap::new(),
-            workdir: Some(self.workspace.clone()),
+            // Native: the workspace itself; a container: /work, where the
+            // workspace is mounted.
+            workdir: native.then(|| self.workspace.clone()),
             memory_mb: self.memory_mb,
             cpu_cores: self.cpu_cores,
             timeout: self.timeout,
             output_limit: 16 * 1024,
             sample_every: self.timeout + Duration::from_secs(1),
+            container,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let handle =
-            process::spawn(spec, &self.launcher, &self.confinement, tx).map_err(|e| e.to_string())?;
+        let (tier, handle) = match &self.sandbox {
+            CommandSandbox::Native => {
+                let executor = NativeExecutor {
+                    launcher: self.launcher.clone(),
+                    confinement: self.confinement.clone(),
+                };
+                (executor.tier(), executor.start(spec, tx))
+            }
+            CommandSandbox::Container { executor, .. } => (executor.tier(), executor.start(spec, tx)),
+        };
+        let handle = handle.map_err(|e| e.to_string())?;
         // A call dropped mid-way (its run was cancelled) stops its command.
         let _stop = StopOnDrop(handle);
         while let Some(ev) = rx.recv().await {
-            if let ProcessEvent::Exited(r) = ev {
-                let out = format!("{}{}", r.stdout, r.stderr);
-                return if r.success() {
-                    Ok(out)
-                } else {
-                    Err(format!("{}: {out}", r.summary()))
-                };
+            match ev {
+                ExecEvent::Exited { report: r, .. } => {
+                    let out = format!("{}{}", r.stdout, r.stderr);
+                    return if r.success() {
+                        Ok(out)
+                    } else {
+                        Err(format!("{}: {out}", r.summary()))
+                    };
+                }
+                ExecEvent::Failed(reason) => {
+                    return Err(format!(
+                        "the {} sandbox could not run the command: {reason}",
+                        tier_name(tier)
+                    ));
+                }
+                ExecEvent::Started { .. } | ExecEvent::Sampled { .. } => {}
             }
         }
         Err("the command ended without a report".into())
@@ -333,7 +406,7 @@ const DROPPED_CALL_GRACE: Duration = Duration::from_secs(2);
 
 /// Stops a tool's command when its call is dropped before it returned (a
 /// no-op once the command has exited).
-struct StopOnDrop(process::ProcessHandle);
+struct StopOnDrop(ExecHandle);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {

@@ -848,6 +848,23 @@ mod body {
             /// The contents (JSON), or the error, bounded.
             content: String,
         },
+        /// A tool provider's SchemaPin key was fetched from its
+        /// `.well-known/schemapin.json` (the server's `well_known`), at a
+        /// connection, before its tools were assessed with it.
+        McpKeyDiscovered {
+            /// The server.
+            server: String,
+            /// The tool domain its key is pinned under.
+            domain: String,
+            /// The document's URL.
+            url: String,
+            /// The key's fingerprint (`sha256:<hex>` of its SPKI DER).
+            fingerprint: String,
+            /// The key, PEM.
+            public_key_pem: String,
+            /// The fingerprints the document lists as revoked, comma-separated.
+            revoked_keys: String,
+        },
     }
 
     /// A context item as `ContextStored` records it.
@@ -1352,6 +1369,7 @@ kinds! {
     McpToolCalled => "mcp_tool_called",
     McpToolReturned => "mcp_tool_returned",
     McpResourceRead => "mcp_resource_read",
+    McpKeyDiscovered => "mcp_key_discovered",
 }
 
 /// Which facts belong to a run, and through which field: one list makes

@@ -405,7 +405,8 @@ fn check_body(
         | ArchivedEventBody::McpKeyUnpinned { .. }
         | ArchivedEventBody::McpToolCalled { .. }
         | ArchivedEventBody::McpToolReturned { .. }
-        | ArchivedEventBody::McpResourceRead { .. } => {}
+        | ArchivedEventBody::McpResourceRead { .. }
+        | ArchivedEventBody::McpKeyDiscovered { .. } => {}
     }
     if seq.0 == 1 && !matches!(e.body(), ArchivedEventBody::JournalOpened { .. }) {
         return Err(bad("the first event is not JournalOpened".into()));

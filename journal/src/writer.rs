@@ -479,6 +479,25 @@ pub(crate) fn run_sequencer(
 pub(crate) fn run_committer(sh: Arc<Shared>, rx: std_mpsc::Receiver<Group>) {
     for g in rx {
         let acks = g.acks;
+        // One span per group commit (exported with `[otel]`); `run_id` when
+        // the whole group is one run's facts.
+        let span = match (g.events.first(), g.events.last()) {
+            (Some(first), Some(last)) => tracing::info_span!(
+                "journal.commit",
+                events = g.events.len(),
+                first_seq = first.seq.0,
+                last_seq = last.seq.0,
+                run_id = tracing::field::Empty,
+            ),
+            _ => tracing::Span::none(),
+        };
+        if !span.is_disabled()
+            && let Some(run) = g.events.first().and_then(|e| e.run.as_deref())
+            && g.events.iter().all(|e| e.run.as_deref() == Some(run))
+        {
+            span.record("run_id", run);
+        }
+        let _in_commit = span.enter();
         let result = (|| {
             sh.poison.check()?;
             if g.events.is_empty() {

@@ -3,18 +3,44 @@
 //! Cedar policy set, and each verdict that would flip listed with the old
 //! and new determining policies.
 //!
-//! Reading is sequential (the journal's order); evaluation runs on every
-//! core (rayon), each request through the same pure `PolicyGate::decide`
-//! the live gate uses. A request that no longer parses is reported, not
-//! skipped silently.
+//! The journal is read zero-copy: the decisions are kept as the stored
+//! records ([`Decided`]), and the request, verdict and run are borrowed
+//! from their bytes; nothing is copied out but the flips. Reading is split
+//! into seq ranges read on every core, then each distinct request text is
+//! evaluated once (journals repeat requests: the same agent reading the
+//! same file), on every core, through the same pure `PolicyGate::decide`
+//! the live gate uses; only a flip's detail is rendered. A request that no
+//! longer parses is reported, not skipped silently. Output is in seq order
+//! whatever the thread count.
+
+use std::collections::HashMap;
 
 use rayon::prelude::*;
-use stele_engine::policy::{AuthzRequest, PolicyGate};
-use stele_journal::{ArchivedEventBody, Reader, Seq};
+use stele_engine::policy::{AuthzRequest, GateDecision, PolicyGate};
+use stele_journal::{ArchivedEventBody, EventRef, Reader, Seq};
 
 use crate::Result;
 
-/// One recorded decision.
+/// Events read per task when the journal is read on every core.
+const READ_CHUNK_EVENTS: u64 = 16_384;
+/// Fewest distinct requests a rayon task evaluates (smaller is overhead).
+const EVAL_MIN_LEN: usize = 64;
+
+/// One recorded decision, as the backtest reads it.
+pub trait Decision: Sync {
+    /// Its seq.
+    fn seq(&self) -> u64;
+    /// Its run, when it came from one.
+    fn run(&self) -> Option<&str>;
+    /// The canonical request.
+    fn request(&self) -> &str;
+    /// The verdict recorded.
+    fn verdict(&self) -> &str;
+    /// Its determining policies.
+    fn policies(&self) -> Vec<String>;
+}
+
+/// One recorded decision, owned (built in memory, e.g. by a bench).
 #[derive(Clone, Debug)]
 pub struct Recorded {
     /// Its seq.
@@ -27,6 +53,69 @@ pub struct Recorded {
     pub verdict: String,
     /// Its determining policies.
     pub policies: Vec<String>,
+}
+
+impl Decision for Recorded {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn run(&self) -> Option<&str> {
+        self.run.as_deref()
+    }
+    fn request(&self) -> &str {
+        &self.request
+    }
+    fn verdict(&self) -> &str {
+        &self.verdict
+    }
+    fn policies(&self) -> Vec<String> {
+        self.policies.clone()
+    }
+}
+
+/// A `PolicyDecided` event as stored: its fields are read in place.
+#[derive(Clone, Debug)]
+pub struct Decided(EventRef);
+
+impl Decided {
+    /// The event, when it is a `PolicyDecided`.
+    #[must_use]
+    pub fn new(e: EventRef) -> Option<Decided> {
+        matches!(e.body(), ArchivedEventBody::PolicyDecided { .. }).then_some(Decided(e))
+    }
+
+    /// The run, the request and the verdict, borrowed from the record.
+    fn fields(&self) -> (Option<&str>, &str, &str) {
+        match self.0.body() {
+            ArchivedEventBody::PolicyDecided {
+                run, request, verdict, ..
+            } => (run.as_ref().map(|r| r.as_str()), request.as_str(), verdict.as_str()),
+            _ => unreachable!("Decided holds PolicyDecided events only (checked in new)"),
+        }
+    }
+}
+
+impl Decision for Decided {
+    fn seq(&self) -> u64 {
+        self.0.seq().0
+    }
+    fn run(&self) -> Option<&str> {
+        self.fields().0
+    }
+    fn request(&self) -> &str {
+        self.fields().1
+    }
+    fn verdict(&self) -> &str {
+        self.fields().2
+    }
+    fn policies(&self) -> Vec<String> {
+        match self.0.body() {
+            ArchivedEventBody::PolicyDecided { policies, .. } => {
+                policies.iter().map(|p| p.as_str().to_owned()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A verdict that flips.
@@ -76,66 +165,61 @@ pub struct Backtest {
     pub unreadable: Vec<Unreadable>,
 }
 
-/// The `PolicyDecided` events of `from..=to`.
+/// The `PolicyDecided` events of `from..=to`, as stored, in seq order: the
+/// range is read in chunks on every core.
 ///
 /// # Errors
 /// Reading the journal failed.
-pub fn recorded(reader: &Reader, from: Seq, to: Seq) -> Result<Vec<Recorded>> {
-    let mut out = Vec::new();
+pub fn recorded(reader: &Reader, from: Seq, to: Seq) -> Result<Vec<Decided>> {
+    let to = to.min(reader.head().seq);
     if to < from {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    for e in reader.range(from, to) {
-        let e = e?;
-        if let ArchivedEventBody::PolicyDecided {
-            run,
-            request,
-            verdict,
-            policies,
-            ..
-        } = e.body()
-        {
-            out.push(Recorded {
-                seq: e.seq().0,
-                run: run.as_ref().map(|r| r.to_string()),
-                request: request.to_string(),
-                verdict: verdict.to_string(),
-                policies: policies.iter().map(|p| p.to_string()).collect(),
-            });
-        }
+    let chunks: Vec<(Seq, Seq)> = (from.0..=to.0)
+        .step_by(usize::try_from(READ_CHUNK_EVENTS).unwrap_or(usize::MAX))
+        .map(|a| (Seq(a), Seq(a.saturating_add(READ_CHUNK_EVENTS - 1).min(to.0))))
+        .collect();
+    let read: Vec<Result<Vec<Decided>>> = chunks
+        .par_iter()
+        .map(|&(a, b)| {
+            let mut out = Vec::new();
+            for e in reader.range(a, b) {
+                out.extend(Decided::new(e?));
+            }
+            Ok(out)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for chunk in read {
+        out.extend(chunk?);
     }
     Ok(out)
 }
 
-/// A new verdict: its name, determining policies and detail.
-type Answer = (String, Vec<String>, String);
-
 /// Evaluates `decisions` against `gate`: the flips and the unreadable
 /// requests, each in seq order. The gate is pure, so each distinct request
-/// text is evaluated once (journals repeat requests: the same agent
-/// reading the same file), on every core.
+/// text is evaluated once, on every core.
 #[must_use]
-pub fn evaluate(gate: &PolicyGate, decisions: &[Recorded]) -> (Vec<Flip>, Vec<Unreadable>) {
-    let mut distinct: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+pub fn evaluate<D: Decision>(gate: &PolicyGate, decisions: &[D]) -> (Vec<Flip>, Vec<Unreadable>) {
+    let mut distinct: HashMap<&str, usize> = HashMap::with_capacity(decisions.len().min(1 << 16));
     let mut texts: Vec<&str> = Vec::new();
     let index: Vec<usize> = decisions
         .iter()
         .map(|r| {
-            *distinct.entry(r.request.as_str()).or_insert_with(|| {
-                texts.push(r.request.as_str());
+            let text = r.request();
+            *distinct.entry(text).or_insert_with(|| {
+                texts.push(text);
                 texts.len() - 1
             })
         })
         .collect();
-    let answers: Vec<Result<Answer, String>> = texts
+    drop(distinct);
+    let answers: Vec<Result<GateDecision, String>> = texts
         .par_iter()
-        .with_min_len(64)
+        .with_min_len(EVAL_MIN_LEN)
         .map(|text| {
             AuthzRequest::from_canonical_json(text)
-                .map(|req| {
-                    let d = gate.decide(&req);
-                    (d.verdict.name().to_owned(), d.policies, d.verdict.detail())
-                })
+                .map(|req| gate.decide(&req))
                 .map_err(|e| e.to_string())
         })
         .collect();
@@ -144,18 +228,18 @@ pub fn evaluate(gate: &PolicyGate, decisions: &[Recorded]) -> (Vec<Flip>, Vec<Un
     for (r, i) in decisions.iter().zip(index) {
         match &answers[i] {
             Err(reason) => unreadable.push(Unreadable {
-                seq: r.seq,
+                seq: r.seq(),
                 reason: reason.clone(),
             }),
-            Ok((verdict, policies, detail)) if *verdict != r.verdict => flips.push(Flip {
-                seq: r.seq,
-                run: r.run.clone(),
-                request: r.request.clone(),
-                old_verdict: r.verdict.clone(),
-                new_verdict: verdict.clone(),
-                old_policies: r.policies.clone(),
-                new_policies: policies.clone(),
-                new_detail: detail.clone(),
+            Ok(d) if d.verdict.name() != r.verdict() => flips.push(Flip {
+                seq: r.seq(),
+                run: r.run().map(str::to_owned),
+                request: r.request().to_owned(),
+                old_verdict: r.verdict().to_owned(),
+                new_verdict: d.verdict.name().to_owned(),
+                old_policies: r.policies(),
+                new_policies: d.policies.clone(),
+                new_detail: d.verdict.detail(),
             }),
             Ok(_) => {}
         }

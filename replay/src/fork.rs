@@ -129,13 +129,32 @@ impl Edit {
             return Err(bad(format!("{size} bytes, over the {MAX_EDIT_BYTES}-byte limit")));
         }
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        Edit::parse(path, &text, origin, at)
+    }
+
+    /// [`load`](Self::load) on text already read; `source` names where it
+    /// came from in errors (a file, `(request body)`).
+    ///
+    /// # Errors
+    /// Not JSON of the expected shape, or no input after `at` to replace.
+    pub fn parse(source: &Path, text: &str, origin: &RecordedRun, at: Seq) -> Result<Edit> {
+        let bad = |reason: String| Error::Edit {
+            path: source.to_owned(),
+            reason,
+        };
+        if text.len() as u64 > MAX_EDIT_BYTES {
+            return Err(bad(format!(
+                "{} bytes, over the {MAX_EDIT_BYTES}-byte limit",
+                text.len()
+            )));
+        }
         let next = next_input(origin, at).ok_or_else(|| Error::Run {
             run: origin.run.clone(),
             reason: format!("no journaled completion or tool result after seq {at} to replace"),
         })?;
         match &next.body {
             EventBody::ToolReturned { call_id, .. } => {
-                let f: ToolResultFile = serde_json::from_str(&text).map_err(|e| {
+                let f: ToolResultFile = serde_json::from_str(text).map_err(|e| {
                     bad(format!(
                         "the next input (seq {}) is a tool result, expected {TOOL_RESULT_SHAPE}: {e}",
                         next.seq
@@ -149,7 +168,7 @@ impl Edit {
                 })
             }
             _ => {
-                let f: CompletionFile = serde_json::from_str(&text).map_err(|e| {
+                let f: CompletionFile = serde_json::from_str(text).map_err(|e| {
                     bad(format!(
                         "the next input (seq {}) is a completion, expected {COMPLETION_SHAPE}: {e}",
                         next.seq
@@ -224,6 +243,7 @@ struct ForkSink {
     journal: Journal,
     stream: StreamId,
     marker: Option<(EventBody, Seq)>,
+    started: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Sink for ForkSink {
@@ -254,8 +274,13 @@ impl Sink for ForkSink {
             self.journal
                 .append_many(appends)
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            if self.marker.is_none()
+                && let Some(started) = self.started.take()
+            {
+                started.notify_one();
+            }
+            Ok(())
         })
     }
 }
@@ -269,6 +294,10 @@ pub struct Live {
     pub tools: Arc<dyn ToolRunner>,
     /// The gate.
     pub gate: Arc<PolicyGate>,
+    /// Told once the new run's start (`RunStarted` and `RunForked`) is
+    /// durable, so a caller that drives the fork in a task of its own can
+    /// answer with the new run while it goes on.
+    pub started: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Forks `origin` at `at` into run `new_run`, appending to `journal`. See
@@ -374,6 +403,7 @@ pub async fn fork(
         journal: journal.clone(),
         stream,
         marker: Some((marker, at)),
+        started: live.started,
     };
     let ended = drive_from_start(
         &driver,

@@ -211,6 +211,8 @@ pub struct Served {
     name: String,
     answers: Mutex<VecDeque<Result<Completion, ProviderError>>>,
     live: Option<Arc<dyn Provider>>,
+    /// Whether the last answer came from `answers` (not `live`).
+    journaled: std::sync::atomic::AtomicBool,
 }
 
 impl Served {
@@ -225,6 +227,7 @@ impl Served {
             name,
             answers: Mutex::new(answers),
             live,
+            journaled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -240,12 +243,18 @@ impl Provider for Served {
         &self.name
     }
 
+    fn served_from_journal(&self) -> bool {
+        self.journaled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn complete<'a>(&'a self, request: &'a CompletionRequest) -> CompletionFuture<'a> {
         let next = self
             .answers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
+        self.journaled
+            .store(next.is_some() || self.live.is_none(), std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             match (next, &self.live) {
                 (Some(answer), _) => answer,
@@ -395,6 +404,8 @@ impl ToolRunner for ServedTools {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
+        self.journaled
+            .store(next.is_some() || self.live.is_none(), std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             match (served, &self.live) {
                 (Some((true, detail)), _) => Ok(detail),

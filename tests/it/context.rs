@@ -16,7 +16,7 @@ use stele_engine::context::embed::{Embedder, HashEmbedder, OpenAiEmbedder};
 use stele_engine::context::ops::{Changes, Requester, unarchive};
 use stele_engine::context::score::Scoring;
 use stele_engine::context::search::{Mode, Query};
-use stele_engine::context::vector::ExactIndex;
+use stele_engine::context::vector::{ExactIndex, VectorIndex};
 use stele_engine::context::{AccessLevel, ContextError, ContextService, MemoryType, NewItem};
 use stele_engine::policy::PolicyGate;
 use stele_journal::{EventBody, Journal, Options, Seq};
@@ -25,22 +25,30 @@ use stele_projections::{SnapshotStore, state_at};
 
 use crate::stele;
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    journal: Journal,
-    svc: ContextService,
-    rt: tokio::runtime::Runtime,
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) journal: Journal,
+    pub(crate) svc: ContextService,
+    pub(crate) rt: tokio::runtime::Runtime,
 }
 
-fn gate() -> Arc<PolicyGate> {
+pub(crate) fn gate() -> Arc<PolicyGate> {
     Arc::new(PolicyGate::load(&root().join("fixtures/policies")).expect("policies"))
 }
 
 fn env_with(vectors: bool) -> Env {
+    env_with_index(|_| vectors.then(|| Box::new(ExactIndex::new()) as Box<_>))
+}
+
+/// A journal in a temporary directory and a context service over it with
+/// the vector index `vectors` makes (given the temporary directory).
+pub(crate) fn env_with_index(
+    vectors: impl FnOnce(&Path) -> Option<Box<dyn VectorIndex>>,
+) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = Journal::open(dir.path().join("data"), Options::default()).expect("journal");
     let svc = ContextService::open(
@@ -48,7 +56,7 @@ fn env_with(vectors: bool) -> Env {
         gate(),
         Arc::new(HashEmbedder),
         Scoring::default(),
-        vectors.then(|| Box::new(ExactIndex::new()) as Box<_>),
+        vectors(dir.path()),
     )
     .expect("service");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -67,7 +75,7 @@ fn env() -> Env {
     env_with(true)
 }
 
-fn who(agent: &str, priority: &str) -> Requester {
+pub(crate) fn who(agent: &str, priority: &str) -> Requester {
     Requester {
         agent: agent.into(),
         priority: priority.into(),
@@ -86,9 +94,9 @@ fn item(id: &str, t: MemoryType, level: AccessLevel, content: &str) -> NewItem {
     }
 }
 
-const NOW: u64 = 4_000_000_000_000;
+pub(crate) const NOW: u64 = 4_000_000_000_000;
 
-fn keys(e: &Env, r: &Requester, text: &str, mode: Mode) -> Vec<String> {
+pub(crate) fn keys(e: &Env, r: &Requester, text: &str, mode: Mode) -> Vec<String> {
     let mut q = Query::new(text, mode, NOW);
     q.limit = 50;
     let found = e.rt.block_on(e.svc.search(r, &q)).expect("search");
@@ -477,7 +485,7 @@ fn importance_comes_from_journaled_facts_only() {
     }
 }
 
-fn load_corpus(e: &Env) -> Value {
+pub(crate) fn load_corpus(e: &Env) -> Value {
     let corpus: Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("fixtures/context/corpus.json")).expect("corpus"),
     )
@@ -732,7 +740,7 @@ fn the_openai_embedder_speaks_the_wire_format() {
     );
 }
 
-fn cli(data: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn cli(data: &Path, args: &[&str]) -> std::process::Output {
     stele()
         .arg("--data")
         .arg(data)
@@ -745,7 +753,7 @@ fn cli(data: &Path, args: &[&str]) -> std::process::Output {
         .expect("run stele")
 }
 
-fn ok_json(out: &std::process::Output) -> Value {
+pub(crate) fn ok_json(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("json")
 }

@@ -1,14 +1,17 @@
 //! The architecture as tests: crates depend downward only (journal ←
-//! projections ← engine ← replay ← api), and every source file says what
+//! projections ← engine ← replay ← vectors ← api), and every source file says what
 //! lives in it with a `//!` comment.
 
 use std::path::{Path, PathBuf};
 
-const LAYERS: [(&str, &str); 5] = [
+const LAYERS: [(&str, &str); 6] = [
     ("journal", "stele-journal"),
     ("projections", "stele-projections"),
     ("engine", "stele-engine"),
     ("replay", "stele-replay"),
+    // An adapter of the engine's vector index trait (LanceDB), used by api
+    // only.
+    ("vectors", "stele-vectors"),
     ("api", "stele"),
 ];
 
@@ -55,6 +58,7 @@ fn every_source_file_starts_with_a_module_doc() {
         "projections/src",
         "engine/src",
         "replay/src",
+        "vectors/src",
         "api/src",
         "tests/it",
         "benches",

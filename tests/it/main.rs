@@ -12,10 +12,12 @@ mod context;
 mod crash;
 mod golden;
 mod http;
+mod http_replay;
 mod layering;
 mod lifecycle;
 mod mcp;
 mod nats;
+mod ops;
 mod orga;
 mod poison;
 mod policy;
@@ -32,6 +34,8 @@ mod scheduler;
 mod tamper;
 mod up;
 mod up_runs;
+#[cfg(feature = "lancedb")]
+mod vectors;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;

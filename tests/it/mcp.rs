@@ -5,9 +5,17 @@
 //! (`fixtures/mcp/signed_server.py`) for the SchemaPin cases — pinned key
 //! ok, key changed, schema tampered, unsigned under strict and warn — the
 //! Cedar gate on each call, a reasoning run calling an MCP tool and its
-//! replay, and every step in the journal.
+//! replay, and every step in the journal. Over streamable HTTP: the
+//! reference server (`server-everything streamableHttp`) and our signed
+//! server (`--http`), a scripted run through it, clear errors for an
+//! unreachable URL, a non-MCP endpoint and malformed answers, and SchemaPin
+//! keys discovered at the provider's `/.well-known/schemapin.json`
+//! (pinned on first use, a different or revoked key refused).
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -659,4 +667,424 @@ fn a_run_continued_after_an_approval_calls_an_mcp_tool_and_replays() {
         1,
         "replay called no server"
     );
+}
+
+/// An MCP server over streamable HTTP run for one test, stopped on drop.
+struct HttpServer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HttpServer {
+    /// Our signed server with `--http 0`, its environment `env`; the port is
+    /// the one it prints.
+    fn signed(env: &[(&str, &str)]) -> HttpServer {
+        let mut child = Command::new("python3")
+            .arg(root().join("fixtures/mcp/signed_server.py"))
+            .args(["--http", "0"])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python3 signed_server.py --http 0");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the server's port");
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("signed_server.py --http said {line:?}"));
+        HttpServer { child, port }
+    }
+
+    /// `mcp-server-everything streamableHttp` on a free port, once it
+    /// accepts connections.
+    fn everything() -> HttpServer {
+        let port = free_port();
+        let child = Command::new(npm_bin("mcp-server-everything"))
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mcp-server-everything streamableHttp");
+        let mut server = HttpServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                server.child.try_wait().expect("poll").is_none(),
+                "mcp-server-everything streamableHttp exited before listening on {port}"
+            );
+            assert!(Instant::now() < deadline, "mcp-server-everything did not listen on {port} within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self) -> String {
+        format!("{}/mcp", self.origin())
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn http_server(name: &str, url: &str, extra: &str) -> String {
+    format!("[[mcp.servers]]\nname = {name:?}\nurl = {url:?}\n{extra}")
+}
+
+#[test]
+fn everything_server_over_streamable_http_lists_calls_and_reads_resources() {
+    let server = HttpServer::everything();
+    let s = Setup::new("warn", &http_server("everything", &server.url(), ""));
+    let list = s.list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(list[0].get("error").is_none(), "{list:?}");
+    let echo = tool(&list[0], "echo");
+    assert_eq!(echo["qualified"], "mcp__everything__echo");
+    assert_eq!(echo["status"], "unsigned");
+
+    let r = s.call("everything", "echo", r#"{"message":"over HTTP"}"#, "normal");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let out = call_json(&r);
+    assert_eq!(out["ok"], true, "{out}");
+    assert!(out["output"].as_str().expect("text").contains("over HTTP"), "{out}");
+
+    let r = s.stele(&["mcp", "resources", "everything", "--policies", &s.policies()]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let resources: Value = serde_json::from_str(&r.stdout).expect("resources JSON");
+    assert!(
+        resources.as_array().is_some_and(|a| !a.is_empty()),
+        "{resources}"
+    );
+
+    let ev = s.events();
+    let connected = kind(&ev, "mcp_server_connected");
+    assert_eq!(connected.len(), 3, "one connection per command");
+    assert!(
+        connected
+            .iter()
+            .all(|e| e["body"]["endpoint"] == server.url().as_str()),
+        "{connected:?}"
+    );
+    let returned = kind(&ev, "mcp_tool_returned");
+    assert_eq!(returned.len(), 1);
+    assert!(
+        returned[0]["body"]["output"]
+            .as_str()
+            .expect("output")
+            .contains("over HTTP")
+    );
+    assert_eq!(kind(&ev, "mcp_resource_read").len(), 1);
+}
+
+#[test]
+fn a_reasoning_run_calls_a_signed_tool_over_http_and_replays_without_it() {
+    let server = HttpServer::signed(&[]);
+    let s = Setup::new("strict", &http_server("signed", &server.url(), "domain = \"tools.example\"\n"));
+    let list = s.list();
+    let statuses: Vec<&str> = list[0]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(statuses, ["first_use", "verified", "verified"], "{list:?}");
+    let r = s.call("signed", "add", r#"{"a":20,"b":22}"#, "normal");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(call_json(&r)["output"], "42");
+
+    let workspace = s.dir.path().join("ws");
+    let agent = s.dir.path().join("adder.toml");
+    let text = std::fs::read_to_string(root().join("fixtures/mcp/adder.toml"))
+        .expect("fixture")
+        .replace(
+            "workspace = \"stele-workspace\"",
+            &format!("workspace = {:?}", workspace.display().to_string()),
+        )
+        .replace(
+            "script = \"fixtures/mcp/adder.json\"",
+            &format!(
+                "script = {:?}",
+                root().join("fixtures/mcp/adder.json").display().to_string()
+            ),
+        );
+    std::fs::write(&agent, text).expect("agent");
+    let p = s.policies();
+    let r = s.stele(&[
+        "run",
+        agent.to_str().expect("utf8"),
+        "--input",
+        "add 2 and 3",
+        "--json",
+        "--policies",
+        &p,
+    ]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let out: Value = serde_json::from_str(&r.stdout).expect("run JSON");
+    assert_eq!(out["outcome"], "completed", "{out}");
+    let run = out["run"].as_str().expect("run id").to_owned();
+    let ev = s.events();
+    let returned = kind(&ev, "tool_returned");
+    assert_eq!(returned.len(), 1);
+    assert_eq!(returned[0]["body"]["output"], "5");
+    assert_eq!(kind(&ev, "mcp_tool_called").len(), 2);
+
+    // The server goes away; the replay serves the journaled result.
+    drop(server);
+    let r = s.stele(&["replay", &run, "--policies", &p]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(
+        kind(&s.events(), "mcp_server_connected").len(),
+        3,
+        "replay connected to no server"
+    );
+}
+
+#[test]
+fn http_servers_that_are_unreachable_not_mcp_or_malformed_get_clear_errors() {
+    let s = Setup::new("strict", "");
+    let p = s.policies();
+    // Nothing listens.
+    let dead = format!("http://127.0.0.1:{}/mcp", free_port());
+    s.configure("strict", &http_server("gone", &dead, ""));
+    let r = s.stele(&["mcp", "list", "--policies", &p]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("gone: error: MCP server gone: cannot connect to {dead}")),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.to_lowercase().contains("connect"), "{}", r.stdout);
+
+    // An HTTP server, but no MCP endpoint at that path.
+    let web = HttpServer::signed(&[]);
+    let not_mcp = format!("{}/not-mcp", web.origin());
+    s.configure("strict", &http_server("web", &not_mcp, ""));
+    let r = s.stele(&["mcp", "list", "--policies", &p]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("cannot connect to {not_mcp}")) && r.stdout.contains("404"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("streamable-HTTP MCP endpoint"), "{}", r.stdout);
+
+    // An endpoint answering JSON that is not JSON-RPC.
+    let garbage = HttpServer::signed(&[("SCHEMAPIN_HTTP_MODE", "garbage")]);
+    s.configure("strict", &http_server("garbage", &garbage.url(), ""));
+    let r = s.stele(&["mcp", "call", "garbage", "add", "--args", r#"{"a":1,"b":2}"#, "--policies", &p]);
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("MCP server garbage: cannot connect to {}", garbage.url())),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("initialize"), "{}", r.stderr);
+    let ev = s.events();
+    assert!(
+        kind(&ev, "mcp_server_connected").is_empty(),
+        "no failed server counts as connected"
+    );
+    assert!(kind(&ev, "mcp_tool_called").is_empty());
+}
+
+#[test]
+fn a_key_discovered_at_well_known_is_pinned_and_checks_every_signature() {
+    let server = HttpServer::signed(&[("SCHEMAPIN_KEY", "a")]);
+    let s = Setup::new(
+        "strict",
+        &http_server(
+            "signed",
+            &server.url(),
+            &format!("domain = \"tools.example\"\nwell_known = {:?}\n", server.origin()),
+        ),
+    );
+    let list = s.list();
+    let statuses: Vec<&str> = list[0]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(statuses, ["first_use", "verified", "verified"], "{list:?}");
+    let r = s.call("signed", "add", r#"{"a":1,"b":2}"#, "low");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(call_json(&r)["output"], "3");
+
+    let ev = s.events();
+    let discovered = kind(&ev, "mcp_key_discovered");
+    assert_eq!(discovered.len(), 2, "one discovery per connection");
+    let d = &discovered[0]["body"];
+    assert_eq!(
+        d["url"],
+        format!("{}/.well-known/schemapin.json", server.origin()).as_str()
+    );
+    assert_eq!(d["domain"], "tools.example");
+    assert_eq!(d["revoked_keys"], "");
+    let pinned = kind(&ev, "mcp_key_pinned");
+    assert_eq!(pinned.len(), 1);
+    assert_eq!(pinned[0]["body"]["fingerprint"], d["fingerprint"]);
+    assert_eq!(pinned[0]["body"]["public_key_pem"], d["public_key_pem"]);
+    // The discovery is in the batch of the listing, before the pin.
+    assert!(discovered[0]["seq"].as_u64() < pinned[0]["seq"].as_u64());
+    let r = s.stele(&["journal", "verify"]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+}
+
+#[test]
+fn a_tool_signed_by_another_key_than_the_published_one_is_refused() {
+    // The tools carry key a in their _meta and are signed by it, but the
+    // provider publishes key b: the _meta key is not trusted.
+    let server = HttpServer::signed(&[("SCHEMAPIN_KEY", "a"), ("SCHEMAPIN_WELL_KNOWN_KEY", "b")]);
+    let s = Setup::new(
+        "strict",
+        &http_server(
+            "signed",
+            &server.url(),
+            &format!("well_known = \"{}/.well-known/schemapin.json\"\n", server.origin()),
+        ),
+    );
+    let add = tool(&s.list()[0], "add").clone();
+    assert_eq!(add["status"], "invalid_signature", "{add}");
+    assert_eq!(add["accepted"], false);
+    assert!(
+        add["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("/.well-known/schemapin.json"),
+        "{add}"
+    );
+    let r = s.call("signed", "add", r#"{"a":1,"b":2}"#, "normal");
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(kind(&s.events(), "mcp_key_pinned").is_empty(), "nothing pinned");
+}
+
+#[test]
+fn a_revoked_key_is_refused_whether_published_or_pinned() {
+    // The published key itself is revoked.
+    let server = HttpServer::signed(&[("SCHEMAPIN_KEY", "a"), ("SCHEMAPIN_REVOKED", "a")]);
+    let s = Setup::new(
+        "strict",
+        &http_server(
+            "signed",
+            &server.url(),
+            &format!("domain = \"tools.example\"\nwell_known = {:?}\n", server.origin()),
+        ),
+    );
+    let add = tool(&s.list()[0], "add").clone();
+    assert_eq!(add["status"], "revoked", "{add}");
+    assert_eq!(add["accepted"], false);
+    assert!(kind(&s.events(), "mcp_key_pinned").is_empty());
+    drop(server);
+
+    // Key a pinned; the provider rotates to b and revokes a: the pin is
+    // refused until an operator unpins it.
+    let a = HttpServer::signed(&[("SCHEMAPIN_KEY", "a")]);
+    let config = |srv: &HttpServer| {
+        http_server(
+            "signed",
+            &srv.url(),
+            &format!("domain = \"tools.example\"\nwell_known = {:?}\n", srv.origin()),
+        )
+    };
+    s.configure("strict", &config(&a));
+    assert_eq!(tool(&s.list()[0], "add")["status"], "first_use");
+    let b = HttpServer::signed(&[("SCHEMAPIN_KEY", "b"), ("SCHEMAPIN_REVOKED", "a")]);
+    s.configure("strict", &config(&b));
+    let add = tool(&s.list()[0], "add").clone();
+    assert_eq!(add["status"], "revoked", "{add}");
+    assert!(add["detail"].as_str().expect("detail").contains("unpin"), "{add}");
+    let r = s.stele(&["mcp", "unpin", "tools.example", "--reason", "key a revoked"]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(tool(&s.list()[0], "add")["status"], "first_use");
+    let ev = s.events();
+    let last = kind(&ev, "mcp_key_discovered");
+    let last = last.last().expect("a discovery");
+    assert!(
+        last["body"]["revoked_keys"]
+            .as_str()
+            .expect("revoked")
+            .starts_with("sha256:"),
+        "{last}"
+    );
+    assert_eq!(kind(&ev, "mcp_key_pinned").len(), 2);
+}
+
+#[test]
+fn a_discovery_document_that_cannot_be_had_fails_the_connection_clearly() {
+    let server = HttpServer::signed(&[]);
+    let s = Setup::new("strict", "");
+    let p = s.policies();
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    s.configure(
+        "warn",
+        &http_server("signed", &server.url(), &format!("well_known = {nowhere:?}\n")),
+    );
+    let r = s.stele(&["mcp", "list", "--policies", &p]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!(
+            "SchemaPin key discovery at {nowhere}/.well-known/schemapin.json: cannot fetch it"
+        )),
+        "{}",
+        r.stdout
+    );
+    // A document that is not there: the status is named.
+    s.configure(
+        "warn",
+        &http_server(
+            "signed",
+            &server.url(),
+            &format!(
+                "well_known = \"{}/other/.well-known/schemapin.json\"\n",
+                server.origin()
+            ),
+        ),
+    );
+    let r = s.stele(&["mcp", "list", "--policies", &p]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("/other/.well-known/schemapin.json: it answered HTTP 404"),
+        "{}",
+        r.stdout
+    );
+    // A bad value in the configuration names the field.
+    s.configure(
+        "strict",
+        &http_server("signed", &server.url(), "well_known = \"tools.example\"\n"),
+    );
+    let r = s.stele(&["mcp", "pins"]);
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("mcp server signed: well_known: \"tools.example\" is not an http:// or https:// URL"),
+        "{}",
+        r.stderr
+    );
+    assert!(kind(&s.events(), "mcp_tool_verified").is_empty());
 }

@@ -24,13 +24,13 @@ use crate::stele;
 
 /// The longest a test waits for progress it expects (a debug build on a
 /// busy 2-core machine); reaching it is a failure, never a measurement.
-const PATIENCE: Duration = Duration::from_secs(600);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(600);
 
 fn nats_url() -> String {
     std::env::var("STELE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,7 +134,7 @@ fn read_stream(url: &str, stream: &str) -> Vec<Stored> {
 }
 
 /// The journal as `stele events --json` prints it: (seq, hash, line).
-fn journal_events(data: &Path) -> Vec<(u64, String, String)> {
+pub(crate) fn journal_events(data: &Path) -> Vec<(u64, String, String)> {
     let o = stele()
         .arg("--data")
         .arg(data)
@@ -219,7 +219,7 @@ fn assert_stream_is_journal(stored: &[Stored], journal: &[(u64, String, String)]
     assert!(stream_seqs.windows(2).all(|w| w[0] < w[1]), "stream order");
 }
 
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     let t = Instant::now();
     while !ok() {
         assert!(
@@ -231,18 +231,18 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 /// A child process killed when dropped; output in files.
-struct Proc {
-    child: Child,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
     out: PathBuf,
     err: PathBuf,
 }
 
 impl Proc {
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
@@ -256,7 +256,7 @@ impl Proc {
     }
 
     /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let t = Instant::now();
@@ -281,7 +281,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(cmd: &mut std::process::Command, logs: &Path, name: &str) -> Proc {
+pub(crate) fn spawn(cmd: &mut std::process::Command, logs: &Path, name: &str) -> Proc {
     let out = logs.join(format!("{name}.out"));
     let err = logs.join(format!("{name}.err"));
     let child = cmd
@@ -315,7 +315,7 @@ struct OwnServer {
     logs: PathBuf,
 }
 
-fn nats_server_bin() -> PathBuf {
+pub(crate) fn nats_server_bin() -> PathBuf {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())

@@ -50,6 +50,7 @@ fn driver(script: &str, workspace: &Path) -> Driver {
                 program: env!("CARGO_BIN_EXE_stele").into(),
             },
             confinement: detect_confinement(),
+            sandbox: stele_engine::tools::CommandSandbox::Native,
         }),
         agent: "tester".into(),
         priority: "normal".into(),

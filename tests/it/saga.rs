@@ -43,7 +43,7 @@ fn setup(script: &str, cedar: &str) -> Setup {
     std::fs::write(
         &agent,
         format!(
-            "name = \"writer\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n[runs]\nkind = \"reasoning\"\nworkspace = {:?}\nscript = {:?}\nmax_steps = 8\n",
+            "name = \"writer\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n[runs]\nkind = \"reasoning\"\ntier = \"native\"\nworkspace = {:?}\nscript = {:?}\nmax_steps = 8\n",
             ws.display().to_string(),
             script_path.display().to_string()
         ),

@@ -2,7 +2,11 @@
 //! the `docker` tier, runsc for `gvisor`): no network, a read-only root,
 //! the memory limit (OOM flagged in the exit event), timeouts, gVisor's own
 //! kernel; `stele up` running a docker-tier agent end to end; orphaned
-//! containers reaped after `kill -9` of `stele up` (the real binary).
+//! containers reaped after `kill -9` of `stele up` (the real binary); a
+//! reasoning agent's `run_command` in its container tier, its result
+//! journaled and served on replay; a named network joined only when the
+//! Cedar policy permits `join_network` (the verdict journaled first); a
+//! container-tier agent's health probe run inside its container.
 //!
 //! These tests need dockerd with the `runsc` runtime registered
 //! (`scripts/test.sh` sets it up); they fail, loudly, without it.
@@ -302,6 +306,11 @@ impl Drop for Up {
 
 impl Up {
     fn start(dir: &Path, agents: &Path) -> Up {
+        Up::start_with(dir, agents, &[])
+    }
+
+    /// [`Up::start`] with more arguments to `stele up`.
+    fn start_with(dir: &Path, agents: &Path, extra: &[&str]) -> Up {
         image();
         let data = dir.join("data");
         let config = dir.join("stele.toml");
@@ -314,6 +323,7 @@ impl Up {
             .arg("up")
             .arg("--agents")
             .arg(agents)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -557,5 +567,254 @@ fn a_sandboxed_command_cannot_exceed_its_pids_limit() {
             v["timed_out"], false,
             "{tier}: ended by the limit, not the timeout: {v}"
         );
+    }
+}
+
+#[test]
+fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_the_journal() {
+    image();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    for tier in TIERS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ws = tmp.path().join("ws");
+        std::fs::create_dir_all(&ws).expect("ws");
+        std::fs::write(ws.join("in.txt"), "from the host\n").expect("in.txt");
+        let command = format!(
+            "cat in.txt; echo made in the sandbox > out.txt; echo PWD=$(pwd); \
+             echo GVISOR_LINES=$(dmesg 2>/dev/null | grep -c gVisor); \
+             if nc -w 2 127.0.0.1 {port} </dev/null; then echo CONNECTED; else echo UNREACHABLE; fi; \
+             if touch /etc/stele 2>/dev/null; then echo ROOT-WRITABLE; else echo ROOT-READ-ONLY; fi"
+        );
+        let script = tmp.path().join("script.json");
+        std::fs::write(
+            &script,
+            serde_json::json!({"model": "scripted", "answers": [
+                {"content": "", "tool_calls": [{"name": "run_command", "arguments": {"command": "sh", "args": ["-c", command]}}]},
+                {"content": "done"}
+            ]})
+            .to_string(),
+        )
+        .expect("script");
+        let policies = tmp.path().join("policies");
+        std::fs::create_dir_all(&policies).expect("policies");
+        std::fs::write(
+            policies.join("tools.cedar"),
+            "@id(\"all-tools\")\npermit (principal, action == Action::\"invoke_tool\", resource);\n",
+        )
+        .expect("cedar");
+        let agent = tmp.path().join("shell.toml");
+        std::fs::write(
+            &agent,
+            format!(
+                "name = \"shell\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n[runs]\nkind = \"reasoning\"\ntools = [\"run_command\"]\ntier = {tier:?}\nworkspace = {:?}\nscript = {:?}\n",
+                ws.display().to_string(),
+                script.display().to_string()
+            ),
+        )
+        .expect("agent");
+        let data = tmp.path().join("data");
+        let run = |args: &[&str]| {
+            stele()
+                .arg("--data")
+                .arg(&data)
+                .args(args)
+                .arg("--policies")
+                .arg(&policies)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run stele")
+        };
+        let o = run(&["run", agent.to_str().expect("utf8"), "--input", "go", "--json"]);
+        assert!(
+            o.status.success(),
+            "{tier}: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out: Value = serde_json::from_slice(&o.stdout).expect("run JSON");
+        assert_eq!(out["outcome"], "completed", "{tier}: {out}");
+        let run_id = out["run"].as_str().expect("run id").to_owned();
+        let ev = events(&data);
+        let returned = kind(&ev, "tool_returned");
+        assert_eq!(returned.len(), 1, "{tier}: {}", dump(&ev));
+        let result = &returned[0]["body"];
+        assert_eq!(result["ok"], true, "{tier}: {result}");
+        let text = result["output"].as_str().expect("output");
+        assert!(text.contains("from the host"), "{tier}: the workspace is mounted: {text}");
+        assert!(text.contains("PWD=/work"), "{tier}: {text}");
+        assert!(text.contains("UNREACHABLE"), "{tier}: no network: {text}");
+        assert!(text.contains("ROOT-READ-ONLY"), "{tier}: read-only root: {text}");
+        let gvisor_lines = text
+            .lines()
+            .find_map(|l| l.strip_prefix("GVISOR_LINES="))
+            .expect("GVISOR_LINES");
+        if tier == "gvisor" {
+            assert_ne!(gvisor_lines, "0", "gVisor's kernel answered dmesg: {text}");
+        } else {
+            assert_eq!(gvisor_lines, "0", "runc shares the host's kernel: {text}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(ws.join("out.txt")).expect("out.txt written through the mount"),
+            "made in the sandbox\n"
+        );
+
+        // The replay serves the journaled result: no container runs again.
+        std::fs::remove_file(ws.join("out.txt")).expect("rm out.txt");
+        let o = run(&["replay", &run_id]);
+        assert!(
+            o.status.success(),
+            "{tier}: replay: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!ws.join("out.txt").exists(), "{tier}: the replay ran the command again");
+    }
+    drop(listener);
+}
+
+/// A Docker network (internal: no route out) made for one test with the
+/// docker CLI (the runtime itself never runs it), removed on drop.
+struct TestNetwork(String);
+
+impl TestNetwork {
+    fn new() -> TestNetwork {
+        let name = format!("stele-it-{}", std::process::id());
+        let o = std::process::Command::new("docker")
+            .args(["network", "create", "--internal", &name])
+            .output()
+            .expect("run docker network create");
+        assert!(
+            o.status.success(),
+            "docker network create --internal {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        TestNetwork(name)
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn a_named_network_is_joined_only_when_policy_permits_it() {
+    let network = TestNetwork::new();
+    for (permit, verdict) in [(true, "allow"), (false, "deny")] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let agents = tmp.path().join("agents");
+        std::fs::create_dir_all(&agents).expect("agents dir");
+        std::fs::write(
+            agents.join("netted.toml"),
+            format!(
+                "name = \"netted\"\npriority = \"normal\"\n\n[mode]\nkind = \"ephemeral\"\n\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nnetwork_io_mbps = 1\nexecution_timeout = \"60s\"\n\n[runs]\nkind = \"process\"\ntier = \"docker\"\nnetwork = {:?}\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"ls /sys/class/net\"]\n",
+                network.0
+            ),
+        )
+        .expect("agent");
+        let policies = tmp.path().join("policies");
+        std::fs::create_dir_all(&policies).expect("policies");
+        let cedar = if permit {
+            format!(
+                "@id(\"netted-joins-its-network\")\npermit (principal == Agent::\"netted\", action == Action::\"join_network\", resource == Network::{:?})\nwhen {{ context.tier == \"docker\" }};\n",
+                network.0
+            )
+        } else {
+            // Policies, but none about networks: default deny.
+            "@id(\"all-tools\")\npermit (principal, action == Action::\"invoke_tool\", resource);\n".to_owned()
+        };
+        std::fs::write(policies.join("net.cedar"), cedar).expect("cedar");
+        let mut up = Up::start_with(
+            tmp.path(),
+            &agents,
+            &["--policies", policies.to_str().expect("utf8")],
+        );
+        let ev = up.wait_for("the task to finish", |ev| !kind(ev, "task_finished").is_empty());
+        let decided: Vec<&Value> = kind(&ev, "policy_decided")
+            .into_iter()
+            .filter(|e| {
+                e["body"]["request"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("\"join_network\""))
+            })
+            .collect();
+        assert_eq!(decided.len(), 1, "{permit}: {}", dump(&ev));
+        let d = &decided[0]["body"];
+        assert_eq!(d["verdict"], verdict, "{d}");
+        assert_eq!(d["point"], "resource_allocation");
+        assert!(
+            d["request"]
+                .as_str()
+                .expect("request")
+                .contains(&format!("\"id\":{:?}", network.0)),
+            "{d}"
+        );
+        let started = kind(&ev, "sandbox_started");
+        assert_eq!(started.len(), 1, "{}", dump(&ev));
+        assert!(
+            decided[0]["seq"].as_u64() < started[0]["seq"].as_u64(),
+            "the verdict is journaled before the container starts"
+        );
+        let interfaces = kind(&ev, "sandbox_exited")[0]["body"]["stdout"]
+            .as_str()
+            .expect("stdout")
+            .to_owned();
+        if permit {
+            assert_eq!(d["policies"][0], "netted-joins-its-network");
+            assert_eq!(started[0]["body"]["network"], network.0.as_str());
+            assert!(interfaces.contains("eth0"), "joined {}: {interfaces}", network.0);
+        } else {
+            assert_eq!(started[0]["body"]["network"], "none");
+            assert_eq!(interfaces.trim(), "lo", "no network without a permit");
+        }
+        assert_eq!(
+            kind(&ev, "task_finished")[0]["body"]["outcome"],
+            "completed",
+            "{}",
+            dump(&ev)
+        );
+        up.down();
+    }
+}
+
+#[test]
+fn a_container_agents_health_probe_runs_inside_its_container() {
+    for tier in TIERS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let agents = tmp.path().join("agents");
+        std::fs::create_dir_all(&agents).expect("agents dir");
+        // The file the probe looks for exists only in the container's /work
+        // (a tmpfs), and only after two seconds.
+        std::fs::write(
+            agents.join("probed.toml"),
+            format!(
+                "name = \"probed\"\npriority = \"normal\"\n\n[mode]\nkind = \"persistent\"\n\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"120s\"\n\n[runs]\nkind = \"process\"\ntier = {tier:?}\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 2; echo ok > /work/stele-ready; sleep 600\"]\n\n[health]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"cat /work/stele-ready\"]\ninterval = \"500ms\"\ntimeout = \"10s\"\nretries = 100\n"
+            ),
+        )
+        .expect("agent");
+        let mut up = Up::start(tmp.path(), &agents);
+        let ev = up.wait_for("a failed probe and the recovery", |ev| {
+            kind(ev, "health_checked").iter().any(|e| e["body"]["ok"] == true)
+        });
+        let checks = kind(&ev, "health_checked");
+        let failed = &checks[0]["body"];
+        assert_eq!(failed["ok"], false, "{tier}: {}", dump(&ev));
+        let detail = failed["detail"].as_str().expect("detail");
+        assert!(
+            detail.contains("in the container") && detail.contains("stele-ready"),
+            "{tier}: the probe ran in the container: {detail}"
+        );
+        let recovered = &checks.last().expect("a check")["body"];
+        assert_eq!(recovered["ok"], true, "{tier}: {}", dump(&ev));
+        assert_eq!(recovered["failures"], 0);
+        assert!(
+            !Path::new("/work/stele-ready").exists(),
+            "the probe's file is the container's, not the host's"
+        );
+        up.down();
     }
 }

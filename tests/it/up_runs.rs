@@ -18,14 +18,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn policies() -> String {
+pub(crate) fn policies() -> String {
     root().join("fixtures/policies").display().to_string()
 }
 
 /// A workspace with notes and the fixture `assistant` (demo script: read,
 /// a denied command, a write that needs approval, an answer), with
 /// absolute paths (the daemon resolves relative ones from its own cwd).
-fn assistant(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn assistant(dir: &Path) -> (PathBuf, PathBuf) {
     let workspace = dir.join("ws");
     std::fs::create_dir_all(&workspace).expect("ws");
     std::fs::write(workspace.join("notes.txt"), "Please summarise this workspace.\n").expect("notes");
@@ -64,7 +64,7 @@ fn run_events<'a>(ev: &'a [Value], run: &str) -> Vec<&'a Value> {
 }
 
 /// `stele run … --json` against the daemon: parks (exit 3) on the write.
-fn run_until_parked(up: &Up, agent: &Path) -> (String, String) {
+pub(crate) fn run_until_parked(up: &Up, agent: &Path) -> (String, String) {
     let out = up.cli(&[
         "run",
         agent.to_str().expect("utf8"),
@@ -378,7 +378,7 @@ fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
     std::fs::write(
         agents.join("sleeper.toml"),
         format!(
-            "name = \"sleeper\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"120s\"\n[runs]\nkind = \"reasoning\"\ntools = [\"run_command\"]\nworkspace = {:?}\nscript = {:?}\n",
+            "name = \"sleeper\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"120s\"\n[runs]\nkind = \"reasoning\"\ntier = \"native\"\ntools = [\"run_command\"]\nworkspace = {:?}\nscript = {:?}\n",
             workspace.display().to_string(),
             script.display().to_string()
         ),

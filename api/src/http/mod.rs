@@ -11,10 +11,9 @@
 //! scope → handler.
 //! Every failure answers `{"error": {"code", "message"}}`.
 //!
-//! Replay, time travel, fork and backtest endpoints belong in a module of
-//! their own here (`replay.rs`), routed in [`router`] under `/v1/replay`,
-//! `/v1/at`, `/v1/diff`, `/v1/fork`, `/v1/policy/backtest`, and listed in
-//! [`ApiDoc`].
+//! Replay, time travel, fork and backtest are in [`replay`]: `/v1/at/{seq}`,
+//! `/v1/diff`, `/v1/runs/{id}/replay`, `/v1/runs/{id}/fork`,
+//! `/v1/policy/backtest`.
 
 pub mod auth;
 pub mod error;
@@ -23,6 +22,7 @@ pub mod handlers;
 pub mod health;
 pub mod journal;
 pub mod metrics;
+pub mod replay;
 pub mod runs;
 pub mod telemetry;
 
@@ -101,13 +101,11 @@ impl Listener {
 }
 
 /// Binds `[http] bind` on `port`, refusing a non-loopback address without
-/// tokens (and an `[otel] endpoint`, which this build cannot serve), and
-/// loads the TLS certificate when configured.
+/// tokens, and loads the TLS certificate when configured.
 ///
 /// # Errors
 /// The refusal, a bad certificate or key, or the bind failing.
 pub async fn bind(config: &stele_engine::Config, port: u16) -> Result<Listener> {
-    telemetry::check_otel(&config.otel)?;
     let cfg = &config.http;
     if !cfg.bind.is_loopback() && cfg.tokens.is_empty() {
         bail!(
@@ -251,6 +249,25 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
             post(runs::approve.layer(operate.clone())),
         )
         .route("/v1/runs/{id}/reject", post(runs::reject.layer(operate.clone())))
+        .route("/v1/at/{seq}", get(replay::at.layer(read.clone())))
+        .route("/v1/diff", get(replay::diff.layer(read.clone())))
+        .route("/v1/runs/{id}/replay", post(replay::replay.layer(read.clone())))
+        .route(
+            "/v1/runs/{id}/fork",
+            post(
+                replay::fork
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(replay::MAX_FORK_BODY_BYTES)),
+            ),
+        )
+        .route(
+            "/v1/policy/backtest",
+            post(
+                replay::backtest
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(replay::MAX_BACKTEST_BODY_BYTES)),
+            ),
+        )
         .route("/v1/events", get(events::list.layer(read.clone())))
         .route("/v1/events/{seq}", get(events::one.layer(read.clone())))
         .route("/v1/journal/verify", post(journal::verify.layer(operate.clone())))
@@ -449,6 +466,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         events::list, events::one, events::stream,
         journal::verify, journal::checkpoint, journal::inclusion, journal::consistency,
         journal::audit_export, journal::audit_verify,
+        replay::at, replay::diff, replay::replay, replay::fork, replay::backtest,
         health, ready, prometheus, openapi,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -460,6 +478,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         (name = "events", description = "The journal's events, paged and live"),
         (name = "journal", description = "Verification, checkpoints, Merkle proofs"),
         (name = "audit", description = "Offline-verifiable audit bundles"),
+        (name = "replay", description = "Replay, time travel, forks and policy backtests"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -67,6 +67,8 @@ impl Live {
         };
         self.store.apply(e);
         self.seq = e.seq();
+        // A persistent vector index already holds what it folded before.
+        let vectors_behind = self.vectors.as_ref().is_some_and(|v| v.seq() < e.seq().0);
         let vec_result = match e.body() {
             ArchivedEventBody::ContextStored { agent, item } => {
                 if let Some(it) = self.store.item(agent.as_str(), item.id.as_str()) {
@@ -85,8 +87,8 @@ impl Live {
                     self.keywords.remove(k);
                 }
                 match &mut self.vectors {
-                    Some(v) => v.remove(&removed),
-                    None => Ok(()),
+                    Some(v) if vectors_behind => v.remove(&removed),
+                    _ => Ok(()),
                 }
             }
             ArchivedEventBody::EmbeddingComputed {
@@ -95,7 +97,7 @@ impl Live {
                 vector: bytes,
                 ..
             } => match (&mut self.vectors, self.store.item(agent.as_str(), item.as_str())) {
-                (Some(v), Some(it)) => vector::decode(bytes.as_slice()).and_then(|vector| {
+                (Some(v), Some(it)) if vectors_behind => vector::decode(bytes.as_slice()).and_then(|vector| {
                     v.upsert(vec![VectorRow {
                         key: item_key(&it.owner, &it.id),
                         owner: it.owner.clone(),
@@ -108,13 +110,45 @@ impl Live {
             _ => return,
         };
         let vec_result = vec_result.and_then(|()| match &mut self.vectors {
-            Some(v) => v.set_seq(e.seq().0),
-            None => Ok(()),
+            Some(v) if vectors_behind => v.set_seq(e.seq().0, e.hash().0),
+            _ => Ok(()),
         });
         if let Err(err) = vec_result {
             self.vector_error = Some(err.to_string());
             self.vectors = None;
         }
+    }
+
+    /// Checks that a persistent vector index was folded from this journal
+    /// (the event at its seq has the hash it recorded); otherwise it is
+    /// cleared and rebuilt from the journal by the next fold.
+    ///
+    /// # Errors
+    /// Reading the journal failed.
+    pub fn check_vectors(&mut self, reader: &Reader) -> Result<(), ContextError> {
+        let Some(v) = &mut self.vectors else {
+            return Ok(());
+        };
+        let at = v.seq();
+        if at == 0 {
+            return Ok(());
+        }
+        let recorded = match reader.get(Seq(at))? {
+            Some(e) => Some(e.hash().0),
+            None => None,
+        };
+        if recorded.is_none() || recorded != v.seq_hash() {
+            tracing::warn!(
+                seq = at,
+                backend = v.backend(),
+                "the vector index does not match this journal at its seq; rebuilding it from the journal"
+            );
+            if let Err(err) = v.clear() {
+                self.vector_error = Some(err.to_string());
+                self.vectors = None;
+            }
+        }
+        Ok(())
     }
 
     /// Folds every event after `seq` up to the journal's head.
@@ -229,6 +263,7 @@ impl ContextService {
         vectors: Option<Box<dyn VectorIndex>>,
     ) -> Result<ContextService, ContextError> {
         let mut live = Live::new(vectors);
+        live.check_vectors(&journal.reader())?;
         live.catch_up(&journal.reader())?;
         Ok(ContextService {
             journal,
@@ -468,6 +503,9 @@ impl ContextService {
             _ => None,
         };
         let mut live = self.live.lock().await;
+        // What other writers of this journal committed since (a service
+        // lives as long as the process).
+        live.catch_up(&self.journal.reader())?;
         let mut gate = ReadGate::new(&self.gate, requester);
         let mut found = {
             let src = Sources {
@@ -508,6 +546,7 @@ impl ContextService {
         now_ms: u64,
     ) -> Result<Vec<Item>, ContextError> {
         let mut live = self.live.lock().await;
+        live.catch_up(&self.journal.reader())?;
         let mut gate = ReadGate::new(&self.gate, requester);
         let items = search::recent(&live.store, &mut gate, types, limit);
         let mut facts = gate.into_facts();

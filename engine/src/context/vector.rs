@@ -66,11 +66,34 @@ pub trait VectorIndex: Send + Sync + std::fmt::Debug {
     /// The last seq folded into it.
     fn seq(&self) -> u64;
 
-    /// Records the last seq folded into it.
+    /// The hash of the event at [`seq`](Self::seq), when the index
+    /// persists across restarts: the service checks it against the journal
+    /// before trusting what the index holds.
+    fn seq_hash(&self) -> Option<[u8; 32]> {
+        None
+    }
+
+    /// Records the last event folded into it (its seq and hash).
     ///
     /// # Errors
     /// The backend failed to persist it.
-    fn set_seq(&mut self, seq: u64) -> Result<(), ContextError>;
+    fn set_seq(&mut self, seq: u64, hash: [u8; 32]) -> Result<(), ContextError>;
+
+    /// Forgets every row and the seq (the index is then rebuilt from the
+    /// journal).
+    ///
+    /// # Errors
+    /// The backend failed.
+    fn clear(&mut self) -> Result<(), ContextError>;
+
+    /// Makes what was folded so far durable (a no-op for an index in
+    /// memory).
+    ///
+    /// # Errors
+    /// The backend failed.
+    fn flush(&mut self) -> Result<(), ContextError> {
+        Ok(())
+    }
 }
 
 /// Normalizes `v` to unit length (a zero vector stays zero).
@@ -197,8 +220,13 @@ impl VectorIndex for ExactIndex {
         self.seq
     }
 
-    fn set_seq(&mut self, seq: u64) -> Result<(), ContextError> {
+    fn set_seq(&mut self, seq: u64, _hash: [u8; 32]) -> Result<(), ContextError> {
         self.seq = seq;
+        Ok(())
+    }
+
+    fn clear(&mut self) -> Result<(), ContextError> {
+        *self = ExactIndex::default();
         Ok(())
     }
 }

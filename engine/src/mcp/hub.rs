@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rmcp::model::{CallToolRequestParams, ReadResourceRequestParams};
 use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt as _};
 use serde_json::{Map, Value};
@@ -19,7 +20,7 @@ use stele_journal::{Append, EventBody, Journal, Reader, StreamId};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
-use super::schemapin::{self, Pins, Status};
+use super::schemapin::{self, Discovered, Pins, Status};
 use super::{MAX_OUTPUT_BYTES, MAX_TOOLS, MAX_TOOLS_JSON_BYTES, McpError, PIN_STREAM, bounded, tool_name};
 use crate::config::{McpConfig, McpServerConfig, ToolVerification};
 use crate::llm::{ToolCall, ToolSpec};
@@ -392,8 +393,16 @@ impl McpHub {
                     ().serve(transport).await.map_err(|e| format!("initialize: {e}"))
                 }
                 (None, Some(url)) => {
-                    let transport = StreamableHttpClientTransport::from_uri(url.as_str());
-                    ().serve(transport).await.map_err(|e| format!("initialize: {e}"))
+                    let client = http_client(url, connect_timeout)?;
+                    let transport = StreamableHttpClientTransport::with_client(
+                        client,
+                        StreamableHttpClientTransportConfig::with_uri(url.as_str()),
+                    );
+                    ().serve(transport).await.map_err(|e| {
+                        format!(
+                            "initialize: {e}; is it a streamable-HTTP MCP endpoint (POST of JSON-RPC, answered with JSON or an event stream)?"
+                        )
+                    })
                 }
                 (None, None) => Err("neither command nor url".to_owned()),
             }
@@ -461,6 +470,19 @@ impl McpHub {
         }
 
         let domain = config.domain.clone().unwrap_or_else(|| server.clone());
+        // The provider's published key, when the server names where.
+        let discovered = match &config.well_known {
+            Some(url) => Some(
+                fetch_well_known(url, connect_timeout)
+                    .await
+                    .map_err(|reason| McpError::Connect {
+                        server: server.clone(),
+                        endpoint: endpoint.clone(),
+                        reason: format!("SchemaPin key discovery at {url}: {reason}"),
+                    })?,
+            ),
+            None => None,
+        };
         let server_stream = stream(&format!("mcp:{server}"))?;
         let pin_stream = stream(PIN_STREAM)?;
         let mut facts = vec![
@@ -484,6 +506,20 @@ impl McpHub {
                 },
             },
         ];
+        if let Some(d) = &discovered {
+            facts.push(Append {
+                stream: server_stream.clone(),
+                cause: None,
+                body: EventBody::McpKeyDiscovered {
+                    server: server.clone(),
+                    domain: domain.clone(),
+                    url: d.url.clone(),
+                    fingerprint: d.key.fingerprint.clone(),
+                    public_key_pem: d.key.pem.clone(),
+                    revoked_keys: d.revoked.join(","),
+                },
+            });
+        }
         let mut offered = Vec::with_capacity(tools_json.len());
         // The pins are held from assessment to the append, so two servers
         // of one domain cannot both pin a first key.
@@ -491,7 +527,13 @@ impl McpHub {
         let mut pinned_now = Pins::default();
         for tool in &tools_json {
             let name = text(&tool["name"]);
-            let mut a = schemapin::assess(&pins, &domain, tool, self.config.tool_verification);
+            let mut a = schemapin::assess(
+                &pins,
+                &domain,
+                tool,
+                self.config.tool_verification,
+                discovered.as_ref(),
+            );
             if !super::offerable_name(&server, &name) && a.accepted {
                 a.accepted = false;
                 a.detail = format!(
@@ -832,6 +874,91 @@ impl McpHub {
             }
         }
     }
+}
+
+/// An HTTP client for one server's endpoint or discovery document: no
+/// redirects (a POST redirected elsewhere would lose its body; a key must
+/// come from where it was configured), no connection pool, no proxy for a
+/// loopback address, connecting within `timeout`.
+fn http_client(url: &str, timeout: Duration) -> Result<reqwest::Client, String> {
+    // reqwest builds its TLS configuration with the process's default
+    // rustls provider; install ring's unless one is installed (an error
+    // here only means another thread won the race).
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let host = parsed.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("stele/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .connect_timeout(timeout);
+    if loopback {
+        builder = builder.no_proxy();
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Fetches and parses a provider's `.well-known/schemapin.json`, within
+/// `timeout` and [`schemapin::MAX_WELL_KNOWN_BYTES`].
+async fn fetch_well_known(url: &str, timeout: Duration) -> Result<Discovered, String> {
+    let client = http_client(url, timeout)?;
+    let fetch = async {
+        let mut response = client
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("cannot fetch it: {}", error_chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("it answered HTTP {status}, not the discovery document"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("reading it: {}", error_chain(&e)))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > schemapin::MAX_WELL_KNOWN_BYTES {
+                return Err(format!(
+                    "it is over the limit of {} bytes",
+                    schemapin::MAX_WELL_KNOWN_BYTES
+                ));
+            }
+        }
+        Discovered::parse(url, &body)
+    };
+    tokio::time::timeout(timeout, fetch).await.unwrap_or_else(|_| {
+        Err(format!(
+            "no answer within {} s ([mcp] connection_timeout_s)",
+            timeout.as_secs()
+        ))
+    })
+}
+
+/// An error with its sources, `: `-separated (reqwest's own message hides
+/// the cause: "error sending request" without "connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Whether a glob pattern could match some name starting with `prefix`

@@ -11,9 +11,13 @@
 //! inputSchema}` of the tool as `tools/list` serves it (`description`
 //! only when present). The signature and the provider's key travel in the
 //! tool's `_meta` as `schemapin.org/signature` and
-//! `schemapin.org/public_key` (`.well-known` discovery needs a network the
-//! runtime does not assume; the first key seen for a domain is pinned, and
-//! from then on only that key is accepted — trust on first use).
+//! `schemapin.org/public_key`. A server configured with `well_known` has its
+//! provider's key fetched from the provider's `/.well-known/schemapin.json`
+//! (RFC 8615 discovery: `public_key_pem`, `revoked_keys` as fingerprints,
+//! `developer_name`) instead: that key alone checks its tools' signatures,
+//! and a key the document revokes is refused ([`Status::Revoked`]). Either
+//! way the first key seen for a domain is pinned, and from then on only that
+//! key is accepted — trust on first use.
 //!
 //! This module is pure: no I/O, no clock. [`Pins`] is folded from the
 //! journal's `McpKeyPinned` / `McpKeyUnpinned` events; [`assess`] decides
@@ -36,6 +40,111 @@ use crate::config::ToolVerification;
 pub const META_SIGNATURE: &str = "schemapin.org/signature";
 /// `_meta` key of the provider's public key (PEM).
 pub const META_PUBLIC_KEY: &str = "schemapin.org/public_key";
+/// Where a provider publishes its key, under its origin (RFC 8615).
+pub const WELL_KNOWN_PATH: &str = "/.well-known/schemapin.json";
+/// Largest `.well-known/schemapin.json` document read.
+pub const MAX_WELL_KNOWN_BYTES: usize = 64 * 1024;
+/// Most revoked keys a document may list.
+pub const MAX_REVOKED_KEYS: usize = 1024;
+
+/// The URL of a provider's discovery document from what `[[mcp.servers]]
+/// well_known` says: an origin (`https://tools.example`) gets
+/// [`WELL_KNOWN_PATH`] appended; a URL already ending in it is kept.
+///
+/// # Errors
+/// Not an `http://` or `https://` URL with a host.
+pub fn well_known_url(given: &str) -> Result<String, String> {
+    let given = given.trim();
+    let rest = given
+        .strip_prefix("https://")
+        .or_else(|| given.strip_prefix("http://"))
+        .ok_or_else(|| format!("{given:?} is not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("{given:?} has no host"));
+    }
+    if given.contains(['?', '#']) {
+        return Err(format!("{given:?} has a query or fragment; give the origin or the document's URL"));
+    }
+    if given.ends_with(WELL_KNOWN_PATH) {
+        Ok(given.to_owned())
+    } else {
+        Ok(format!("{}{WELL_KNOWN_PATH}", given.trim_end_matches('/')))
+    }
+}
+
+/// A provider's key as its `.well-known/schemapin.json` publishes it.
+#[derive(Clone, Debug)]
+pub struct Discovered {
+    /// Where it was fetched from.
+    pub url: String,
+    /// The document's `developer_name` (empty when absent).
+    pub developer: String,
+    /// Its `public_key_pem`, parsed.
+    pub key: Key,
+    /// Its `revoked_keys`: fingerprints (`sha256:<hex>`) never to trust.
+    pub revoked: Vec<String>,
+}
+
+impl Discovered {
+    /// Parses a discovery document fetched from `url`.
+    ///
+    /// # Errors
+    /// Not a JSON object, no usable `public_key_pem`, a malformed
+    /// `revoked_keys`, or over the size limits; the message names the field.
+    pub fn parse(url: &str, body: &[u8]) -> Result<Discovered, String> {
+        if body.len() > MAX_WELL_KNOWN_BYTES {
+            return Err(format!(
+                "the document is {} bytes, over the limit of {MAX_WELL_KNOWN_BYTES}",
+                body.len()
+            ));
+        }
+        let doc: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        let Some(doc) = doc.as_object() else {
+            return Err("not a JSON object".into());
+        };
+        let pem = doc
+            .get("public_key_pem")
+            .and_then(Value::as_str)
+            .ok_or("no public_key_pem (a string) in it")?;
+        let key = Key::from_pem(pem).map_err(|e| format!("public_key_pem: {e}"))?;
+        let revoked = match doc.get("revoked_keys") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) if a.len() <= MAX_REVOKED_KEYS => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .filter(|f| f.starts_with("sha256:"))
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("revoked_keys: {v} is not a fingerprint \"sha256:<hex>\""))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(Value::Array(a)) => {
+                return Err(format!(
+                    "revoked_keys lists {} keys, over the limit of {MAX_REVOKED_KEYS}",
+                    a.len()
+                ));
+            }
+            Some(other) => return Err(format!("revoked_keys is {other}, not an array")),
+        };
+        Ok(Discovered {
+            url: url.to_owned(),
+            developer: doc
+                .get("developer_name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            key,
+            revoked,
+        })
+    }
+
+    /// Whether the document revokes the key of `fingerprint`.
+    #[must_use]
+    pub fn revokes(&self, fingerprint: &str) -> bool {
+        self.revoked.iter().any(|r| r == fingerprint)
+    }
+}
 
 /// The canonical form of a JSON value: keys sorted (by their UTF-8 bytes)
 /// at every depth, no whitespace, strings and numbers as `serde_json`
@@ -196,6 +305,9 @@ pub enum Status {
     InvalidSignature,
     /// The key or signature cannot be read.
     BadKey,
+    /// The provider's discovery document revokes the key (the one it
+    /// signs with, or the one pinned for its domain).
+    Revoked,
 }
 
 impl Status {
@@ -209,6 +321,7 @@ impl Status {
             Status::KeyChanged => "key_changed",
             Status::InvalidSignature => "invalid_signature",
             Status::BadKey => "bad_key",
+            Status::Revoked => "revoked",
         }
     }
 
@@ -222,6 +335,7 @@ impl Status {
             Status::KeyChanged,
             Status::InvalidSignature,
             Status::BadKey,
+            Status::Revoked,
         ]
         .into_iter()
         .find(|s| s.name() == name)
@@ -262,8 +376,17 @@ pub struct Assessment {
 
 /// Assesses one tool (as `tools/list` served it) of `domain` against the
 /// pins: signature over the canonical schema, then the key against the pin.
+/// With `discovered` (the provider's `.well-known` document), its key is
+/// the one the signature is checked with (a key in the tool's `_meta` is
+/// ignored), and a revoked key — discovered or pinned — is refused.
 #[must_use]
-pub fn assess(pins: &Pins, domain: &str, tool: &Value, mode: ToolVerification) -> Assessment {
+pub fn assess(
+    pins: &Pins,
+    domain: &str,
+    tool: &Value,
+    mode: ToolVerification,
+    discovered: Option<&Discovered>,
+) -> Assessment {
     let canonical = canonical(&signed_schema(tool));
     let schema_hash = sha256_hex(canonical.as_bytes());
     let meta = tool.get("_meta");
@@ -275,16 +398,34 @@ pub fn assess(pins: &Pins, domain: &str, tool: &Value, mode: ToolVerification) -
         accepted: status.accepted(mode),
         detail,
     };
-    let (Some(signature), Some(pem)) = (field(META_SIGNATURE), field(META_PUBLIC_KEY)) else {
-        return done(
-            Status::Unsigned,
-            None,
-            format!("no {META_SIGNATURE} and {META_PUBLIC_KEY} in the tool's _meta"),
-        );
-    };
-    let key = match Key::from_pem(pem) {
-        Ok(k) => k,
-        Err(e) => return done(Status::BadKey, None, e),
+    let (signature, key) = match discovered {
+        Some(d) => {
+            let Some(signature) = field(META_SIGNATURE) else {
+                return done(
+                    Status::Unsigned,
+                    None,
+                    format!("no {META_SIGNATURE} in the tool's _meta"),
+                );
+            };
+            if d.revokes(&d.key.fingerprint) {
+                let detail = format!("the key {} published at {} is listed there as revoked", d.key.fingerprint, d.url);
+                return done(Status::Revoked, Some(d.key.clone()), detail);
+            }
+            (signature, d.key.clone())
+        }
+        None => {
+            let (Some(signature), Some(pem)) = (field(META_SIGNATURE), field(META_PUBLIC_KEY)) else {
+                return done(
+                    Status::Unsigned,
+                    None,
+                    format!("no {META_SIGNATURE} and {META_PUBLIC_KEY} in the tool's _meta"),
+                );
+            };
+            match Key::from_pem(pem) {
+                Ok(k) => (signature, k),
+                Err(e) => return done(Status::BadKey, None, e),
+            }
+        }
     };
     if let Err(e) = key.verify(canonical.as_bytes(), signature) {
         let status = if e.starts_with("the signature does not match") {
@@ -292,7 +433,20 @@ pub fn assess(pins: &Pins, domain: &str, tool: &Value, mode: ToolVerification) -
         } else {
             Status::BadKey
         };
+        let e = match discovered {
+            Some(d) => format!("{e} (the key published at {})", d.url),
+            None => e,
+        };
         return done(status, Some(key), e);
+    }
+    if let (Some(d), Some(pin)) = (discovered, pins.domains.get(domain))
+        && d.revokes(&pin.fingerprint)
+    {
+        let detail = format!(
+            "{domain} is pinned to {} (seq {}), which {} lists as revoked; unpin it to trust {}",
+            pin.fingerprint, pin.seq, d.url, key.fingerprint
+        );
+        return done(Status::Revoked, Some(key), detail);
     }
     match pins.domains.get(domain) {
         None => {
@@ -342,6 +496,7 @@ mod tests {
             "key_changed",
             "invalid_signature",
             "bad_key",
+            "revoked",
         ] {
             assert_eq!(Status::from_name(s).map(Status::name), Some(s));
         }
@@ -353,17 +508,46 @@ mod tests {
     #[test]
     fn an_unsigned_tool_is_refused_under_strict_only() {
         let tool = serde_json::json!({"name": "t", "inputSchema": {"type": "object"}});
-        let strict = assess(&Pins::default(), "d", &tool, ToolVerification::Strict);
+        let strict = assess(&Pins::default(), "d", &tool, ToolVerification::Strict, None);
         assert_eq!(strict.status, Status::Unsigned);
         assert!(!strict.accepted);
-        assert!(assess(&Pins::default(), "d", &tool, ToolVerification::Warn).accepted);
+        assert!(assess(&Pins::default(), "d", &tool, ToolVerification::Warn, None).accepted);
     }
 
     #[test]
     fn a_malformed_key_is_bad_key() {
         let tool = serde_json::json!({"name": "t", "inputSchema": {}, "_meta": {
             META_SIGNATURE: "AAAA", META_PUBLIC_KEY: "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"}});
-        let a = assess(&Pins::default(), "d", &tool, ToolVerification::Strict);
+        let a = assess(&Pins::default(), "d", &tool, ToolVerification::Strict, None);
         assert_eq!(a.status, Status::BadKey, "{}", a.detail);
+    }
+
+    #[test]
+    fn well_known_urls_take_an_origin_or_the_document() {
+        assert_eq!(
+            well_known_url("https://tools.example").as_deref(),
+            Ok("https://tools.example/.well-known/schemapin.json")
+        );
+        assert_eq!(
+            well_known_url("http://127.0.0.1:8080/").as_deref(),
+            Ok("http://127.0.0.1:8080/.well-known/schemapin.json")
+        );
+        assert_eq!(
+            well_known_url("https://x.example/.well-known/schemapin.json").as_deref(),
+            Ok("https://x.example/.well-known/schemapin.json")
+        );
+        assert!(well_known_url("tools.example").is_err());
+        assert!(well_known_url("https://").is_err());
+    }
+
+    #[test]
+    fn discovery_documents_name_the_bad_field() {
+        let e = Discovered::parse("u", b"[]").expect_err("array");
+        assert_eq!(e, "not a JSON object");
+        let e = Discovered::parse("u", br#"{"developer_name": "x"}"#).expect_err("no key");
+        assert!(e.contains("public_key_pem"), "{e}");
+        let e = Discovered::parse("u", br#"{"public_key_pem": "nope"}"#).expect_err("bad key");
+        assert!(e.starts_with("public_key_pem: "), "{e}");
+        assert!(Discovered::parse("u", b"not json").expect_err("json").starts_with("not JSON"));
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
     ListContainersOptions, RemoveContainerOptions, StatsOptions, StopContainerOptions, WaitContainerOptions,
@@ -286,10 +286,21 @@ pub(crate) fn container_config(
     limits: &Limits,
 ) -> ContainerCreateBody {
     let tmpfs_opts = format!("rw,nosuid,nodev,size={}m,mode=1777", limits.tmpfs_mb);
-    let tmpfs = HashMap::from([
-        (CONTAINER_WORKDIR.to_owned(), tmpfs_opts.clone()),
-        ("/tmp".to_owned(), tmpfs_opts),
-    ]);
+    let mut tmpfs = HashMap::from([("/tmp".to_owned(), tmpfs_opts.clone())]);
+    // The workdir: the agent's workspace when it has one, else a tmpfs.
+    let mounts = match &spec.container.workspace {
+        Some(dir) => Some(vec![Mount {
+            target: Some(CONTAINER_WORKDIR.to_owned()),
+            source: Some(dir.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Mount::default()
+        }]),
+        None => {
+            tmpfs.insert(CONTAINER_WORKDIR.to_owned(), tmpfs_opts);
+            None
+        }
+    };
     let labels = HashMap::from([
         (LABEL_OWNER.to_owned(), spec.container.owner.clone()),
         (LABEL_TASK.to_owned(), spec.task.clone()),
@@ -315,7 +326,12 @@ pub(crate) fn container_config(
         cmd: Some(cmd),
         env: Some(env),
         working_dir: Some(workdir),
-        user: Some(CONTAINER_USER.to_owned()),
+        user: Some(
+            spec.container
+                .user
+                .clone()
+                .unwrap_or_else(|| CONTAINER_USER.to_owned()),
+        ),
         labels: Some(labels),
         attach_stdin: Some(false),
         attach_stdout: Some(true),
@@ -333,6 +349,7 @@ pub(crate) fn container_config(
             ),
             readonly_rootfs: Some(true),
             tmpfs: Some(tmpfs),
+            mounts,
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
             memory: Some(limits.memory_bytes),
@@ -352,16 +369,29 @@ pub(crate) fn container_config(
 }
 
 /// One line for the `ProcessStarted` event and logs.
-fn describe(tier: SandboxTier, container: &str, network: &str, limits: &Limits, timeout: Duration) -> String {
+fn describe(tier: SandboxTier, container: &str, network: &str, spec: &TaskSpec, limits: &Limits) -> String {
     let short = &container[..container.len().min(12)];
+    let timeout = spec.timeout;
+    let workspace = spec.container.workspace.as_ref();
+    let user = spec
+        .container
+        .user
+        .as_deref()
+        .unwrap_or(CONTAINER_USER)
+        .split(':')
+        .next()
+        .unwrap_or_default();
     #[allow(clippy::cast_precision_loss)]
     let cores = limits.nano_cpus as f64 / 1e9;
     format!(
-        "{} ({}) container {short}: network {network}, read-only root, tmpfs /work and /tmp {} MiB, \
-         cap-drop ALL, no-new-privileges, uid 65534, memory {} MiB, cpu {cores}, pids {}, timeout {}",
+        "{} ({}) container {short}: network {network}, read-only root, {} MiB, \
+         cap-drop ALL, no-new-privileges, uid {user}, memory {} MiB, cpu {cores}, pids {}, timeout {}",
         tier_name(tier),
         runtime_of(tier),
-        limits.tmpfs_mb,
+        match workspace {
+            Some(dir) => format!("workspace {} at /work, tmpfs /tmp {}", dir.display(), limits.tmpfs_mb),
+            None => format!("tmpfs /work and /tmp {}", limits.tmpfs_mb),
+        },
         limits.memory_bytes / 1024 / 1024,
         limits.pids,
         humantime::format_duration(timeout),
@@ -378,6 +408,27 @@ impl Executor for ContainerExecutor {
         spec: TaskSpec,
         events: mpsc::UnboundedSender<ExecEvent>,
     ) -> Result<ExecHandle, SandboxError> {
+        self.start_after(spec, events, Box::pin(async { Ok(()) }))
+    }
+}
+
+/// What must be done before a container is created (e.g. journaling the
+/// policy decision that let it join a network); its error is the task's
+/// `Failed` reason.
+pub type BeforeCreate = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+impl ContainerExecutor {
+    /// [`Executor::start`], with `before` awaited first: nothing is asked
+    /// of dockerd until it succeeded.
+    ///
+    /// # Errors
+    /// As [`Executor::start`].
+    pub fn start_after(
+        &self,
+        spec: TaskSpec,
+        events: mpsc::UnboundedSender<ExecEvent>,
+        before: BeforeCreate,
+    ) -> Result<ExecHandle, SandboxError> {
         let limits = limits(&spec)?;
         if spec.container.owner.is_empty() {
             return Err(SandboxError::InvalidSpec {
@@ -393,6 +444,10 @@ impl Executor for ContainerExecutor {
         let host = self.host.clone();
         let tier = self.tier;
         runtime.spawn(async move {
+            if let Err(reason) = before.await {
+                let _ = events.send(ExecEvent::Failed(reason));
+                return;
+            }
             let failed = events.clone();
             if let Err(e) = run_container(host, tier, spec, limits, control_rx, events).await {
                 let _ = failed.send(ExecEvent::Failed(e.to_string()));
@@ -542,7 +597,7 @@ async fn run_container(
     };
     let _ = events.send(ExecEvent::Started {
         pid,
-        confinement: describe(tier, &id, &network, &limits, spec.timeout),
+        confinement: describe(tier, &id, &network, &spec, &limits),
         sandbox: Some(Box::new(start)),
     });
 
@@ -715,6 +770,91 @@ pub struct Reaped {
     pub detail: String,
 }
 
+/// What a command run inside a running container said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecReport {
+    /// Its exit code (`None`: it did not end within the timeout).
+    pub code: Option<i64>,
+    /// Its stdout then stderr, at most the limit given.
+    pub output: String,
+}
+
+/// Runs `command` inside the running container `container` (a Docker
+/// exec: same namespaces, limits, user and read-only root as the task
+/// itself; under gVisor, inside its sandbox), waits at most `timeout` for
+/// it to end, and keeps at most `output_limit` bytes of its output. What
+/// health probes of container-tier agents run through.
+///
+/// # Errors
+/// dockerd is unreachable or refuses the exec (e.g. the container has
+/// stopped).
+pub async fn exec_in(
+    host: &DockerHost,
+    container: &str,
+    command: Vec<String>,
+    timeout: Duration,
+    output_limit: usize,
+) -> Result<ExecReport, SandboxError> {
+    use bollard::exec::{StartExecOptions, StartExecResults};
+    use bollard::models::ExecConfig;
+    let docker = host.client().await?;
+    let short = &container[..container.len().min(12)];
+    let created = docker
+        .create_exec(
+            container,
+            ExecConfig {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                attach_stdin: Some(false),
+                tty: Some(false),
+                cmd: Some(command),
+                ..ExecConfig::default()
+            },
+        )
+        .await
+        .map_err(|e| docker_error(format!("creating an exec in container {short}"), &e))?;
+    let run = async {
+        let mut out = Captured::default();
+        match docker
+            .start_exec(&created.id, None::<StartExecOptions>)
+            .await
+            .map_err(|e| docker_error(format!("starting an exec in container {short}"), &e))?
+        {
+            StartExecResults::Attached { mut output, .. } => {
+                while let Some(Ok(chunk)) = output.next().await {
+                    match chunk {
+                        LogOutput::StdOut { message }
+                        | LogOutput::StdErr { message }
+                        | LogOutput::Console { message } => out.take(&message, output_limit),
+                        LogOutput::StdIn { .. } => {}
+                    }
+                }
+            }
+            StartExecResults::Detached => {}
+        }
+        Ok::<_, SandboxError>(String::from_utf8_lossy(&out.kept).into_owned())
+    };
+    let Ok(output) = tokio::time::timeout(timeout, run).await else {
+        return Ok(ExecReport {
+            code: None,
+            output: String::new(),
+        });
+    };
+    let output = output?;
+    let inspected = docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(|e| docker_error(format!("inspecting an exec in container {short}"), &e))?;
+    Ok(ExecReport {
+        code: if inspected.running == Some(true) {
+            None
+        } else {
+            inspected.exit_code
+        },
+        output,
+    })
+}
+
 /// Finds the containers labelled `stele.owner=<owner>` (running or not)
 /// and removes them (SIGKILL first when running). A runtime calls it at
 /// start: anything it finds was left by a predecessor that did not end
@@ -839,6 +979,24 @@ mod tests {
         };
         let c = container_config(&named, SandboxTier::Docker, "i", &l);
         assert_eq!(c.network_disabled, Some(false));
+        let ws = TaskSpec {
+            container: ContainerOptions {
+                workspace: Some("/srv/ws".into()),
+                user: Some("1000:1000".into()),
+                owner: "o".into(),
+                ..ContainerOptions::default()
+            },
+            ..spec()
+        };
+        let w = container_config(&ws, SandboxTier::Docker, "i", &l);
+        assert_eq!(w.user.as_deref(), Some("1000:1000"));
+        let wh = w.host_config.clone().expect("host config");
+        assert!(!wh.tmpfs.expect("tmpfs").contains_key("/work"), "the workspace replaces the tmpfs");
+        let m = &wh.mounts.expect("mounts")[0];
+        assert_eq!(m.source.as_deref(), Some("/srv/ws"));
+        assert_eq!(m.target.as_deref(), Some("/work"));
+        assert_eq!(m.typ, Some(MountType::BIND));
+        assert_eq!(wh.readonly_rootfs, Some(true), "the root stays read-only");
         assert_eq!(
             c.host_config.and_then(|h| h.network_mode).as_deref(),
             Some("agents")

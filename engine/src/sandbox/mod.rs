@@ -42,7 +42,7 @@ pub use crate::config::SandboxTier;
 use crate::process::{
     self, Confinement, ExitReport, Launcher, ProcessEvent, ProcessHandle, ProcessSpec, SpawnError,
 };
-pub use docker::{ContainerExecutor, ContainerHandle, DockerHost, Reaped};
+pub use docker::{BeforeCreate, ContainerExecutor, ContainerHandle, DockerHost, ExecReport, Reaped, exec_in};
 pub use image::{ImageInfo, build_base_image, list_images};
 
 /// Label on every container: who owns it (the journal's identity, see
@@ -152,6 +152,13 @@ pub struct ContainerOptions {
     pub tmpfs_mb: Option<u64>,
     /// Label [`LABEL_OWNER`]: who may reap it.
     pub owner: String,
+    /// A host directory bind-mounted read-write at [`CONTAINER_WORKDIR`]
+    /// instead of the tmpfs there: a reasoning agent's workspace, where its
+    /// `run_command` works.
+    pub workspace: Option<PathBuf>,
+    /// Who the command runs as (`uid:gid`); `None`:
+    /// [`docker::CONTAINER_USER`].
+    pub user: Option<String>,
 }
 
 /// What a running task reports, in order: one `Started` (or one `Failed`
@@ -354,6 +361,16 @@ impl Sandboxes {
             SandboxTier::Native => &self.native,
             SandboxTier::Docker => &self.docker,
             SandboxTier::Gvisor => &self.gvisor,
+        }
+    }
+
+    /// The container executor of `tier` (`None` for `native`).
+    #[must_use]
+    pub fn container(&self, tier: SandboxTier) -> Option<&ContainerExecutor> {
+        match tier {
+            SandboxTier::Native => None,
+            SandboxTier::Docker => Some(&self.docker),
+            SandboxTier::Gvisor => Some(&self.gvisor),
         }
     }
 

@@ -991,20 +991,45 @@ impl Walk<'_> {
     }
 }
 
-/// Verifies signatures in parallel ed25519 batches; the first bad one by line.
+/// Verifies signatures in parallel batches; the first bad one by line.
+///
+/// Each batch coalesces its signatures by key (ed25519-zebra): one point per
+/// key instead of one per signature in the multiscalar multiplication, and
+/// a bundle is signed by a handful of keys, so a batch costs about half of
+/// an uncoalesced one. Its rules are ZIP 215's (the cofactored equation of
+/// RFC 8032 §5.1.7), under which every signature valid by the cofactorless
+/// check is valid too, and a batch agrees with checking one by one. A
+/// failed batch is searched one by one with the same rules.
 fn first_bad_signature(items: &[(u64, Seq, Hash, [u8; 64], VerifyingKey)]) -> Option<(u64, Seq)> {
+    use ed25519_zebra::{VerificationKey, VerificationKeyBytes, batch};
+    let item = |p: &(u64, Seq, Hash, [u8; 64], VerifyingKey)| {
+        (
+            VerificationKeyBytes::from(p.4.to_bytes()),
+            Signature::from_bytes(&p.3),
+            p.2.0,
+        )
+    };
     items
         .par_chunks(VERIFY_BATCH)
         .filter_map(|chunk| {
-            let msgs: Vec<&[u8]> = chunk.iter().map(|p| &p.2.0[..]).collect();
-            let sigs: Vec<Signature> = chunk.iter().map(|p| Signature::from_bytes(&p.3)).collect();
-            let keys: Vec<VerifyingKey> = chunk.iter().map(|p| p.4).collect();
-            if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
+            let mut batch = batch::Verifier::new();
+            for p in chunk {
+                let (vk, sig, msg) = item(p);
+                batch.queue((vk, sig, &msg));
+            }
+            if batch.verify(rand_core::OsRng).is_ok() {
                 return None;
             }
+            let one_ok = |p: &&(u64, Seq, Hash, [u8; 64], VerifyingKey)| {
+                let (vk, sig, msg) = item(p);
+                VerificationKey::try_from(vk).and_then(|k| k.verify(&sig, &msg)).is_ok()
+            };
+            // The rules guarantee a failed batch holds a failing signature;
+            // never let a failed batch pass, whatever happens.
             chunk
                 .iter()
-                .find(|p| !sig_ok(&p.4, &p.2, &p.3))
+                .find(|p| !one_ok(p))
+                .or_else(|| chunk.first())
                 .map(|p| (p.0, p.1))
         })
         .min()
