@@ -211,7 +211,7 @@ pub fn bench(args: &BenchHttpArgs) -> Result<ExitCode> {
     );
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
     let rt = crate::journal_cmd::runtime()?;
-    let baseline_stream = rt.block_on(fill(&tmp.path().join("data"), args.events))?;
+    let baseline_stream = fill(&rt, &tmp.path().join("data"), args.events)?;
     if !args.json {
         eprintln!(
             "filled {} events; in-process read+serialise: {:.0} events/s",
@@ -232,25 +232,28 @@ pub fn bench(args: &BenchHttpArgs) -> Result<ExitCode> {
 
 /// Writes `n` events (~200 B notes) and times reading them back as the API
 /// serialises them: the streaming baseline, events/s.
-async fn fill(data: &Path, n: u64) -> Result<f64> {
+fn fill(rt: &tokio::runtime::Runtime, data: &Path, n: u64) -> Result<f64> {
     let journal = crate::journal_cmd::open_writer(data)?;
     let stream = StreamId::new("bench".to_owned())?;
-    let mut written = 0;
-    while written < n {
-        let k = (n - written).min(FILL_BATCH as u64);
-        let batch = (written..written + k)
-            .map(|i| Append {
-                stream: stream.clone(),
-                cause: None,
-                body: EventBody::Annotated {
-                    text: format!("bench http event {i:010} {}", "x".repeat(160)),
-                    run: None,
-                },
-            })
-            .collect();
-        journal.append_many(batch).await?;
-        written += k;
-    }
+    rt.block_on(async {
+        let mut written = 0;
+        while written < n {
+            let k = (n - written).min(FILL_BATCH as u64);
+            let batch = (written..written + k)
+                .map(|i| Append {
+                    stream: stream.clone(),
+                    cause: None,
+                    body: EventBody::Annotated {
+                        text: format!("bench http event {i:010} {}", "x".repeat(160)),
+                        run: None,
+                    },
+                })
+                .collect();
+            journal.append_many(batch).await?;
+            written += k;
+        }
+        anyhow::Ok(())
+    })?;
     let reader = journal.reader();
     let started = Instant::now();
     let mut bytes = 0usize;
@@ -267,6 +270,8 @@ async fn fill(data: &Path, n: u64) -> Result<f64> {
 }
 
 async fn measure(d: &Daemon, args: &BenchHttpArgs, baseline_stream: f64) -> Result<Value> {
+    // reqwest is built without a crypto provider; stele's is ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .build()

@@ -2,8 +2,8 @@
 //! search, update, feedback, share, archive, stats) over the journal, through
 //! `stele_engine::context::ContextService` — every change and every read is
 //! journaled on stream `context:<agent>`, checked by the Cedar gate of
-//! `--policies`. The vector index is the exact in-memory one, rebuilt from
-//! the journaled embeddings at each start.
+//! `--policies`. The vector index is the one `[context] vector_backend`
+//! names ([`vector_index`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -225,11 +225,51 @@ pub fn vector_index(data: &Path) -> Result<Box<dyn VectorIndex>> {
             let dir = data.join(&config.vector_data_path);
             lancedb_index(&dir)
         }
-        VectorBackend::Qdrant => bail!(
-            "[context] vector_backend = \"qdrant\": this stele is built without the vector-qdrant feature; use \"lancedb\" or \"exact\""
-        ),
+        VectorBackend::Qdrant => qdrant_index(config.qdrant.as_ref()),
         VectorBackend::Exact => Ok(Box::new(ExactIndex::new())),
     }
+}
+
+#[cfg(feature = "vector-qdrant")]
+fn qdrant_index(config: Option<&stele_engine::config::QdrantConfig>) -> Result<Box<dyn VectorIndex>> {
+    let Some(q) = config else {
+        bail!(
+            "[context] vector_backend = \"qdrant\" needs a [context.qdrant] section (host, port; collection, https, api_key_env optional)"
+        );
+    };
+    let api_key = match &q.api_key_env {
+        Some(var) => match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => Some(key.trim().to_owned()),
+            _ => bail!("[context.qdrant] api_key_env = {var:?}: that environment variable is not set or empty"),
+        },
+        None => None,
+    };
+    let scheme = if q.https { "https" } else { "http" };
+    // An IPv6 address goes in brackets.
+    let host = if q.host.contains(':') && !q.host.starts_with('[') {
+        format!("[{}]", q.host)
+    } else {
+        q.host.clone()
+    };
+    let options = stele_vectors::QdrantOptions {
+        collection: q.collection.clone(),
+        api_key,
+        ..stele_vectors::QdrantOptions::new(&format!("{scheme}://{host}:{}", q.port))
+    };
+    let index = stele_vectors::QdrantIndex::open(&options).with_context(|| {
+        format!(
+            "opening the Qdrant vector index (collection {:?} at {})",
+            options.collection, options.url
+        )
+    })?;
+    Ok(Box::new(index))
+}
+
+#[cfg(not(feature = "vector-qdrant"))]
+fn qdrant_index(_: Option<&stele_engine::config::QdrantConfig>) -> Result<Box<dyn VectorIndex>> {
+    bail!(
+        "[context] vector_backend = \"qdrant\": this stele is built without the vector-qdrant feature; use \"lancedb\" or \"exact\""
+    )
 }
 
 #[cfg(feature = "lancedb")]

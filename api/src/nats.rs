@@ -907,12 +907,18 @@ async fn connect_options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions>
         NatsAuth::Anonymous => {}
         NatsAuth::Credentials(c) => {
             o = o.credentials_file(&c).await.map_err(|e| {
-                anyhow!("[nats] credentials: cannot use the credentials file {}: {e}", c.display())
+                anyhow!(
+                    "[nats] credentials: cannot use the credentials file {}: {e}",
+                    c.display()
+                )
             })?;
         }
         NatsAuth::NKey { seed, file } => {
             nkeys::KeyPair::from_seed(&seed).map_err(|e| {
-                anyhow!("[nats] nkey: {} does not hold a valid NKey seed: {e}", file.display())
+                anyhow!(
+                    "[nats] nkey: {} does not hold a valid NKey seed: {e}",
+                    file.display()
+                )
             })?;
             o = o.nkey(seed);
         }

@@ -1001,12 +1001,20 @@ impl Core {
                 let joined = match &d.verdict {
                     Verdict::Allow | Verdict::AllowWithConditions { .. } => Some(name.to_owned()),
                     Verdict::RequireApproval { .. } => {
-                        detail = format!("{detail}; nobody approves at a container's start, so it gets no network");
+                        detail = format!(
+                            "{detail}; nobody approves at a container's start, so it gets no network"
+                        );
                         None
                     }
                     Verdict::Deny { .. } => None,
                 };
-                (joined, d.verdict.name().to_owned(), detail, d.policies, gate.hash())
+                (
+                    joined,
+                    d.verdict.name().to_owned(),
+                    detail,
+                    d.policies,
+                    gate.hash(),
+                )
             }
             Err(e) => (
                 None,
@@ -1299,8 +1307,14 @@ impl Probe {
             let command: Vec<String> = std::iter::once(self.check.command.display().to_string())
                 .chain(self.check.args.iter().cloned())
                 .collect();
-            return match stele_engine::sandbox::exec_in(&self.host, container, command, self.check.timeout, 256)
-                .await
+            return match stele_engine::sandbox::exec_in(
+                &self.host,
+                container,
+                command,
+                self.check.timeout,
+                256,
+            )
+            .await
             {
                 Err(e) => (false, format!("probe cannot run in the container: {e}")),
                 Ok(r) => {

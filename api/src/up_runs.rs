@@ -88,7 +88,11 @@ impl Settled {
     /// Where a fork left its new run.
     fn of_fork(f: &stele_replay::ForkOutcome) -> Settled {
         match &f.ended {
-            stele_replay::run::Ended::Finished { outcome, answer, steps } => Settled {
+            stele_replay::run::Ended::Finished {
+                outcome,
+                answer,
+                steps,
+            } => Settled {
                 run: f.run.clone(),
                 outcome: outcome.clone(),
                 answer: answer.clone(),
@@ -415,9 +419,10 @@ impl Desk {
             let write = Arc::new(tokio::sync::Mutex::new(()));
             let settings = crate::replay_cmd::settings();
             let work = async {
-                let outcome = stele_replay::fork(&origin, at, edit, &new_run, &settings, live, &desk.0.journal)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let outcome =
+                    stele_replay::fork(&origin, at, edit, &new_run, &settings, live, &desk.0.journal)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 Ok(Settled::of_fork(&outcome))
             };
             desk.guarded_settled(&new_run, &def, &driver, &write, cancel, work)

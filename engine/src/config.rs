@@ -265,14 +265,52 @@ impl Default for ContextConfig {
     }
 }
 
-/// `[context.qdrant]`.
+/// `[context.qdrant]`: the Qdrant server of `vector_backend = "qdrant"`,
+/// spoken to over its REST API.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QdrantConfig {
     /// Host name.
     pub host: String,
-    /// gRPC port.
+    /// Port of the REST API (Qdrant's default: 6333).
     pub port: u16,
+    /// Speak HTTPS (rustls, the webpki root certificates) instead of HTTP.
+    #[serde(default)]
+    pub https: bool,
+    /// The collection holding the vectors; the seq marker lives in
+    /// `<collection>_stele_marker`.
+    #[serde(default = "default_qdrant_collection", deserialize_with = "qdrant_collection")]
+    pub collection: String,
+    /// The environment variable holding the API key (none: no key is sent).
+    #[serde(
+        default,
+        deserialize_with = "qdrant_key_env",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_key_env: Option<String>,
+}
+
+fn default_qdrant_collection() -> String {
+    "stele_context".into()
+}
+
+fn qdrant_collection<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty()
+        || s.len() > 200
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(serde::de::Error::custom(format!(
+            "collection {s:?} must be 1 to 200 ASCII letters, digits, _ or -"
+        )));
+    }
+    Ok(s)
+}
+
+fn qdrant_key_env<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    env_var_name(d).map(Some)
 }
 
 /// How strictly MCP tool schemas are verified.
@@ -700,7 +738,12 @@ impl NatsConfig {
             let mut text = String::new();
             std::fs::File::open(file)
                 .and_then(|f| f.take(MAX_NKEY_FILE_BYTES).read_to_string(&mut text))
-                .map_err(|e| format!("[nats] nkey: cannot read the NKey seed file {}: {e}", file.display()))?;
+                .map_err(|e| {
+                    format!(
+                        "[nats] nkey: cannot read the NKey seed file {}: {e}",
+                        file.display()
+                    )
+                })?;
             let seed = text.trim();
             if !(seed.starts_with("SU") && seed.len() == 58) {
                 return Err(format!(

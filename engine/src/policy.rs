@@ -690,6 +690,20 @@ struct Source {
     text: String,
 }
 
+/// Most entity stores an [`EntityCache`] keeps (a batch's distinct
+/// principal/resource pairs are few: agents × tools).
+const ENTITY_CACHE_ENTRIES: usize = 64;
+
+/// Entity stores kept across the decisions of one thread of a batch
+/// ([`PolicyGate::decide_cached`]), by action, principal and resource.
+/// Building a store is a quarter of a decision (Cedar computes a
+/// transitive closure even for one entity); a backtest's requests share a
+/// few principals.
+#[derive(Debug, Default)]
+pub struct EntityCache {
+    stores: Vec<(String, Entity, Entity, cedar::Entities)>,
+}
+
 /// A compiled, validated Cedar policy set with its schema: build once,
 /// share (`Arc`), [`decide`](Self::decide) many times.
 #[derive(Debug)]
@@ -987,12 +1001,87 @@ impl PolicyGate {
     /// Decides a request. Pure and total: every failure is a deny with its
     /// errors.
     pub fn decide(&self, req: &AuthzRequest) -> GateDecision {
-        let (action, request, entities) = match self.cedar_request(req) {
-            Ok(r) => r,
-            Err(e) => {
-                return GateDecision::deny(format!("invalid request: {e}"), Vec::new(), vec![e]);
+        match self.cedar_request(req) {
+            Ok((action, request, entities)) => self.evaluate(req, action, &request, &entities),
+            Err(e) => GateDecision::deny(format!("invalid request: {e}"), Vec::new(), vec![e]),
+        }
+    }
+
+    /// [`decide`](Self::decide) for one thread of a batch of decisions
+    /// (a backtest): the entity store of a request's action, principal and
+    /// resource is taken from `cache` when an earlier request built it,
+    /// else built and kept there. The same decision as `decide`.
+    pub fn decide_cached(&self, req: &AuthzRequest, cache: &mut EntityCache) -> GateDecision {
+        let hit = cache.stores.iter().position(|(action, principal, resource, _)| {
+            *action == req.action && *principal == req.principal && *resource == req.resource
+        });
+        if let Some(i) = hit {
+            return match self.request_only(req) {
+                Ok((action, request)) => self.evaluate(req, action, &request, &cache.stores[i].3),
+                Err(e) => GateDecision::deny(format!("invalid request: {e}"), Vec::new(), vec![e]),
+            };
+        }
+        match self.cedar_request(req) {
+            Ok((action, request, entities)) => {
+                let d = self.evaluate(req, action, &request, &entities);
+                if cache.stores.len() < ENTITY_CACHE_ENTRIES {
+                    cache.stores.push((
+                        req.action.clone(),
+                        req.principal.clone(),
+                        req.resource.clone(),
+                        entities,
+                    ));
+                }
+                d
             }
+            Err(e) => GateDecision::deny(format!("invalid request: {e}"), Vec::new(), vec![e]),
+        }
+    }
+
+    /// The action and the Cedar request of `req` whose entity store an
+    /// earlier request of the same action, principal and resource built
+    /// (so their checks passed): only the context is converted.
+    fn request_only(&self, req: &AuthzRequest) -> Result<(&ActionInfo, cedar::Request), String> {
+        let action = self
+            .actions
+            .get(req.action.as_str())
+            .ok_or_else(|| format!("unknown action `{}`", req.action))?;
+        let uid = |e: &Entity| {
+            self.types
+                .get(e.kind.as_str())
+                .map(|ty| {
+                    cedar::EntityUid::from_type_name_and_id(ty.name.clone(), cedar::EntityId::new(&e.id))
+                })
+                .ok_or_else(|| format!("type `{}` is not in the schema", e.kind))
         };
+        let (principal, resource) = (uid(&req.principal)?, uid(&req.resource)?);
+        let context = self.context(action, req)?;
+        let request = cedar::Request::new(principal, action.uid.clone(), resource, context, None)
+            .map_err(|e| diagnostic_message(&e))?;
+        Ok((action, request))
+    }
+
+    /// The context of `req`, checked against `action`'s.
+    fn context(&self, action: &ActionInfo, req: &AuthzRequest) -> Result<cedar::Context, String> {
+        if !(req.context.is_object() || req.context.is_null()) {
+            return Err("the context is not a JSON object".into());
+        }
+        let context = action
+            .context
+            .fields(&req.context, &At::Root)
+            .map_err(|e| format!("context of {}: {e}", req.action))?;
+        cedar::Context::from_pairs(context)
+            .map_err(|e| format!("context of {}: {}", req.action, diagnostic_message(&e)))
+    }
+
+    /// Evaluates a built request against the policies of its action.
+    fn evaluate(
+        &self,
+        req: &AuthzRequest,
+        action: &ActionInfo,
+        request: &cedar::Request,
+        entities: &cedar::Entities,
+    ) -> GateDecision {
         // The policies that may apply: those for any resource, and those
         // scoped to this one. Cedar's rule composes over the two: a
         // satisfied forbid in either denies, else a satisfied permit allows.
@@ -1008,7 +1097,7 @@ impl PolicyGate {
             if set.is_empty() {
                 continue;
             }
-            let response = self.authorizer.is_authorized(&request, set, &entities);
+            let response = self.authorizer.is_authorized(request, set, entities);
             let diagnostics = response.diagnostics();
             failed.extend(diagnostics.errors().map(|e| match e {
                 cedar::AuthorizationError::PolicyEvaluationError(p) => {
@@ -1132,15 +1221,7 @@ impl PolicyGate {
             self.entity(&req.principal, "principal", &action.principals, &req.action)?;
         let (resource_uid, resource) =
             self.entity(&req.resource, "resource", &action.resources, &req.action)?;
-        if !(req.context.is_object() || req.context.is_null()) {
-            return Err("the context is not a JSON object".into());
-        }
-        let context = action
-            .context
-            .fields(&req.context, &At::Root)
-            .map_err(|e| format!("context of {}: {e}", req.action))?;
-        let context = cedar::Context::from_pairs(context)
-            .map_err(|e| format!("context of {}: {}", req.action, diagnostic_message(&e)))?;
+        let context = self.context(action, req)?;
         let same = principal_uid == resource_uid;
         let request = cedar::Request::new(principal_uid, action.uid.clone(), resource_uid, context, None)
             .map_err(|e| diagnostic_message(&e))?;
@@ -1746,5 +1827,60 @@ mod tests {
             }
         );
         assert!(d.errors.is_empty(), "{:?}", d.errors);
+    }
+
+    #[test]
+    fn decide_cached_decides_as_decide() {
+        let g = PolicyGate::from_sources(
+            None,
+            &[(
+                "t.cedar".into(),
+                "@id(\"high-reads\")\npermit (principal, action == Action::\"invoke_tool\", resource == Tool::\"read_file\") when { principal.priority == \"high\" && context has in_workspace && context.in_workspace };\n@id(\"no-du\")\nforbid (principal, action == Action::\"invoke_tool\", resource) when { context.args has command && context.args.command == \"du\" };".into(),
+            )],
+        )
+        .expect("gate");
+        let req = |priority: Value, tool: &str, context: Value| AuthzRequest {
+            point: Point::ToolInvocation,
+            principal: Entity {
+                kind: "Agent".into(),
+                id: "a".into(),
+                attrs: serde_json::json!({ "priority": priority }),
+            },
+            action: "invoke_tool".into(),
+            resource: Entity {
+                kind: "Tool".into(),
+                id: tool.into(),
+                attrs: Value::Null,
+            },
+            context,
+        };
+        let inside = serde_json::json!({"in_workspace": true, "args": {"path": "a"}});
+        let requests = [
+            req("high".into(), "read_file", inside.clone()),
+            req("low".into(), "read_file", inside.clone()),
+            req(
+                "high".into(),
+                "read_file",
+                serde_json::json!({"in_workspace": false}),
+            ),
+            req(
+                "high".into(),
+                "run_command",
+                serde_json::json!({"args": {"command": "du"}}),
+            ),
+            req(
+                "high".into(),
+                "read_file",
+                serde_json::json!({"args": {"command": 3}}),
+            ),
+            req("high".into(), "read_file", serde_json::json!([1])),
+            req(7.into(), "read_file", inside),
+        ];
+        let mut cache = EntityCache::default();
+        // Twice over: the second pass takes every store from the cache.
+        for r in requests.iter().chain(requests.iter()) {
+            assert_eq!(g.decide_cached(r, &mut cache), g.decide(r), "{r:?}");
+        }
+        assert!(cache.stores.len() >= 2, "{cache:?}");
     }
 }

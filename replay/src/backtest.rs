@@ -8,15 +8,17 @@
 //! from their bytes; nothing is copied out but the flips. Reading is split
 //! into seq ranges read on every core, then each distinct request text is
 //! evaluated once (journals repeat requests: the same agent reading the
-//! same file), on every core, through the same pure `PolicyGate::decide`
-//! the live gate uses; only a flip's detail is rendered. A request that no
+//! same file), on every core, through the same pure gate the live
+//! enforcement points use (`PolicyGate::decide_cached`: each thread keeps
+//! the Cedar entity stores of the principals and resources it has seen);
+//! only a flip's detail is rendered. A request that no
 //! longer parses is reported, not skipped silently. Output is in seq order
 //! whatever the thread count.
 
 use std::collections::HashMap;
 
 use rayon::prelude::*;
-use stele_engine::policy::{AuthzRequest, GateDecision, PolicyGate};
+use stele_engine::policy::{AuthzRequest, EntityCache, GateDecision, PolicyGate};
 use stele_journal::{ArchivedEventBody, EventRef, Reader, Seq};
 
 use crate::Result;
@@ -88,8 +90,15 @@ impl Decided {
     fn fields(&self) -> (Option<&str>, &str, &str) {
         match self.0.body() {
             ArchivedEventBody::PolicyDecided {
-                run, request, verdict, ..
-            } => (run.as_ref().map(|r| r.as_str()), request.as_str(), verdict.as_str()),
+                run,
+                request,
+                verdict,
+                ..
+            } => (
+                run.as_ref().map(|r| r.as_str()),
+                request.as_str(),
+                verdict.as_str(),
+            ),
             _ => unreachable!("Decided holds PolicyDecided events only (checked in new)"),
         }
     }
@@ -217,9 +226,9 @@ pub fn evaluate<D: Decision>(gate: &PolicyGate, decisions: &[D]) -> (Vec<Flip>, 
     let answers: Vec<Result<GateDecision, String>> = texts
         .par_iter()
         .with_min_len(EVAL_MIN_LEN)
-        .map(|text| {
+        .map_init(EntityCache::default, |cache, text| {
             AuthzRequest::from_canonical_json(text)
-                .map(|req| gate.decide(&req))
+                .map(|req| gate.decide_cached(&req, cache))
                 .map_err(|e| e.to_string())
         })
         .collect();

@@ -253,8 +253,10 @@ impl Provider for Served {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
-        self.journaled
-            .store(next.is_some() || self.live.is_none(), std::sync::atomic::Ordering::SeqCst);
+        self.journaled.store(
+            next.is_some() || self.live.is_none(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         Box::pin(async move {
             match (next, &self.live) {
                 (Some(answer), _) => answer,
@@ -404,8 +406,6 @@ impl ToolRunner for ServedTools {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
-        self.journaled
-            .store(next.is_some() || self.live.is_none(), std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             match (served, &self.live) {
                 (Some((true, detail)), _) => Ok(detail),
@@ -1177,6 +1177,45 @@ mod tests {
             let served = unbounded(&recorded, max);
             assert_eq!(stele_engine::orga::bounded(&served, max), recorded, "{original}");
         }
+    }
+
+    /// A provider that always fails (retryably), to stand for the world.
+    #[derive(Debug)]
+    struct Down;
+
+    impl Provider for Down {
+        fn name(&self) -> &str {
+            "down"
+        }
+        fn complete<'a>(&'a self, _: &'a CompletionRequest) -> CompletionFuture<'a> {
+            Box::pin(async { Err(ProviderError::Connect("refused".into())) })
+        }
+    }
+
+    #[test]
+    fn only_journaled_answers_skip_the_backoff() {
+        let request = CompletionRequest {
+            model: "m".into(),
+            messages: Vec::new(),
+            tools: Vec::new(),
+            max_tokens: 0,
+        };
+        let journaled = VecDeque::from([Err(ProviderError::RateLimited {
+            retry_after: Some(Duration::from_secs(30)),
+        })]);
+        let served = Served::new("p".into(), journaled, Some(Arc::new(Down)));
+        let rt = paused_runtime().expect("runtime");
+        assert!(rt.block_on(served.complete(&request)).is_err());
+        assert!(
+            served.served_from_journal(),
+            "a journaled failure was waited when recorded"
+        );
+        assert!(rt.block_on(served.complete(&request)).is_err());
+        assert!(!served.served_from_journal(), "a live failure backs off");
+        // A replay has no live provider: everything is the journal's.
+        let replay = Served::new("p".into(), VecDeque::new(), None);
+        assert!(rt.block_on(replay.complete(&request)).is_err());
+        assert!(replay.served_from_journal());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `stele.toml`: the seed's example parses, unknown sections and keys are
 //! errors with their position, `STELE_<SECTION>_<KEY>` overrides work and
-//! are named when wrong, and the `[journal]` section takes effect.
+//! are named when wrong, `[context.qdrant]` has its defaults, and the
+//! `[journal]` section takes effect.
 
 use std::path::Path;
 
@@ -117,6 +118,33 @@ fn bad_files_and_overrides_are_named() {
             err.starts_with(&format!("environment {var}: ")) && err.contains(needle),
             "{err}"
         );
+    }
+}
+
+#[test]
+fn the_qdrant_section_has_defaults_and_refuses_a_key_in_the_file() {
+    let c = Config::parse(
+        Path::new("stele.toml"),
+        "[context]\nvector_backend = \"qdrant\"\n[context.qdrant]\nhost = \"q\"\nport = 6333\n",
+        &[],
+    )
+    .expect("host and port suffice");
+    let q = c.context.qdrant.as_ref().expect("[context.qdrant]");
+    assert_eq!((q.collection.as_str(), q.https, q.api_key_env.as_deref()), ("stele_context", false, None));
+    let shown = toml::to_string_pretty(&c).expect("toml");
+    assert_eq!(Config::parse(Path::new("shown"), &shown, &[]).expect("round trip"), c);
+    for (text, needle) in [
+        ("api_key_env = \"sk-123 456\"", "NAME of the environment variable"),
+        ("collection = \"a/b\"", "collection \"a/b\" must be"),
+    ] {
+        let err = Config::parse(
+            Path::new("stele.toml"),
+            &format!("[context.qdrant]\nhost = \"q\"\nport = 6333\n{text}\n"),
+            &[],
+        )
+        .expect_err(text)
+        .to_string();
+        assert!(err.contains(needle), "{text}: {err}");
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::up::{Up, WAIT, dump, kind, verify};
+use crate::up::{Up, WAIT, verify};
 use crate::up_runs::assistant;
 
 fn root() -> PathBuf {
@@ -63,6 +63,24 @@ impl Api<'_> {
 
     fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
         self.post(path, token, Some("application/json"), &body.to_string())
+    }
+
+    /// A POST declaring a body of `len` bytes is refused (413) from its
+    /// Content-Length, before any of it is sent.
+    fn too_large(&self, path: &str, token: &str, len: usize) {
+        use std::io::{Read, Write};
+        let addr = self.up.http.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(crate::TIMEOUT)).expect("timeout");
+        write!(
+            conn,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("\"too_large\""), "{answer}");
     }
 
     /// Polls `GET /v1/runs/{id}` until the daemon no longer drives the run.
@@ -159,11 +177,23 @@ fn replay_at_diff_fork_and_backtest_over_http() {
     assert_error(&api.get("/v1/at/99999999", r), 404, "not_found");
     assert_error(&api.get("/v1/at/head?view=nope", r), 400, "bad_request");
     assert_error(&api.get("/v1/at/head?view=run", r), 400, "bad_request");
-    assert_error(&api.get(&format!("/v1/at/head?view=journal&run={run}"), r), 400, "bad_request");
+    assert_error(
+        &api.get(&format!("/v1/at/head?view=journal&run={run}"), r),
+        400,
+        "bad_request",
+    );
     assert_error(&api.get("/v1/at/head?view=run&run=run-77", r), 404, "unknown_run");
-    assert_error(&api.get("/v1/at/head?view=run&run=bad%20id", r), 400, "bad_request");
+    assert_error(
+        &api.get("/v1/at/head?view=run&run=bad%20id", r),
+        400,
+        "bad_request",
+    );
     // A path-like run id names no file: it is only looked up in the journal.
-    assert_error(&api.get("/v1/at/head?view=run&run=..%2F..%2Fetc", r), 404, "unknown_run");
+    assert_error(
+        &api.get("/v1/at/head?view=run&run=..%2F..%2Fetc", r),
+        404,
+        "unknown_run",
+    );
     assert_error(&api.get("/v1/at/head?bogus=1", r), 400, "bad_request");
 
     // diff: what changed.
@@ -183,24 +213,54 @@ fn replay_at_diff_fork_and_backtest_over_http() {
     assert!(report["divergence"].is_null(), "{report}");
     assert!(report["identical"].as_u64().is_some_and(|n| n > 5), "{report}");
     assert_eq!(report["identical"], report["recorded"], "{report}");
-    assert_error(&api.post("/v1/runs/run-99/replay", r, None, ""), 404, "unknown_run");
-    assert_error(&api.post("/v1/runs/bad%20id/replay", r, None, ""), 400, "bad_request");
-    assert_error(&api.post("/v1/runs/..%2F..%2Fetc/replay", r, None, ""), 404, "unknown_run");
-    assert_error(&api.post(&format!("/v1/runs/{run}/replay"), None, None, ""), 401, "unauthorized");
+    assert_error(
+        &api.post("/v1/runs/run-99/replay", r, None, ""),
+        404,
+        "unknown_run",
+    );
+    assert_error(
+        &api.post("/v1/runs/bad%20id/replay", r, None, ""),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &api.post("/v1/runs/..%2F..%2Fetc/replay", r, None, ""),
+        404,
+        "unknown_run",
+    );
+    assert_error(
+        &api.post(&format!("/v1/runs/{run}/replay"), None, None, ""),
+        401,
+        "unauthorized",
+    );
 
     // fork: at the first completion, the second one replaced by an answer.
-    let ev = up.events();
-    let completions: Vec<u64> = kind(&ev, "completion_received")
-        .into_iter()
-        .filter(|e| e["stream"] == format!("run:{run}"))
+    let (status, page) = api.get(
+        &format!("/v1/events?run={run}&kind=completion_received&limit=100"),
+        r,
+    );
+    assert_eq!(status, 200, "{page}");
+    let completions: Vec<u64> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
         .map(|e| e["seq"].as_u64().expect("seq"))
         .collect();
-    assert!(completions.len() >= 2, "{}", dump(&ev));
+    assert!(completions.len() >= 2, "{page}");
     let at = completions[0];
     let fork_path = format!("/v1/runs/{run}/fork");
-    let body = json!({"at": at, "edit": {"content": "Forked: nothing else to do."}});
+    // The next input after the first tool result is the second completion.
+    let (status, page) = api.get(&format!("/v1/events?run={run}&kind=tool_returned&limit=1"), r);
+    assert_eq!(status, 200, "{page}");
+    let returned = page["events"][0]["seq"].as_u64().expect("a tool result");
+    assert!(at < returned && returned < completions[1], "{page}");
+    let body = json!({"at": returned, "edit": {"content": "Forked: nothing else to do."}});
     assert_error(&api.post_json(&fork_path, r, &body), 403, "forbidden");
-    assert_error(&api.post_json("/v1/runs/run-99/fork", o, &body), 404, "unknown_run");
+    assert_error(
+        &api.post_json("/v1/runs/run-99/fork", o, &body),
+        404,
+        "unknown_run",
+    );
     assert_error(
         &api.post_json(&fork_path, o, &json!({"at": 99_999_999})),
         404,
@@ -211,19 +271,37 @@ fn replay_at_diff_fork_and_backtest_over_http() {
         422,
         "invalid_edit",
     );
-    assert_error(&api.post_json(&fork_path, o, &json!({"at": 1})), 422, "cannot_fork");
-    assert_error(&api.post_json(&fork_path, o, &json!({"edit": {}})), 422, "unprocessable");
-    assert_error(&api.post(&fork_path, o, Some("application/json"), "{"), 400, "invalid_body");
-    assert_error(&api.post(&fork_path, o, None, "{}"), 415, "unsupported_media_type");
-    let huge = json!({"at": at, "edit": {"content": "x".repeat(3 << 20)}});
-    assert_error(&api.post_json(&fork_path, o, &huge), 413, "too_large");
+    assert_error(
+        &api.post_json(&fork_path, o, &json!({"at": 1})),
+        422,
+        "cannot_fork",
+    );
+    assert_error(
+        &api.post_json(&fork_path, o, &json!({"edit": {}})),
+        422,
+        "unprocessable",
+    );
+    assert_error(
+        &api.post(&fork_path, o, Some("application/json"), "{"),
+        400,
+        "invalid_body",
+    );
+    assert_error(
+        &api.post(&fork_path, o, None, "{}"),
+        415,
+        "unsupported_media_type",
+    );
+    api.too_large(&fork_path, &operate, 3 << 20);
     let (status, forked) = api.post_json(&fork_path, o, &body);
     assert_eq!(status, 202, "{forked}");
     let new_run = forked["run"].as_str().expect("run").to_owned();
     assert_ne!(new_run, run);
     assert_eq!(forked["origin"], run.as_str());
-    assert_eq!(forked["at"], at);
-    assert!(forked["edit_hash"].as_str().is_some_and(|h| h.len() == 64), "{forked}");
+    assert_eq!(forked["at"], returned);
+    assert!(
+        forked["edit_hash"].as_str().is_some_and(|h| h.len() == 64),
+        "{forked}"
+    );
     let done = api.settled(&new_run, &read);
     assert_eq!(done["state"], "finished", "{done}");
     assert_eq!(done["outcome"], "completed", "{done}");
@@ -232,21 +310,31 @@ fn replay_at_diff_fork_and_backtest_over_http() {
     let origin = api.settled(&run, &read);
     assert_eq!(origin["state"], "awaiting_approval", "{origin}");
     let (status, again) = api.post(&format!("/v1/runs/{run}/replay"), r, None, "");
-    assert_eq!((status, &again["identical"]), (200, &report["identical"]), "{again}");
+    assert_eq!(
+        (status, &again["identical"]),
+        (200, &report["identical"]),
+        "{again}"
+    );
     let (status, fork_report) = api.post(&format!("/v1/runs/{new_run}/replay"), r, None, "");
     assert_eq!(status, 200, "{fork_report}");
     assert!(fork_report["divergence"].is_null(), "{fork_report}");
 
     // backtest: the policy set as text; the changed set flips verdicts.
     let changed = policy_body(&root().join("fixtures/policies-backtest"));
-    assert_error(&api.post_json("/v1/policy/backtest", r, &changed), 403, "forbidden");
+    assert_error(
+        &api.post_json("/v1/policy/backtest", r, &changed),
+        403,
+        "forbidden",
+    );
     let (status, bt) = api.post_json("/v1/policy/backtest", o, &changed);
     assert_eq!(status, 200, "{bt}");
     let flips = bt["flips"].as_array().expect("flips");
     assert!(!flips.is_empty(), "{bt}");
     assert!(flips.iter().all(|f| f["new_verdict"] == "allow"), "{bt}");
     assert!(
-        flips.iter().any(|f| f["old_policies"] == json!(["no-commands-for-low-priority"])),
+        flips
+            .iter()
+            .any(|f| f["old_policies"] == json!(["no-commands-for-low-priority"])),
         "{bt}"
     );
     let same = policy_body(&policies);
@@ -257,7 +345,11 @@ fn replay_at_diff_fork_and_backtest_over_http() {
     let mut ranged = changed.clone();
     ranged["from"] = json!(5);
     ranged["to"] = json!(2);
-    assert_error(&api.post_json("/v1/policy/backtest", o, &ranged), 400, "bad_request");
+    assert_error(
+        &api.post_json("/v1/policy/backtest", o, &ranged),
+        400,
+        "bad_request",
+    );
     assert_error(
         &api.post_json("/v1/policy/backtest", o, &json!({"policies": {}})),
         400,
@@ -278,8 +370,7 @@ fn replay_at_diff_fork_and_backtest_over_http() {
         "unprocessable",
     );
     assert_error(&api.post("/v1/policy/backtest", o, None, ""), 400, "bad_request");
-    let big = json!({"policies": {"big.cedar": "x".repeat(5 << 20)}});
-    assert_error(&api.post_json("/v1/policy/backtest", o, &big), 413, "too_large");
+    api.too_large("/v1/policy/backtest", &operate, 5 << 20);
 
     // The same replay report and backtest from the CLI, once the daemon is
     // gone; the journal verifies.
@@ -293,11 +384,7 @@ fn replay_at_diff_fork_and_backtest_over_http() {
         "--policies",
         policies.to_str().expect("utf-8"),
     ]);
-    assert!(
-        cli.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
     let cli_report: Value = serde_json::from_slice(&cli.stdout).expect("report JSON");
     assert_eq!(cli_report, report);
     let cli = up.cli(&[

@@ -667,6 +667,26 @@ fn malformed_nats_config_is_named_with_its_place() {
             "bad.toml:2:7: tls needs both cert and key",
         ),
         ("[nats]\nmax_age = 5\n", "bad.toml:2:11: 5 needs a unit"),
+        (
+            "[nats]\nurl = \"nats://u:pw123@h:4222\"\n",
+            "bad.toml:2:7: url holds credentials (user:password@ or token@)",
+        ),
+        (
+            "[nats]\nuser = \"u\"\n",
+            "bad.toml:1:1: [nats] user and password_env come together",
+        ),
+        (
+            "[nats]\nnkey = \"u.nk\"\ntoken_env = \"NATS_TOKEN\"\n",
+            "bad.toml:1:1: [nats] sets nkey and token_env: choose one way to authenticate",
+        ),
+        (
+            "[nats]\nuser = \"u\"\npassword_env = \"hunter2!\"\n",
+            "bad.toml:3:16: must be the NAME of the environment variable holding the secret",
+        ),
+        (
+            "[nats]\ntoken_env = \"STELE_NATS_TOKEN\"\n",
+            "bad.toml:2:13: \"STELE_NATS_TOKEN\" cannot hold a secret",
+        ),
         ("[nats]\nurl_typo = 1\n", "bad.toml:2:1: unknown field `url_typo`"),
     ];
     let file = tmp.path().join("bad.toml");
@@ -682,6 +702,11 @@ fn malformed_nats_config_is_named_with_its_place() {
                 r.stderr
             );
             assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+            assert!(
+                !r.stderr.contains("pw123") && !r.stderr.contains("hunter2"),
+                "a secret is never echoed: {}",
+                r.stderr
+            );
         }
     }
     let r = publish_once(tmp.path(), &["subscribe"], &[("STELE_NATS_RETENTION", "often")]);

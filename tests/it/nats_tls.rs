@@ -59,7 +59,13 @@ struct Pki {
 impl Pki {
     fn make(dir: &Path) -> Pki {
         std::fs::create_dir_all(dir).expect("pki dir");
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         for (name, cn) in [("ca", "stele test CA"), ("other-ca", "another CA")] {
             let mut args = vec!["req", "-x509"];
             args.extend(ec);
@@ -102,8 +108,22 @@ impl Pki {
             openssl(
                 dir,
                 &[
-                    "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", serial,
-                    "-days", "2", "-out", &pem, "-extfile", &ext,
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-set_serial",
+                    serial,
+                    "-days",
+                    "2",
+                    "-out",
+                    &pem,
+                    "-extfile",
+                    &ext,
                 ],
             );
         }
@@ -122,7 +142,7 @@ impl Pki {
 /// certificate signed by the test CA, and knows two users: an NKey user
 /// and `alice` with a password.
 struct SecureServer {
-    _proc: Proc,
+    proc: Proc,
     port: u16,
     pki: Pki,
     /// The seed of the NKey user the server knows.
@@ -171,7 +191,7 @@ authorization {{
             "nats-server",
         );
         let s = SecureServer {
-            _proc: proc,
+            proc,
             port,
             pki,
             user_seed: user.seed().expect("seed"),
@@ -182,7 +202,7 @@ authorization {{
             assert!(
                 t.elapsed() < PATIENCE,
                 "the secured nats-server did not come up: {}",
-                s._proc.stderr()
+                s.proc.stderr()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -352,7 +372,12 @@ fn publish_and_subscribe_over_mutual_tls_with_nkey_or_password() {
 
     // The publisher over TLS with the NKey user: the whole journal, once.
     let mut publ = spawn(
-        stele().arg("--data").arg(&data).arg("--config").arg(&config).arg("publish"),
+        stele()
+            .arg("--data")
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .arg("publish"),
         tmp.path(),
         "publish",
     );
@@ -362,7 +387,8 @@ fn publish_and_subscribe_over_mutual_tls_with_nkey_or_password() {
     assert_eq!(server.stream_ids("SECURE"), hashes, "{}", publ.stderr());
     assert!(publ.terminate().success(), "{}", publ.stderr());
     assert!(
-        publ.stderr().contains(&format!("connected to NATS at {}", server.url()))
+        publ.stderr()
+            .contains(&format!("connected to NATS at {}", server.url()))
             || publ.stdout().contains(&format!("through seq {}", journal.len())),
         "{}",
         publ.stderr()
@@ -373,7 +399,12 @@ fn publish_and_subscribe_over_mutual_tls_with_nkey_or_password() {
     let lines = subscribe_lines(&config, &[], hashes.len());
     let seen: Vec<String> = lines
         .iter()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json")["hash"].as_str().expect("hash").to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["hash"]
+                .as_str()
+                .expect("hash")
+                .to_owned()
+        })
         .collect();
     assert_eq!(seen, hashes);
     let alice = write_config(
@@ -419,7 +450,10 @@ fn tls_and_credential_failures_say_what_failed() {
         &[
             &format!("TLS with NATS at {url} failed"),
             "UnknownIssuer",
-            &format!("signed by the CA of [nats.tls] ca ({})", server.pki.other_ca.display()),
+            &format!(
+                "signed by the CA of [nats.tls] ca ({})",
+                server.pki.other_ca.display()
+            ),
         ],
     );
     // No client certificate where the server requires one.
@@ -430,7 +464,10 @@ fn tls_and_credential_failures_say_what_failed() {
     subscribe_refused(
         &anonymous,
         &[],
-        &[&format!("NATS at {url} refused to authorize no credentials"), "authorization violation"],
+        &[
+            &format!("NATS at {url} refused to authorize no credentials"),
+            "authorization violation",
+        ],
     );
     let bad_key = cfg(
         "stranger.toml",
@@ -456,7 +493,9 @@ fn tls_and_credential_failures_say_what_failed() {
     subscribe_refused(
         &alice,
         &[(PASSWORD_VAR, "not-the-password")],
-        &[&format!("refused to authorize user \"alice\" (password from ${PASSWORD_VAR})")],
+        &[&format!(
+            "refused to authorize user \"alice\" (password from ${PASSWORD_VAR})"
+        )],
     );
     subscribe_refused(
         &alice,
@@ -472,7 +511,11 @@ fn tls_and_credential_failures_say_what_failed() {
         &server.pki.ca,
         true,
     );
-    subscribe_refused(&missing, &[], &["[nats] nkey: cannot read the NKey seed file", "nope.nk"]);
+    subscribe_refused(
+        &missing,
+        &[],
+        &["[nats] nkey: cannot read the NKey seed file", "nope.nk"],
+    );
     let not_seed = cfg(
         "not-seed.toml",
         &format!("nkey = \"{}\"", server.pki.ca.display()),
@@ -487,7 +530,12 @@ fn tls_and_credential_failures_say_what_failed() {
     let data = tmp.path().join("data");
     small_journal(&data);
     let mut publ = spawn(
-        stele().arg("--data").arg(&data).arg("--config").arg(&bad_key).arg("publish"),
+        stele()
+            .arg("--data")
+            .arg(&data)
+            .arg("--config")
+            .arg(&bad_key)
+            .arg("publish"),
         tmp.path(),
         "publish",
     );
@@ -521,7 +569,12 @@ fn stele_up_with_refused_nats_credentials_runs_and_is_not_ready() {
         ),
     );
     let mut up = spawn(
-        stele().arg("--data").arg(&data).arg("--config").arg(&config).arg("up"),
+        stele()
+            .arg("--data")
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .arg("up"),
         tmp.path(),
         "up",
     );

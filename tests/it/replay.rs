@@ -572,3 +572,112 @@ fn fork_with_an_edited_completion_takes_the_other_branch_and_leaves_the_original
         bad.stderr
     );
 }
+
+/// A fork feeds a run's journaled failed attempts again without waiting
+/// their retry backoffs (they were waited when recorded): on a paused
+/// clock, forking a run with a rate-limited attempt (recorded by the
+/// binary, 2 s backoff) at its end leaves the clock short of the backoff.
+#[test]
+fn a_fork_never_waits_a_recorded_backoff() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(root().join("fixtures"), tmp.path().join("fixtures")).expect("link fixtures");
+    std::fs::create_dir_all(tmp.path().join("stele-workspace")).expect("workspace");
+    std::fs::write(
+        tmp.path().join("retry.json"),
+        r#"{"model": "scripted", "answers": [{"error": "rate_limited:2s", "times": 1, "content": "done"}]}"#,
+    )
+    .expect("script");
+    let agent = std::fs::read_to_string(root().join("fixtures/reasoning/assistant.toml"))
+        .expect("agent")
+        .replace("fixtures/scripts/demo.json", "retry.json");
+    std::fs::write(tmp.path().join("retry.toml"), agent).expect("agent");
+    let data = tmp.path().join("data");
+    let out = stele()
+        .current_dir(tmp.path())
+        .args(["--data", data.to_str().expect("utf-8")])
+        .args(["run", "retry.toml", "--input", "go"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stele");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let journal = stele_journal::Journal::open(&data, stele_journal::Options::default()).expect("journal");
+    let reader = journal.reader();
+    let store = SnapshotStore::new(&data);
+    let runs = state_at::<RunsView>(&reader, &store, reader.head().seq)
+        .expect("runs")
+        .state;
+    let (origin, waited_ms) = runs
+        .runs
+        .keys()
+        .filter_map(|run| {
+            let rec = stele_replay::load_run(&reader, &store, run).ok()?;
+            let ms: u64 = rec
+                .events
+                .iter()
+                .map(|e| match &e.body {
+                    EventBody::CompletionFailed { retry_in_ms, .. } => *retry_in_ms,
+                    _ => 0,
+                })
+                .sum();
+            (ms > 0).then_some((rec, ms))
+        })
+        .next()
+        .expect("a fixture run retried its provider");
+    let at = origin.events.last().expect("events").seq;
+    let gate = Arc::new(PolicyGate::load(&fixture_policies()).expect("policies"));
+    let live = stele_replay::fork::Live {
+        provider: Arc::new(
+            stele_engine::scripted::ScriptedProvider::from_json(
+                "live",
+                r#"{"model": "scripted", "answers": [{"content": "live"}]}"#,
+            )
+            .expect("script"),
+        ),
+        tools: Arc::new(stele_engine::tools::ToolBox {
+            workspace: data.clone(),
+            memory_mb: 64,
+            cpu_cores: 0.5,
+            timeout: std::time::Duration::from_secs(10),
+            launcher: stele_engine::process::Launcher {
+                program: PathBuf::from("/nonexistent"),
+            },
+            confinement: stele_engine::process::detect_confinement(),
+            sandbox: stele_engine::tools::CommandSandbox::Native,
+        }),
+        gate,
+        started: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    let (outcome, elapsed) = rt.block_on(async {
+        let t = tokio::time::Instant::now();
+        let outcome = stele_replay::fork(&origin, at, None, "run-99", &settings(), live, &journal)
+            .await
+            .expect("fork");
+        (outcome, t.elapsed())
+    });
+    assert!(outcome.served > 0, "{outcome:?}");
+    assert!(
+        elapsed.as_millis() < u128::from(waited_ms),
+        "the fork waited {elapsed:?} of the {waited_ms} ms of backoff {} recorded",
+        origin.run
+    );
+    // The fork reproduced the origin's outcome from its journaled inputs.
+    let forked = stele_replay::load_run(&reader, &store, "run-99").expect("fork recorded");
+    let failed = |r: &stele_replay::RecordedRun| {
+        r.events
+            .iter()
+            .filter(|e| matches!(e.body, EventBody::CompletionFailed { .. }))
+            .count()
+    };
+    assert_eq!(failed(&forked), failed(&origin));
+    journal.close();
+}

@@ -641,7 +641,10 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
         let result = &returned[0]["body"];
         assert_eq!(result["ok"], true, "{tier}: {result}");
         let text = result["output"].as_str().expect("output");
-        assert!(text.contains("from the host"), "{tier}: the workspace is mounted: {text}");
+        assert!(
+            text.contains("from the host"),
+            "{tier}: the workspace is mounted: {text}"
+        );
         assert!(text.contains("PWD=/work"), "{tier}: {text}");
         assert!(text.contains("UNREACHABLE"), "{tier}: no network: {text}");
         assert!(text.contains("ROOT-READ-ONLY"), "{tier}: read-only root: {text}");
@@ -668,7 +671,10 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        assert!(!ws.join("out.txt").exists(), "{tier}: the replay ran the command again");
+        assert!(
+            !ws.join("out.txt").exists(),
+            "{tier}: the replay ran the command again"
+        );
     }
     drop(listener);
 }
@@ -725,7 +731,8 @@ fn a_named_network_is_joined_only_when_policy_permits_it() {
             )
         } else {
             // Policies, but none about networks: default deny.
-            "@id(\"all-tools\")\npermit (principal, action == Action::\"invoke_tool\", resource);\n".to_owned()
+            "@id(\"all-tools\")\npermit (principal, action == Action::\"invoke_tool\", resource);\n"
+                .to_owned()
         };
         std::fs::write(policies.join("net.cedar"), cedar).expect("cedar");
         let mut up = Up::start_with(

@@ -165,9 +165,9 @@ fn seq_param(reader: &Reader, name: &str, text: &str) -> ApiResult<Seq> {
     let seq = if text == "head" {
         head
     } else {
-        text.parse().map(Seq).map_err(|_| {
-            ApiError::bad_request(format!("{name} must be a number or `head`, not {text:?}"))
-        })?
+        text.parse()
+            .map(Seq)
+            .map_err(|_| ApiError::bad_request(format!("{name} must be a number or `head`, not {text:?}")))?
     };
     if seq > head {
         return Err(ApiError::not_found(format!(
@@ -268,11 +268,12 @@ pub async fn diff(
     tokio::task::spawn_blocking(move || {
         let store = SnapshotStore::new(data.as_path());
         let run = q.run.as_deref();
-        let a = crate::views::state_value(&reader, &store, &view, from, run, None)
-            .map_err(|e| fold_error(&e))?;
-        let b = crate::views::state_value(&reader, &store, &view, to, run, None)
-            .map_err(|e| fold_error(&e))?;
-        let changes = serde_json::to_value(stele_replay::diff_values(&a.value, &b.value)).map_err(internal)?;
+        let a =
+            crate::views::state_value(&reader, &store, &view, from, run, None).map_err(|e| fold_error(&e))?;
+        let b =
+            crate::views::state_value(&reader, &store, &view, to, run, None).map_err(|e| fold_error(&e))?;
+        let changes =
+            serde_json::to_value(stele_replay::diff_values(&a.value, &b.value)).map_err(internal)?;
         Ok(Json(DiffAnswer {
             view,
             from: from.0,
@@ -438,7 +439,9 @@ pub async fn backtest(
         ));
     };
     if body.policies.is_empty() {
-        return Err(ApiError::bad_request("`policies` is empty: give at least one policy file"));
+        return Err(ApiError::bad_request(
+            "`policies` is empty: give at least one policy file",
+        ));
     }
     if body.policies.len() > MAX_POLICY_FILES {
         return Err(ApiError::bad_request(format!(
@@ -446,15 +449,21 @@ pub async fn backtest(
             body.policies.len()
         )));
     }
-    let size: usize =
-        body.policies.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + body.schema.as_ref().map_or(0, String::len);
+    let size: usize = body
+        .policies
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        + body.schema.as_ref().map_or(0, String::len);
     if size > MAX_POLICY_BYTES {
         return Err(ApiError::bad_request(format!(
             "the policy set is {size} bytes; at most {MAX_POLICY_BYTES} are accepted"
         )));
     }
     if let Some(name) = body.policies.keys().find(|k| k.trim().is_empty()) {
-        return Err(ApiError::bad_request(format!("a policy file name is empty: {name:?}")));
+        return Err(ApiError::bad_request(format!(
+            "a policy file name is empty: {name:?}"
+        )));
     }
     let reader = s.journal.reader();
     let head = reader.head().seq;
@@ -465,9 +474,15 @@ pub async fn backtest(
     }
     tokio::task::spawn_blocking(move || {
         let files: Vec<(String, String)> = body.policies.into_iter().collect();
-        let gate = PolicyGate::from_sources(body.schema.as_deref(), &files)
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policies", e.to_string()))?;
-        let bt = stele_replay::backtest(&reader, &gate, from, to).map_err(|e| internal(anyhow::Error::from(e)))?;
+        let gate = PolicyGate::from_sources(body.schema.as_deref(), &files).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_policies",
+                e.to_string(),
+            )
+        })?;
+        let bt =
+            stele_replay::backtest(&reader, &gate, from, to).map_err(|e| internal(anyhow::Error::from(e)))?;
         serde_json::to_value(&bt).map(Json).map_err(internal)
     })
     .await

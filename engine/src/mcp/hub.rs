@@ -400,7 +400,8 @@ impl McpHub {
                     );
                     ().serve(transport).await.map_err(|e| {
                         format!(
-                            "initialize: {e}; is it a streamable-HTTP MCP endpoint (POST of JSON-RPC, answered with JSON or an event stream)?"
+                            "initialize: {}; is it a streamable-HTTP MCP endpoint (POST of JSON-RPC, answered with JSON or an event stream)?",
+                            tidy(&error_chain(&e))
                         )
                     })
                 }
@@ -471,18 +472,17 @@ impl McpHub {
 
         let domain = config.domain.clone().unwrap_or_else(|| server.clone());
         // The provider's published key, when the server names where.
-        let discovered = match &config.well_known {
-            Some(url) => Some(
-                fetch_well_known(url, connect_timeout)
-                    .await
-                    .map_err(|reason| McpError::Connect {
+        let discovered =
+            match &config.well_known {
+                Some(url) => Some(fetch_well_known(url, connect_timeout).await.map_err(|reason| {
+                    McpError::Connect {
                         server: server.clone(),
                         endpoint: endpoint.clone(),
                         reason: format!("SchemaPin key discovery at {url}: {reason}"),
-                    })?,
-            ),
-            None => None,
-        };
+                    }
+                })?),
+                None => None,
+            };
         let server_stream = stream(&format!("mcp:{server}"))?;
         let pin_stream = stream(PIN_STREAM)?;
         let mut facts = vec![
@@ -946,6 +946,30 @@ async fn fetch_well_known(url: &str, timeout: Duration) -> Result<Discovered, St
     })
 }
 
+/// An rmcp error message without the transport's Rust type name
+/// (`Transport [rmcp::transport::worker::WorkerTransport<…>] error`), which
+/// says nothing to a user.
+fn tidy(message: &str) -> String {
+    let Some(start) = message.find(" [rmcp::") else {
+        return message.to_owned();
+    };
+    let mut depth = 0usize;
+    for (i, c) in message[start + 1..].char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => {
+                depth -= 1;
+                if depth == 0 {
+                    let end = start + 1 + i + 1;
+                    return format!("{}{}", &message[..start], &message[end..]);
+                }
+            }
+            _ => {}
+        }
+    }
+    message.to_owned()
+}
+
 /// An error with its sources, `: `-separated (reqwest's own message hides
 /// the cause: "error sending request" without "connection refused").
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -1006,6 +1030,17 @@ mod tests {
         assert!(could_match("mcp__files__read_text_file", "mcp__files__"));
         assert!(!could_match("mcp__other__*", "mcp__files__"));
         assert!(!could_match("read_file", "mcp__files__"));
+    }
+
+    #[test]
+    fn tidy_drops_the_transport_type_name() {
+        assert_eq!(
+            tidy(
+                "Send message error Transport [rmcp::transport::worker::WorkerTransport<a::B<c::D>>] error: Client error"
+            ),
+            "Send message error Transport error: Client error"
+        );
+        assert_eq!(tidy("plain"), "plain");
     }
 
     #[test]

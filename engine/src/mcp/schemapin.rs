@@ -64,7 +64,9 @@ pub fn well_known_url(given: &str) -> Result<String, String> {
         return Err(format!("{given:?} has no host"));
     }
     if given.contains(['?', '#']) {
-        return Err(format!("{given:?} has a query or fragment; give the origin or the document's URL"));
+        return Err(format!(
+            "{given:?} has a query or fragment; give the origin or the document's URL"
+        ));
     }
     if given.ends_with(WELL_KNOWN_PATH) {
         Ok(given.to_owned())
@@ -408,7 +410,10 @@ pub fn assess(
                 );
             };
             if d.revokes(&d.key.fingerprint) {
-                let detail = format!("the key {} published at {} is listed there as revoked", d.key.fingerprint, d.url);
+                let detail = format!(
+                    "the key {} published at {} is listed there as revoked",
+                    d.key.fingerprint, d.url
+                );
                 return done(Status::Revoked, Some(d.key.clone()), detail);
             }
             (signature, d.key.clone())
@@ -548,6 +553,10 @@ mod tests {
         assert!(e.contains("public_key_pem"), "{e}");
         let e = Discovered::parse("u", br#"{"public_key_pem": "nope"}"#).expect_err("bad key");
         assert!(e.starts_with("public_key_pem: "), "{e}");
-        assert!(Discovered::parse("u", b"not json").expect_err("json").starts_with("not JSON"));
+        assert!(
+            Discovered::parse("u", b"not json")
+                .expect_err("json")
+                .starts_with("not JSON")
+        );
     }
 }

@@ -389,7 +389,11 @@ fn describe(tier: SandboxTier, container: &str, network: &str, spec: &TaskSpec, 
         tier_name(tier),
         runtime_of(tier),
         match workspace {
-            Some(dir) => format!("workspace {} at /work, tmpfs /tmp {}", dir.display(), limits.tmpfs_mb),
+            Some(dir) => format!(
+                "workspace {} at /work, tmpfs /tmp {}",
+                dir.display(),
+                limits.tmpfs_mb
+            ),
             None => format!("tmpfs /work and /tmp {}", limits.tmpfs_mb),
         },
         limits.memory_bytes / 1024 / 1024,
@@ -991,7 +995,10 @@ mod tests {
         let w = container_config(&ws, SandboxTier::Docker, "i", &l);
         assert_eq!(w.user.as_deref(), Some("1000:1000"));
         let wh = w.host_config.clone().expect("host config");
-        assert!(!wh.tmpfs.expect("tmpfs").contains_key("/work"), "the workspace replaces the tmpfs");
+        assert!(
+            !wh.tmpfs.expect("tmpfs").contains_key("/work"),
+            "the workspace replaces the tmpfs"
+        );
         let m = &wh.mounts.expect("mounts")[0];
         assert_eq!(m.source.as_deref(), Some("/srv/ws"));
         assert_eq!(m.target.as_deref(), Some("/work"));

@@ -1022,7 +1022,9 @@ fn first_bad_signature(items: &[(u64, Seq, Hash, [u8; 64], VerifyingKey)]) -> Op
             }
             let one_ok = |p: &&(u64, Seq, Hash, [u8; 64], VerifyingKey)| {
                 let (vk, sig, msg) = item(p);
-                VerificationKey::try_from(vk).and_then(|k| k.verify(&sig, &msg)).is_ok()
+                VerificationKey::try_from(vk)
+                    .and_then(|k| k.verify(&sig, &msg))
+                    .is_ok()
             };
             // The rules guarantee a failed batch holds a failing signature;
             // never let a failed batch pass, whatever happens.

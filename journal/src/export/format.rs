@@ -248,6 +248,9 @@ impl BundleEvent {
     }
 }
 
+/// The record as serde renders it: inside `keys.json` and
+/// `checkpoints.json`, and the reference [`render_line`] is checked against
+/// (the format is this struct's compact JSON).
 #[derive(Serialize)]
 struct LineOut<'a> {
     seq: u64,
@@ -275,13 +278,30 @@ struct RedactedJson {
 /// Lower-case hex (a table lookup per byte: `hex::encode` builds its
 /// string a char at a time, which showed up in profiles of `verify`).
 fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
     for b in bytes {
         out.push(DIGITS[usize::from(b >> 4)]);
         out.push(DIGITS[usize::from(b & 0xf)]);
     }
-    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+fn push_b64(out: &mut Vec<u8>, bytes: &[u8]) {
+    let at = out.len();
+    out.resize(
+        at + base64::encoded_len(bytes.len(), true).expect("an event fits"),
+        0,
+    );
+    let n = B64
+        .encode_slice(bytes, &mut out[at..])
+        .expect("sized by encoded_len");
+    out.truncate(at + n);
 }
 
 fn line_out(e: &BundleEvent) -> LineOut<'_> {
@@ -323,10 +343,63 @@ fn line_out(e: &BundleEvent) -> LineOut<'_> {
     }
 }
 
-/// The `events.jsonl` line of an event, without the newline.
+/// The `events.jsonl` line of an event, without the newline: the compact
+/// JSON of the fields in docs/VERIFYING.md's order. Written directly (the
+/// hex and base64 strings need no escaping, so serde's scan of them for
+/// escapes is skipped; the stream and the body go through serde), byte for
+/// byte what serde writes for the same record — a test checks that.
 #[must_use]
 pub fn render_line(e: &BundleEvent) -> Vec<u8> {
-    serde_json::to_vec(&line_out(e)).expect("event records serialize")
+    use std::io::Write as _;
+    let canonical_len = match &e.content {
+        Content::Full { record, .. } => record.canonical().len(),
+        Content::Redacted { header, .. } => header.len(),
+    };
+    let mut out = Vec::with_capacity(640 + canonical_len * 2);
+    let json = "event records serialize";
+    write!(out, "{{\"seq\":{},\"at\":{},\"stream\":", e.seq.0, e.at).expect(json);
+    serde_json::to_writer(&mut out, &e.stream).expect(json);
+    match e.cause {
+        Some(c) => write!(out, ",\"cause\":{}", c.0).expect(json),
+        None => out.extend_from_slice(b",\"cause\":null"),
+    }
+    match &e.content {
+        Content::Full { body, .. } => {
+            out.extend_from_slice(b",\"kind\":");
+            serde_json::to_writer(&mut out, body.kind()).expect(json);
+            out.extend_from_slice(b",\"body\":");
+            serde_json::to_writer(&mut out, body).expect(json);
+        }
+        Content::Redacted { .. } => out.extend_from_slice(b",\"kind\":null,\"body\":null"),
+    }
+    for (name, bytes) in [
+        (&b",\"prev\":\""[..], &e.prev.0[..]),
+        (&b"\",\"hash\":\""[..], &e.hash.0[..]),
+        (&b"\",\"key\":\""[..], &e.key.0[..]),
+        (&b"\",\"sig\":\""[..], &e.sig[..]),
+    ] {
+        out.extend_from_slice(name);
+        push_hex(&mut out, bytes);
+    }
+    match &e.content {
+        Content::Full { record, .. } => {
+            out.extend_from_slice(b"\",\"canonical\":\"");
+            push_b64(&mut out, record.canonical());
+            out.extend_from_slice(b"\",\"redacted\":null}");
+        }
+        Content::Redacted {
+            header,
+            body_bytes,
+            body_blake3,
+        } => {
+            out.extend_from_slice(b"\",\"canonical\":null,\"redacted\":{\"header\":\"");
+            push_b64(&mut out, header);
+            write!(out, "\",\"body_bytes\":{body_bytes},\"body_blake3\":\"").expect(json);
+            push_hex(&mut out, body_blake3);
+            out.extend_from_slice(b"\"}}");
+        }
+    }
+    out
 }
 
 /// An event record as read (the body itself is not needed: the verifier
@@ -360,8 +433,23 @@ fn hex_n<const N: usize>(what: &str, s: &str) -> Result<[u8; N], String> {
     if s.len() != 2 * N {
         return Err(format!("`{what}` is {} hex digits, expected {}", s.len(), 2 * N));
     }
+    // Lower-case digits only, as written; anything else goes to `hex` for
+    // its message (`hex` itself decodes a digit at a time: slow in profiles).
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
     let mut out = [0u8; N];
-    hex::decode_to_slice(s, &mut out).map_err(|e| format!("`{what}` is not hex: {e}"))?;
+    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(h), Some(l)) => *o = (h << 4) | l,
+            _ => {
+                hex::decode_to_slice(s, &mut out).map_err(|e| format!("`{what}` is not hex: {e}"))?;
+                return Ok(out);
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -685,4 +773,65 @@ pub(crate) fn parse_hex_list(what: &str, hashes: &[String]) -> Result<Vec<[u8; 3
 /// `hex_n` for the verifier.
 pub(crate) fn parse_hex<const N: usize>(what: &str, s: &str) -> Result<[u8; N], String> {
     hex_n(what, s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::detached_event;
+    use crate::ids::StreamId;
+
+    /// The hand-written rendering is serde's, byte for byte: full and
+    /// redacted records, with and without a cause, strings that need
+    /// escaping in the stream and the body.
+    #[test]
+    fn render_line_is_the_serde_rendering() {
+        let bodies = [
+            EventBody::Annotated {
+                text: "plain".into(),
+                run: None,
+            },
+            EventBody::Annotated {
+                text: "quote \" backslash \\ newline \n tab \t nul \u{0} é 🚀 \u{7f}".into(),
+                run: Some("run-1".into()),
+            },
+        ];
+        let mut n = 0u64;
+        for body in &bodies {
+            for cause in [None, Some(Seq(3))] {
+                for stream in ["ops", "agent:a/b.c-d_e"] {
+                    n += 1;
+                    let stream = StreamId::new(stream).expect("stream id");
+                    let record =
+                        detached_event(Seq(n), -5 + n.cast_signed(), &stream, cause, body).expect("event");
+                    for redact in [false, true] {
+                        let mut e = BundleEvent::from_record(record.clone(), redact).expect("bundle event");
+                        e.sig = [u8::try_from(n).expect("small"); 64];
+                        let reference = serde_json::to_vec(&line_out(&e)).expect("serde");
+                        assert_eq!(
+                            String::from_utf8(render_line(&e)).expect("utf-8"),
+                            String::from_utf8(reference).expect("utf-8")
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hex_n_decodes_lower_case_and_names_bad_digits() {
+        assert_eq!(hex_n::<2>("x", "0aff"), Ok([0x0a, 0xff]));
+        // Upper case decodes (the re-rendering then tells it from what was written).
+        assert_eq!(hex_n::<2>("x", "0AFF"), Ok([0x0a, 0xff]));
+        assert!(
+            hex_n::<2>("x", "0g00")
+                .expect_err("bad digit")
+                .contains("`x` is not hex")
+        );
+        assert!(
+            hex_n::<2>("x", "0a")
+                .expect_err("short")
+                .contains("is 2 hex digits, expected 4")
+        );
+    }
 }
