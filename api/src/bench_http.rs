@@ -519,7 +519,7 @@ async fn fan_out(client: &reqwest::Client, d: &Daemon, auth: &str, args: &BenchH
 }
 
 /// `GET url` at `rate`/s for `seconds`, open loop: latencies from each
-/// request's scheduled time.
+/// request's scheduled time (and, as `from_send`, from when it was sent).
 async fn open_loop(
     client: &reqwest::Client,
     url: &str,
@@ -549,34 +549,46 @@ async fn open_loop(
         }
         let failures = Arc::clone(&failures);
         tasks.push(tokio::spawn(async move {
-            let ok = match tokio::time::timeout(Duration::from_secs(30), async {
-                req.send().await?.error_for_status()?.bytes().await
-            })
-            .await
-            {
-                Ok(Ok(_)) => true,
-                _ => false,
-            };
+            let sent = tokio::time::Instant::now();
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(30), async {
+                    req.send().await?.error_for_status()?.bytes().await
+                })
+                .await,
+                Ok(Ok(_))
+            );
             if !ok {
                 failures.fetch_add(1, Ordering::Relaxed);
             }
-            u64::try_from(due.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
+            let ns = |since: tokio::time::Instant| {
+                u64::try_from(since.elapsed().as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .max(1)
+            };
+            (ns(due), ns(sent))
         }));
     }
-    let mut h = histogram()?;
+    let (mut h, mut service) = (histogram()?, histogram()?);
     for t in tasks {
-        let _ = h.record(t.await?);
+        let (from_due, from_sent) = t.await?;
+        let _ = h.record(from_due);
+        let _ = service.record(from_sent);
     }
     let secs = started.elapsed().as_secs_f64();
     let mut v = summary(&h);
+    // From the moment the request was actually sent: without the timer's
+    // slack (tokio's timer has 1 ms granularity) and any generator delay.
+    v["from_send"] = summary(&service);
     v["achieved_per_s"] = json!(n as f64 / secs);
     v["failures"] = json!(failures.load(Ordering::Relaxed));
     Ok(v)
 }
 
-/// A bare axum server on 127.0.0.1 answering `body` as JSON.
+/// A bare axum server on 127.0.0.1 answering `body` as JSON, on a thread
+/// and runtime of its own (as the daemon is a process of its own).
 async fn bare_server(body: axum::body::Bytes) -> Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/v1/agents",
@@ -585,8 +597,17 @@ async fn bare_server(body: axum::body::Bytes) -> Result<String> {
             async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
         }),
     );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("the bare server's runtime")?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                let _ = axum::serve(listener, app).await;
+            }
+        });
     });
     Ok(format!("http://{addr}/v1/agents"))
 }
@@ -626,7 +647,7 @@ fn print(r: &Value) {
     let l = &r["agents_latency"];
     for (name, v) in [("stele", &l["stele"]), ("bare axum", &l["baseline_bare_axum"])] {
         println!(
-            "  GET /v1/agents ({} agents, {} B) at {}/s open loop, {name}: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs, {} failures",
+            "  GET /v1/agents ({} agents, {} B) at {}/s open loop, {name}: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs (from send: p50 {:.0} µs, p99 {:.0} µs), {} failures",
             l["agents_listed"],
             l["body_bytes"],
             l["rate_per_s"],
@@ -634,6 +655,8 @@ fn print(r: &Value) {
             v["p99_us"].as_f64().unwrap_or(0.0),
             v["p999_us"].as_f64().unwrap_or(0.0),
             v["max_us"].as_f64().unwrap_or(0.0),
+            v["from_send"]["p50_us"].as_f64().unwrap_or(0.0),
+            v["from_send"]["p99_us"].as_f64().unwrap_or(0.0),
             v["failures"]
         );
     }

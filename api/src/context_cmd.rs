@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
+use stele_engine::config::VectorBackend;
 use stele_engine::context::ops::{Changes, Requester};
 use stele_engine::context::score::Scoring;
 use stele_engine::context::search::{Mode, Query};
-use stele_engine::config::VectorBackend;
 use stele_engine::context::vector::{ExactIndex, VectorIndex};
 use stele_engine::context::{AccessLevel, ContextService, MemoryType, NewItem, embed};
 use stele_engine::policy::PolicyGate;
@@ -240,7 +240,9 @@ fn qdrant_index(config: Option<&stele_engine::config::QdrantConfig>) -> Result<B
     let api_key = match &q.api_key_env {
         Some(var) => match std::env::var(var) {
             Ok(key) if !key.trim().is_empty() => Some(key.trim().to_owned()),
-            _ => bail!("[context.qdrant] api_key_env = {var:?}: that environment variable is not set or empty"),
+            _ => {
+                bail!("[context.qdrant] api_key_env = {var:?}: that environment variable is not set or empty")
+            }
         },
         None => None,
     };
@@ -295,10 +297,14 @@ fn lancedb_index(dir: &Path) -> Result<Box<dyn VectorIndex>> {
 pub fn service(journal: stele_journal::Journal, policies: &Path) -> Result<Arc<ContextService>> {
     type Services = Vec<((PathBuf, PathBuf), std::sync::Weak<ContextService>)>;
     static SERVICES: std::sync::Mutex<Services> = std::sync::Mutex::new(Vec::new());
-    let key = (journal.dir().to_owned(), policies.to_owned());
+    let key = (journal.reader().dir().to_owned(), policies.to_owned());
     let mut services = SERVICES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     services.retain(|(_, s)| s.strong_count() > 0);
-    if let Some(s) = services.iter().find(|(k, _)| *k == key).and_then(|(_, s)| s.upgrade()) {
+    if let Some(s) = services
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, s)| s.upgrade())
+    {
         return Ok(s);
     }
     let config = &crate::cli::config().context;
@@ -307,8 +313,14 @@ pub fn service(journal: stele_journal::Journal, policies: &Path) -> Result<Arc<C
     );
     let scoring = Scoring::from_config(config)?;
     let embedder: Arc<dyn embed::Embedder> = Arc::from(embed::from_config(config)?);
-    let vectors = vector_index(journal.dir())?;
-    let service = Arc::new(ContextService::open(journal, gate, embedder, scoring, Some(vectors))?);
+    let vectors = vector_index(journal.reader().dir())?;
+    let service = Arc::new(ContextService::open(
+        journal,
+        gate,
+        embedder,
+        scoring,
+        Some(vectors),
+    )?);
     services.push((key, Arc::downgrade(&service)));
     Ok(service)
 }

@@ -112,7 +112,9 @@ fn latency(h: &Histogram<u64>) -> Latency {
 }
 
 fn micros(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(since.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// `stele bench vectors`.
@@ -121,9 +123,15 @@ fn micros(since: Instant) -> u64 {
 /// Bad arguments, or the index failed.
 #[allow(clippy::cast_precision_loss)]
 pub fn run(args: &BenchVectorsArgs) -> Result<ExitCode> {
-    ensure!(args.n >= 256, "--n must be at least 256 (an ANN index trains on the data)");
+    ensure!(
+        args.n >= 256,
+        "--n must be at least 256 (an ANN index trains on the data)"
+    );
     ensure!(args.dim >= 2, "--dim must be at least 2");
-    ensure!(args.k >= 1 && args.queries >= 1, "--k and --queries must be at least 1");
+    ensure!(
+        args.k >= 1 && args.queries >= 1,
+        "--k and --queries must be at least 1"
+    );
     ensure!(args.clusters >= 1, "--clusters must be at least 1");
     let kind = stele_vectors::AnnKind::parse(&args.kind)?;
     let tmp;
@@ -152,7 +160,11 @@ pub fn run(args: &BenchVectorsArgs) -> Result<ExitCode> {
             ef: args.ef,
         },
     )?;
-    ensure!(ann.is_empty(), "{} already holds vectors; give an empty --dir", dir.display());
+    ensure!(
+        ann.is_empty(),
+        "{} already holds vectors; give an empty --dir",
+        dir.display()
+    );
     let mut exact = ExactIndex::new();
     let mut insert_us = 0u64;
     let chunk = 50_000;
@@ -191,7 +203,10 @@ pub fn run(args: &BenchVectorsArgs) -> Result<ExitCode> {
         let t = Instant::now();
         let got = ann.search(&q, args.k, &[], &mut |_| true)?;
         ann_h.record(micros(t))?;
-        let found = got.iter().filter(|(k, _)| truth.iter().any(|(t, _)| t == k)).count();
+        let found = got
+            .iter()
+            .filter(|(k, _)| truth.iter().any(|(t, _)| t == k))
+            .count();
         recalls.push(found as f64 / truth.len().max(1) as f64);
     }
     let recall = recalls.iter().sum::<f64>() / recalls.len() as f64;

@@ -272,7 +272,7 @@ impl Driver {
             let (run, step) = (lp.run().to_owned(), lp.step());
             let completion = async {
                 sink.record(lp.take_facts()).await?;
-                Ok::<_, String>(self.complete(&mut lp, sink).await?)
+                self.complete(&mut lp, sink).await
             }
             .instrument(tracing::info_span!("orga.reason", run_id = %run, step))
             .await?;

@@ -130,9 +130,15 @@ fn the_qdrant_section_has_defaults_and_refuses_a_key_in_the_file() {
     )
     .expect("host and port suffice");
     let q = c.context.qdrant.as_ref().expect("[context.qdrant]");
-    assert_eq!((q.collection.as_str(), q.https, q.api_key_env.as_deref()), ("stele_context", false, None));
+    assert_eq!(
+        (q.collection.as_str(), q.https, q.api_key_env.as_deref()),
+        ("stele_context", false, None)
+    );
     let shown = toml::to_string_pretty(&c).expect("toml");
-    assert_eq!(Config::parse(Path::new("shown"), &shown, &[]).expect("round trip"), c);
+    assert_eq!(
+        Config::parse(Path::new("shown"), &shown, &[]).expect("round trip"),
+        c
+    );
     for (text, needle) in [
         ("api_key_env = \"sk-123 456\"", "NAME of the environment variable"),
         ("collection = \"a/b\"", "collection \"a/b\" must be"),

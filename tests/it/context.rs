@@ -46,9 +46,7 @@ fn env_with(vectors: bool) -> Env {
 
 /// A journal in a temporary directory and a context service over it with
 /// the vector index `vectors` makes (given the temporary directory).
-pub(crate) fn env_with_index(
-    vectors: impl FnOnce(&Path) -> Option<Box<dyn VectorIndex>>,
-) -> Env {
+pub(crate) fn env_with_index(vectors: impl FnOnce(&Path) -> Option<Box<dyn VectorIndex>>) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = Journal::open(dir.path().join("data"), Options::default()).expect("journal");
     let svc = ContextService::open(

@@ -17,6 +17,7 @@ mod layering;
 mod lifecycle;
 mod mcp;
 mod nats;
+mod nats_tls;
 mod ops;
 mod orga;
 mod poison;

@@ -36,7 +36,9 @@ const QUERIES: [&str; 4] = [
 fn similar(svc: &ContextService, rt: &tokio::runtime::Runtime, q: &str) -> Vec<String> {
     let mut query = Query::new(q, Mode::Similarity, NOW);
     query.limit = 50;
-    let found = rt.block_on(svc.search(&who("ops", "normal"), &query)).expect("search");
+    let found = rt
+        .block_on(svc.search(&who("ops", "normal"), &query))
+        .expect("search");
     assert_eq!(found.mode, "similarity", "{found:?}");
     let mut keys: Vec<String> = found.hits.into_iter().map(|h| h.key).collect();
     // Rankings mix in importance, which the searches' journaled accesses
@@ -86,11 +88,17 @@ fn lancedb_search_finds_the_corpus_and_a_rebuild_equals_the_live_index() {
 
     // The live index, closed and reopened: it starts at the seq it
     // committed (nothing to fold again) and answers the same.
-    let Env { dir, journal, svc, rt } = e;
+    let Env {
+        dir,
+        journal,
+        svc,
+        rt,
+    } = e;
     drop(svc);
     let marker = std::fs::read_to_string(dir.path().join("vectors").join(MARKER)).expect("marker");
     assert!(marker.contains(&format!("\"seq\":{seq}")), "{marker}");
-    let reopened = LanceIndex::open(&dir.path().join("vectors"), stele_vectors::Options::default()).expect("reopen");
+    let reopened =
+        LanceIndex::open(&dir.path().join("vectors"), stele_vectors::Options::default()).expect("reopen");
     assert_eq!(reopened.seq(), seq);
     assert_eq!(reopened.len(), rows);
     let svc = service(&journal, Box::new(reopened));
@@ -110,7 +118,11 @@ fn an_index_of_another_journal_is_rebuilt_not_trusted() {
     // the hash recorded at the index's seq is not this journal's.
     let other = Journal::open(dir.path().join("other"), Options::default()).expect("journal");
     let svc = service(&other, lance(&shared));
-    assert_eq!(backend(&svc, &rt), (Some("lancedb"), 0, 0), "cleared, nothing to fold");
+    assert_eq!(
+        backend(&svc, &rt),
+        (Some("lancedb"), 0, 0),
+        "cleared, nothing to fold"
+    );
     rt.block_on(svc.store(
         &who("ops", "normal"),
         stele_engine::context::NewItem {
@@ -133,14 +145,24 @@ fn a_deleted_vector_table_falls_back_to_keyword_and_is_rebuilt_on_open() {
     load_corpus(&e);
     let vectors = e.dir.path().join("vectors");
     // Commit what waits, then delete the table under the running service.
-    e.rt.block_on(e.svc.live()).vectors.as_mut().expect("index").flush().expect("flush");
+    e.rt.block_on(e.svc.live())
+        .vectors
+        .as_mut()
+        .expect("index")
+        .flush()
+        .expect("flush");
     std::fs::remove_dir_all(vectors.join(format!("{TABLE}.lance"))).expect("delete the table");
     let mut q = Query::new("what does SLO mean", Mode::Similarity, NOW);
     q.limit = 50;
-    let found = e.rt.block_on(e.svc.search(&who("ops", "normal"), &q)).expect("search still answers");
+    let found =
+        e.rt.block_on(e.svc.search(&who("ops", "normal"), &q))
+            .expect("search still answers");
     assert_eq!(found.mode, "keyword", "{found:?}");
     assert!(
-        found.note.as_deref().is_some_and(|n| n.contains("vector index unavailable")),
+        found
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("vector index unavailable")),
         "{found:?}"
     );
     assert_eq!(found.hits.first().map(|h| h.id.as_str()), Some("glossary"));
@@ -164,14 +186,28 @@ fn the_binary_keeps_its_lancedb_index_in_the_data_directory() {
     ] {
         ok_json(&cli(
             &data,
-            &["context", "store", "ops", text, "--type", "semantic", "--id", id, "--json"],
+            &[
+                "context", "store", "ops", text, "--type", "semantic", "--id", id, "--json",
+            ],
         ));
     }
     let marker = data.join("vectors").join(MARKER);
-    assert!(marker.exists(), "the index committed at exit: {}", marker.display());
+    assert!(
+        marker.exists(),
+        "the index committed at exit: {}",
+        marker.display()
+    );
     let found = ok_json(&cli(
         &data,
-        &["context", "search", "ops", "what does SLO mean", "--mode", "similarity", "--json"],
+        &[
+            "context",
+            "search",
+            "ops",
+            "what does SLO mean",
+            "--mode",
+            "similarity",
+            "--json",
+        ],
     ));
     assert_eq!(found["mode"], "similarity", "{found}");
     assert_eq!(found["hits"][0]["id"], "slo", "{found}");
@@ -182,8 +218,22 @@ fn the_binary_keeps_its_lancedb_index_in_the_data_directory() {
             .env("STELE_CONTEXT_VECTOR_BACKEND", backend)
             .arg("--data")
             .arg(&data)
-            .args(["context", "search", "ops", "what does SLO mean", "--mode", "similarity", "--json"])
-            .args(["--policies", crate::context::root().join("fixtures/policies").to_str().expect("utf8")])
+            .args([
+                "context",
+                "search",
+                "ops",
+                "what does SLO mean",
+                "--mode",
+                "similarity",
+                "--json",
+            ])
+            .args([
+                "--policies",
+                crate::context::root()
+                    .join("fixtures/policies")
+                    .to_str()
+                    .expect("utf8"),
+            ])
             .output()
             .expect("run stele")
     };

@@ -97,14 +97,16 @@ impl Live {
                 vector: bytes,
                 ..
             } => match (&mut self.vectors, self.store.item(agent.as_str(), item.as_str())) {
-                (Some(v), Some(it)) if vectors_behind => vector::decode(bytes.as_slice()).and_then(|vector| {
-                    v.upsert(vec![VectorRow {
-                        key: item_key(&it.owner, &it.id),
-                        owner: it.owner.clone(),
-                        memory_type: it.memory_type.clone(),
-                        vector,
-                    }])
-                }),
+                (Some(v), Some(it)) if vectors_behind => {
+                    vector::decode(bytes.as_slice()).and_then(|vector| {
+                        v.upsert(vec![VectorRow {
+                            key: item_key(&it.owner, &it.id),
+                            owner: it.owner.clone(),
+                            memory_type: it.memory_type.clone(),
+                            vector,
+                        }])
+                    })
+                }
                 _ => Ok(()),
             },
             _ => return,
@@ -133,10 +135,7 @@ impl Live {
         if at == 0 {
             return Ok(());
         }
-        let recorded = match reader.get(Seq(at))? {
-            Some(e) => Some(e.hash().0),
-            None => None,
-        };
+        let recorded = reader.get(Seq(at))?.map(|e| e.hash().0);
         if recorded.is_none() || recorded != v.seq_hash() {
             tracing::warn!(
                 seq = at,

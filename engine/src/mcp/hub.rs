@@ -395,15 +395,24 @@ impl McpHub {
                 (None, Some(url)) => {
                     let client = http_client(url, connect_timeout)?;
                     let transport = StreamableHttpClientTransport::with_client(
-                        client,
+                        client.clone(),
                         StreamableHttpClientTransportConfig::with_uri(url.as_str()),
                     );
-                    ().serve(transport).await.map_err(|e| {
-                        format!(
-                            "initialize: {}; is it a streamable-HTTP MCP endpoint (POST of JSON-RPC, answered with JSON or an event stream)?",
-                            tidy(&error_chain(&e))
-                        )
-                    })
+                    match ().serve(transport).await {
+                        Ok(service) => Ok(service),
+                        Err(e) => {
+                            let mut reason = tidy(&error_chain(&e));
+                            // rmcp keeps only the transport error's text, not
+                            // its cause: ask once more to name it (refused,
+                            // no route, TLS, …).
+                            if let Err(cause) = client.get(url.as_str()).send().await {
+                                reason = format!("{reason} ({})", error_chain(&cause));
+                            }
+                            Err(format!(
+                                "initialize: {reason}; is it a streamable-HTTP MCP endpoint (POST of JSON-RPC, answered with JSON or an event stream)?"
+                            ))
+                        }
+                    }
                 }
                 (None, None) => Err("neither command nor url".to_owned()),
             }
