@@ -955,9 +955,17 @@ fn connect_failure(cfg: &NatsConfig, e: &async_nats::ConnectError) -> String {
     let auth = cfg
         .auth(|var| std::env::var(var).ok())
         .map_or_else(|e| e, |a| a.describe(cfg));
-    // The error's text already holds its kind ("TLS error: …").
+    // The error's text already holds its kind ("TLS error: …"). A refused
+    // handshake (unknown issuer, a certificate the server wants) surfaces
+    // as an I/O error of the TLS stream.
+    let text = e.to_string().to_ascii_lowercase();
+    let tls = matches!(e.kind(), K::Tls)
+        || (matches!(e.kind(), K::Io)
+            && ["certificate", "tls", "handshake", "alert"]
+                .iter()
+                .any(|w| text.contains(w)));
     match e.kind() {
-        K::Tls => {
+        _ if tls => {
             let trust = match cfg.tls.as_ref().and_then(|t| t.ca.as_ref()) {
                 Some(ca) => format!("the CA of [nats.tls] ca ({})", ca.display()),
                 None => "the system's roots (set [nats.tls] ca to trust another CA)".to_owned(),
