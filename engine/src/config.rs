@@ -84,7 +84,7 @@ pub struct SchedulerConfig {
     /// CPU of each slot, in cores (0 < cores ≤ 1024).
     #[serde(deserialize_with = "crate::agent::cpu_cores")]
     pub slot_cpu_cores: f64,
-    /// `first-fit` or `best-fit`.
+    /// `first-fit`, `best-fit` or `spread`.
     pub placement: crate::scheduler::Placement,
 }
 
@@ -1253,6 +1253,9 @@ pub struct HttpConfig {
     pub max_concurrent: u32,
     /// Live event streams (SSE) open at once; more are refused with 429.
     pub max_streams: u32,
+    /// Batches of committed events the shared live feed keeps for streams
+    /// that are behind; a stream further behind reads from the journal.
+    pub sse_buffer: u32,
 }
 
 impl Default for HttpConfig {
@@ -1266,6 +1269,7 @@ impl Default for HttpConfig {
             request_timeout: std::time::Duration::from_secs(30),
             max_concurrent: 256,
             max_streams: 256,
+            sse_buffer: 512,
         }
     }
 }
@@ -1284,6 +1288,7 @@ struct HttpConfigFile {
     request_timeout: std::time::Duration,
     max_concurrent: u32,
     max_streams: u32,
+    sse_buffer: u32,
 }
 
 impl Default for HttpConfigFile {
@@ -1298,6 +1303,7 @@ impl Default for HttpConfigFile {
             request_timeout: d.request_timeout,
             max_concurrent: d.max_concurrent,
             max_streams: d.max_streams,
+            sse_buffer: d.sse_buffer,
         }
     }
 }
@@ -1321,6 +1327,7 @@ impl TryFrom<HttpConfigFile> for HttpConfig {
         for (name, v) in [
             ("max_concurrent", f.max_concurrent),
             ("max_streams", f.max_streams),
+            ("sse_buffer", f.sse_buffer),
         ] {
             if !(1..=65_536).contains(&v) {
                 return Err(format!("[http] {name} must be 1-65536, not {v}"));
@@ -1335,6 +1342,7 @@ impl TryFrom<HttpConfigFile> for HttpConfig {
             request_timeout: f.request_timeout,
             max_concurrent: f.max_concurrent,
             max_streams: f.max_streams,
+            sse_buffer: f.sse_buffer,
         })
     }
 }

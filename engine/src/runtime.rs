@@ -200,11 +200,7 @@ fn host_of(exec: &ExecutionView) -> Option<HostCapacity> {
                 cpu_millis,
             })
             .collect(),
-        placement: if h.placement == "best-fit" {
-            Placement::BestFit
-        } else {
-            Placement::FirstFit
-        },
+        placement: Placement::from_name(&h.placement).unwrap_or(Placement::FirstFit),
     })
 }
 
@@ -628,7 +624,12 @@ impl<'a> Batch<'a> {
     ) -> Result<(), RuntimeRejection> {
         if self.exec.admission_closed {
             let Some(view) = self.sched.tasks.get(task) else {
-                return Err(SchedulerRejection::UnknownTask { task: task.into() }.into());
+                return Err(if self.sched.ever_queued(task) {
+                    SchedulerRejection::AlreadyFinished { task: task.into() }
+                } else {
+                    SchedulerRejection::UnknownTask { task: task.into() }
+                }
+                .into());
             };
             if matches!(view.state, TaskState::Finished { .. }) {
                 return Err(SchedulerRejection::AlreadyFinished { task: task.into() }.into());
@@ -818,10 +819,7 @@ impl<'a> Batch<'a> {
                 host: Box::new(RuntimeHost {
                     slot_memory_mb: host.slots.iter().map(|s| s.memory_mb).collect(),
                     slot_cpu_millis: host.slots.iter().map(|s| s.cpu_millis).collect(),
-                    placement: match host.placement {
-                        Placement::FirstFit => "first-fit".into(),
-                        Placement::BestFit => "best-fit".into(),
-                    },
+                    placement: host.placement.name().into(),
                     confinement,
                     config_hash,
                 }),

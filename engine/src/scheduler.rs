@@ -50,6 +50,30 @@ pub enum Placement {
     FirstFit,
     /// The slot left with the least free (memory and CPU, normalised): densest.
     BestFit,
+    /// The slot left with the most free (memory and CPU, normalised): load
+    /// spread across the slots, so tasks share the host's cores and memory
+    /// bandwidth evenly (worst fit).
+    Spread,
+}
+
+impl Placement {
+    /// Its name in configuration and in `RuntimeStarted`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::FirstFit => "first-fit",
+            Placement::BestFit => "best-fit",
+            Placement::Spread => "spread",
+        }
+    }
+
+    /// The strategy named `name` (as [`name`](Self::name) writes it).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Placement> {
+        [Placement::FirstFit, Placement::BestFit, Placement::Spread]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
 }
 
 /// One worker slot's capacity.
@@ -193,7 +217,7 @@ fn fits_total(cap: &SlotCapacity, memory_mb: u64, cpu_millis: u32) -> bool {
 }
 
 /// What is left of slot `cap` with `free` room after taking `demand`,
-/// normalised: best fit picks the least.
+/// normalised: best fit picks the least, spread the most.
 fn leftover(cap: &SlotCapacity, free: Room, demand: Room) -> f64 {
     (free.memory_mb - demand.memory_mb) as f64 / cap.memory_mb.max(1) as f64
         + (free.cpu_millis - demand.cpu_millis) as f64 / cap.cpu_millis.max(1) as f64
@@ -208,6 +232,10 @@ fn choose_fit(cap: &HostCapacity, free: impl Fn(usize) -> Room, demand: Room) ->
         Placement::BestFit => candidates.min_by(|&a, &b| {
             let left = |s: usize| leftover(&cap.slots[s], free(s), demand);
             left(a).total_cmp(&left(b)).then(a.cmp(&b))
+        }),
+        Placement::Spread => candidates.min_by(|&a, &b| {
+            let left = |s: usize| leftover(&cap.slots[s], free(s), demand);
+            left(b).total_cmp(&left(a)).then(a.cmp(&b))
         }),
     };
     chosen.map(|s| s as u32)
@@ -597,10 +625,13 @@ pub fn decide(
             outcome,
             detail,
         } => {
-            let t = view
-                .tasks
-                .get(&task)
-                .ok_or_else(|| SchedulerRejection::UnknownTask { task: task.clone() })?;
+            let t = view.tasks.get(&task).ok_or_else(|| {
+                if view.ever_queued(&task) {
+                    SchedulerRejection::AlreadyFinished { task: task.clone() }
+                } else {
+                    SchedulerRejection::UnknownTask { task: task.clone() }
+                }
+            })?;
             match (t.state, outcome) {
                 (TaskState::Finished { .. }, _) => return Err(SchedulerRejection::AlreadyFinished { task }),
                 (TaskState::Queued, o) if o != TaskOutcome::Cancelled => {

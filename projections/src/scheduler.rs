@@ -13,6 +13,13 @@
 //!   first) — and the reservations summed per priority, so "could any
 //!   lower-priority work make room?" is a handful of additions.
 //!
+//! Finished tasks stay in `tasks` (with their outcome) only while they are
+//! among the last [`FINISHED_KEPT`] to finish, by task number; older ones
+//! are dropped and live on in their agent's `history` counts, so the view
+//! (and its snapshot) stays bounded however long the journal grows. The
+//! rule depends only on the facts, so a view rebuilt from a snapshot plus
+//! the tail equals one folded from scratch.
+//!
 //! Snapshots store the indexes for readers but are loaded from `tasks`,
 //! `next_task` and `history` alone (the indexes are rebuilt), and two views
 //! are equal when those are. Cloning the view is O(1): `tasks` and
@@ -29,6 +36,9 @@ use imbl::OrdMap;
 use stele_journal::{ArchivedEventBody, EventBody, EventRef, TaskOutcome, TaskPriority};
 
 use crate::Projection;
+
+/// How many finished tasks the view keeps (the highest-numbered ones).
+pub const FINISHED_KEPT: usize = 1024;
 
 /// Where a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -270,6 +280,9 @@ pub struct SchedulerView {
     /// until written, like the queue).
     #[serde(serialize_with = "serialize_slots")]
     pub slots: OrdMap<u32, Arc<SlotUsage>>,
+    /// The finished tasks kept, by number (an index of `tasks`).
+    #[serde(skip)]
+    finished: OrdMap<u64, String>,
 }
 
 /// What a snapshot is loaded from; the indexes are rebuilt.
@@ -291,6 +304,7 @@ impl From<Stored> for SchedulerView {
         let (queue, slots) = view.derive_indexes();
         view.queue = queue;
         view.slots = slots;
+        view.finished = view.derive_finished();
         view
     }
 }
@@ -464,7 +478,17 @@ impl SchedulerView {
         )
     }
 
-    /// Checks the queue and slot indexes against `tasks` (for tests).
+    /// The finished tasks by number, from `tasks` alone.
+    fn derive_finished(&self) -> OrdMap<u64, String> {
+        self.tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.state, TaskState::Finished { .. }))
+            .map(|(id, t)| (t.number, id.clone()))
+            .collect()
+    }
+
+    /// Checks the queue, slot and finished indexes against `tasks` (for
+    /// tests).
     ///
     /// # Errors
     /// What differs.
@@ -486,6 +510,19 @@ impl SchedulerView {
         if used != derived {
             return Err(format!("slots {used:?} differ from the tasks' {derived:?}"));
         }
+        let finished = self.derive_finished();
+        if finished != self.finished {
+            return Err(format!(
+                "finished {:?} differs from the tasks' {finished:?}",
+                self.finished
+            ));
+        }
+        if finished.len() > FINISHED_KEPT {
+            return Err(format!(
+                "{} finished tasks kept, more than {FINISHED_KEPT}",
+                finished.len()
+            ));
+        }
         Ok(())
     }
 
@@ -500,6 +537,7 @@ impl SchedulerView {
         // A repeated id replaces the task (the decider never emits one).
         if let Some(old) = self.tasks.get(task) {
             detach(&mut self.queue, &mut self.slots, old);
+            self.finished.remove(&old.number);
         }
         let number = self.next_task;
         self.next_task += 1;
@@ -580,12 +618,33 @@ impl SchedulerView {
             TaskOutcome::TimedOut => h.timed_out += 1,
             TaskOutcome::Cancelled => h.cancelled += 1,
         });
+        self.finished.insert(t.number, task.to_owned());
+        while self.finished.len() > FINISHED_KEPT {
+            let Some(&(number, ref oldest)) = self.finished.get_min() else {
+                break;
+            };
+            let oldest = oldest.clone();
+            self.finished.remove(&number);
+            self.tasks.remove(&oldest);
+        }
+    }
+
+    /// Whether `task` was queued once, though it may have been dropped
+    /// from the view since it finished (see [`FINISHED_KEPT`]).
+    #[must_use]
+    pub fn ever_queued(&self, task: &str) -> bool {
+        self.tasks.contains_key(task)
+            || task
+                .strip_prefix("task-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n < self.next_task)
     }
 }
 
 impl Projection for SchedulerView {
     const NAME: &'static str = "scheduler";
-    const VERSION: u32 = 1;
+    // 2: finished tasks beyond FINISHED_KEPT are dropped.
+    const VERSION: u32 = 2;
 
     fn apply(&mut self, e: &EventRef) {
         match e.body() {

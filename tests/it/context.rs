@@ -649,6 +649,85 @@ fn the_vector_index_rebuilt_from_the_journal_equals_the_live_one() {
     }
 }
 
+/// An index other nodes write to too (like a Qdrant collection).
+#[derive(Debug)]
+struct SharedIndex(ExactIndex, bool);
+
+impl VectorIndex for SharedIndex {
+    fn backend(&self) -> &'static str {
+        "shared-test"
+    }
+    fn upsert(&mut self, rows: Vec<stele_engine::context::vector::VectorRow>) -> Result<(), ContextError> {
+        self.0.upsert(rows)
+    }
+    fn remove(&mut self, keys: &[String]) -> Result<(), ContextError> {
+        self.0.remove(keys)
+    }
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        owners: &[String],
+        allow: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Vec<(String, f32)>, ContextError> {
+        self.0.search(query, k, owners, allow)
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn seq(&self) -> u64 {
+        self.0.seq()
+    }
+    fn shared(&self) -> bool {
+        self.1
+    }
+    fn set_seq(&mut self, seq: u64, hash: [u8; 32]) -> Result<(), ContextError> {
+        self.0.set_seq(seq, hash)
+    }
+    fn clear(&mut self) -> Result<(), ContextError> {
+        self.0.clear()
+    }
+}
+
+#[test]
+fn a_shared_index_ahead_of_the_journal_is_kept_and_a_local_one_rebuilt() {
+    let e = env();
+    load_corpus(&e);
+    let head = e.journal.reader().head().seq.0;
+    let live_len = e.rt.block_on(e.svc.live()).vectors.as_ref().map(|v| v.len());
+    let ahead = |shared: bool| {
+        let mut index = ExactIndex::new();
+        index
+            .upsert(vec![stele_engine::context::vector::VectorRow {
+                key: "ops/from-another-node".into(),
+                owner: "ops".into(),
+                memory_type: "semantic".into(),
+                vector: vec![1.0, 0.0, 0.0],
+            }])
+            .expect("upsert");
+        index.set_seq(head + 1_000, [7; 32]).expect("seq");
+        let svc = ContextService::open(
+            e.journal.clone(),
+            gate(),
+            Arc::new(HashEmbedder),
+            Scoring::default(),
+            Some(Box::new(SharedIndex(index, shared))),
+        )
+        .expect("open");
+        let live = e.rt.block_on(svc.live());
+        let v = live.vectors.as_ref().expect("an index");
+        (v.len(), v.seq())
+    };
+    // Shared: another node folded events this journal has not received
+    // yet; the index is trusted as it is.
+    assert_eq!(ahead(true), (1, head + 1_000));
+    // Local: an index ahead of its own journal belongs to something else
+    // (a restored backup, another data dir); it is rebuilt from the journal.
+    let (len, seq) = ahead(false);
+    assert_eq!(Some(len), live_len);
+    assert!(seq <= head, "{seq} > {head}");
+}
+
 /// A local HTTP server speaking the embeddings wire format: answers each
 /// POST with one vector per input ([len, 1, 0]) and records the request.
 fn embeddings_server(status: u16) -> (String, std::thread::JoinHandle<Value>) {
@@ -1024,4 +1103,466 @@ fn knowledge_is_injected_before_the_first_step_and_replays() {
         String::from_utf8_lossy(&replay.stdout),
         String::from_utf8_lossy(&replay.stderr)
     );
+}
+
+/// The knowledge items of the step-knowledge tests: the first answers the
+/// input, the second what the run's first tool result is about.
+const BACKUPS: &str = "Database backups are kept for thirty days in the vault.";
+const RUNBOOK: &str = "The restore drill runbook lives at ops/restore.md; page the oncall first.";
+const STEPS_INPUT: &str = "how long are database backups kept?";
+
+/// A workspace whose files the script of `fixtures/scripts/knowledge_steps.json` reads.
+fn drill_workspace(dir: &Path) -> PathBuf {
+    let ws = dir.join("ws");
+    std::fs::create_dir_all(&ws).expect("ws");
+    std::fs::write(ws.join("notes.txt"), "Next week we run the restore drill.\n").expect("notes");
+    std::fs::write(ws.join("drill.txt"), "The restore drill needs its runbook.\n").expect("drill");
+    ws
+}
+
+/// `fixtures/context/librarian.toml` working in `ws` on the step-knowledge
+/// script, offered `tools`.
+fn steps_librarian(dir: &Path, ws: &Path, tools: &str) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("fixtures/context/librarian.toml"))
+        .expect("fixture")
+        .replace(
+            "workspace = \"stele-workspace\"",
+            &format!("workspace = {:?}", ws.display().to_string()),
+        )
+        .replace(
+            "script = \"fixtures/context/knowledge.json\"",
+            &format!(
+                "script = {:?}",
+                root()
+                    .join("fixtures/scripts/knowledge_steps.json")
+                    .display()
+                    .to_string()
+            ),
+        )
+        .replace(
+            "tools = [\"recall_knowledge\", \"store_knowledge\", \"read_file\"]",
+            &format!("tools = {tools}"),
+        );
+    assert!(text.contains(&format!("tools = {tools}")), "{text}");
+    let agent = dir.join("librarian.toml");
+    std::fs::write(&agent, text).expect("agent");
+    agent
+}
+
+/// A provider that records each request before the script answers it.
+#[derive(Debug)]
+struct Recording {
+    inner: stele_engine::scripted::ScriptedProvider,
+    seen: std::sync::Mutex<Vec<stele_engine::llm::CompletionRequest>>,
+}
+
+impl stele_engine::llm::Provider for Recording {
+    fn name(&self) -> &str {
+        "recording"
+    }
+
+    fn complete<'a>(
+        &'a self,
+        request: &'a stele_engine::llm::CompletionRequest,
+    ) -> stele_engine::llm::CompletionFuture<'a> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(request.clone());
+        self.inner.complete(request)
+    }
+}
+
+/// How many messages of `request` carry item `key` (its header).
+fn mentions(request: &stele_engine::llm::CompletionRequest, key: &str) -> usize {
+    let header = format!("[{key} · ");
+    request
+        .messages
+        .iter()
+        .filter(|m| m.content.contains(&header))
+        .count()
+}
+
+#[test]
+fn the_driver_injects_new_knowledge_before_each_later_step() {
+    use stele_engine::context::rag;
+    use stele_engine::llm::Role;
+    use stele_engine::orga::{AgentLoop, RunSpec};
+    use stele_engine::reasoning::{self, Driver, JournalSink, Resumed, Stop};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path().join("data"), Options::default()).expect("journal");
+    let svc = Arc::new(
+        ContextService::open(
+            journal.clone(),
+            gate(),
+            Arc::new(HashEmbedder),
+            Scoring::default(),
+            Some(Box::new(ExactIndex::new())),
+        )
+        .expect("service"),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let me = who("librarian", "normal");
+    for (id, text) in [("m-1", BACKUPS), ("m-2", RUNBOOK)] {
+        rt.block_on(svc.store(&me, item(id, MemoryType::LongTerm, AccessLevel::Restricted, text)))
+            .expect("store");
+    }
+    let ws = drill_workspace(dir.path());
+    // The knowledge of the input, loaded before the first step as `stele run` does.
+    let (_, first) = rt
+        .block_on(rag::recall(
+            &svc,
+            &me,
+            STEPS_INPUT,
+            rag::RECALL_ON_START,
+            rag::DEFAULT_BUDGET_TOKENS,
+            NOW,
+        ))
+        .expect("recall");
+    assert_eq!(
+        first.used,
+        vec!["librarian/m-1"],
+        "the input recalls the backups item only: {}",
+        first.text
+    );
+    let hydration = vec![EventBody::ContextHydrated {
+        run: "run-1".into(),
+        reference: "knowledge:librarian".into(),
+        blake3: blake3::hash(first.text.as_bytes()).to_hex().to_string(),
+        size_bytes: first.text.len() as u64,
+        content: first.text.clone(),
+    }];
+    let script =
+        std::fs::read_to_string(root().join("fixtures/scripts/knowledge_steps.json")).expect("script");
+    let provider = Arc::new(Recording {
+        inner: stele_engine::scripted::ScriptedProvider::from_json("steps", &script).expect("script"),
+        seen: std::sync::Mutex::new(Vec::new()),
+    });
+    let mut spec = RunSpec::new("run-1", "librarian", "scripted-knowledge-steps");
+    spec.tools = stele_engine::tools::profile(&["read_file".to_owned()]);
+    let all_tools = PolicyGate::from_sources(
+        None,
+        &[(
+            "all.cedar".into(),
+            "@id(\"all-tools\")\npermit (principal, action == Action::\"invoke_tool\", resource);".into(),
+        )],
+    )
+    .expect("gate");
+    let driver = Driver {
+        provider: provider.clone(),
+        gate: Arc::new(all_tools),
+        tools: Arc::new(stele_engine::tools::ToolBox {
+            workspace: ws.canonicalize().expect("ws"),
+            memory_mb: 64,
+            cpu_cores: 0.5,
+            timeout: std::time::Duration::from_secs(10),
+            launcher: stele_engine::process::Launcher {
+                program: env!("CARGO_BIN_EXE_stele").into(),
+            },
+            confinement: stele_engine::process::detect_confinement(),
+            sandbox: stele_engine::tools::CommandSandbox::Native,
+        }),
+        agent: "librarian".into(),
+        priority: "normal".into(),
+        knowledge: Some(Arc::new(rag::StepRecall {
+            service: svc.clone(),
+            requester: me.clone(),
+        })),
+    };
+    let lp = AgentLoop::start_hydrated(spec.clone(), STEPS_INPUT.into(), None, hydration);
+    let mut sink = JournalSink::new(&journal, "run-1").expect("sink");
+    let stop = rt.block_on(driver.drive(lp, &mut sink)).expect("drive");
+    let Stop::Finished(f) = stop else {
+        panic!("the run parked")
+    };
+    assert_eq!((f.outcome.as_str(), f.steps), ("completed", 3), "{}", f.answer);
+
+    let seen = provider
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    assert_eq!(seen.len(), 3, "one completion per step");
+    // Step 1 sees what the input recalled, not the runbook.
+    assert_eq!(mentions(&seen[0], "librarian/m-1"), 1);
+    assert_eq!(mentions(&seen[0], "librarian/m-2"), 0);
+    // Step 2: the runbook (relevant to the notes just read) is a system
+    // message after the tool result; the backups item is not repeated.
+    let injected = seen[1].messages.last().expect("messages");
+    assert_eq!(injected.role, Role::System, "{injected:?}");
+    assert!(
+        injected
+            .content
+            .starts_with("Context loaded from knowledge:librarian")
+            && injected.content.contains(RUNBOOK),
+        "{}",
+        injected.content
+    );
+    assert_eq!(seen[1].messages[seen[1].messages.len() - 2].role, Role::Tool);
+    assert_eq!(mentions(&seen[1], "librarian/m-1"), 1);
+    assert_eq!(mentions(&seen[1], "librarian/m-2"), 1);
+    // Step 3: the drill log is about the runbook again, but it is already
+    // in the conversation: nothing is injected twice.
+    assert_eq!(
+        seen[2].messages.len(),
+        seen[1].messages.len() + 2,
+        "only the assistant turn and its tool result were added"
+    );
+    assert_eq!(mentions(&seen[2], "librarian/m-1"), 1);
+    assert_eq!(mentions(&seen[2], "librarian/m-2"), 1);
+
+    // The journal: the knowledge sits between step 1's observation and
+    // step 2's reasoning, and the run rebuilds from it exactly.
+    let reader = journal.reader();
+    let events: Vec<stele_journal::EventRef> = reader
+        .run(
+            &stele_journal::RunId::new("run-1".to_owned()).expect("id"),
+            Seq(1),
+        )
+        .collect::<stele_journal::Result<_>>()
+        .expect("events");
+    let journaled: Vec<EventBody> = events
+        .iter()
+        .map(|e| e.to_event().expect("decode").body)
+        .collect();
+    let observing = journaled
+        .iter()
+        .position(|b| matches!(b, EventBody::PhaseEntered { step: 1, phase, .. } if phase == "observing"))
+        .expect("step 1 observes");
+    assert!(
+        matches!(&journaled[observing + 1], EventBody::ContextHydrated { reference, content, .. }
+            if reference == "knowledge:librarian" && content.contains(RUNBOOK) && !content.contains(BACKUPS)),
+        "{:?}",
+        journaled[observing + 1]
+    );
+    assert!(
+        matches!(&journaled[observing + 2], EventBody::PhaseEntered { step: 2, phase, .. } if phase == "reasoning"),
+        "{:?}",
+        journaled[observing + 2]
+    );
+    let knowledge = journaled
+        .iter()
+        .filter(|b| matches!(b, EventBody::ContextHydrated { .. }))
+        .count();
+    assert_eq!(knowledge, 2, "the start's and step 2's");
+    let (resumed, rebuilt) = reasoning::refold(spec, &events).expect("refold");
+    assert!(matches!(resumed, Resumed::Finished), "{resumed:?}");
+    assert_eq!(rebuilt, journaled, "the rebuild yields the journaled facts");
+}
+
+/// The `knowledge:librarian` facts of run `run`, in order, with their
+/// position among the run's events.
+fn knowledge_facts(events: &[Value]) -> Vec<(usize, String)> {
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            e["body"]["kind"] == "context_hydrated" && e["body"]["reference"] == "knowledge:librarian"
+        })
+        .map(|(i, e)| (i, e["body"]["content"].as_str().expect("content").to_owned()))
+        .collect()
+}
+
+fn run_events_json(data: &Path, run: &str) -> Vec<Value> {
+    let out = stele()
+        .arg("--data")
+        .arg(data)
+        .args(["events", "--json", "--run", run])
+        .output()
+        .expect("events");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+        .collect()
+}
+
+fn replays_identically(data: &Path, run: &str) {
+    let replay = cli(data, &["replay", run]);
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success() && text.contains("identical"),
+        "{text}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+}
+
+#[test]
+fn knowledge_is_injected_before_each_later_step_replays_and_forks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    for text in [BACKUPS, RUNBOOK] {
+        ok_json(&cli(&data, &["context", "store", "librarian", text, "--json"]));
+    }
+    let ws = drill_workspace(dir.path());
+    let agent = steps_librarian(
+        dir.path(),
+        &ws,
+        "[\"recall_knowledge\", \"store_knowledge\", \"read_file\"]",
+    );
+    let run = ok_json(&cli(
+        &data,
+        &[
+            "run",
+            agent.to_str().expect("utf8"),
+            "--input",
+            STEPS_INPUT,
+            "--json",
+        ],
+    ));
+    assert_eq!(run["outcome"], "completed", "{run}");
+    assert_eq!(run["steps"], 3, "{run}");
+    let events = run_events_json(&data, "run-1");
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} {}", e["body"]["kind"], e["body"]["phase"]))
+        .collect();
+    let knowledge = knowledge_facts(&events);
+    assert_eq!(knowledge.len(), 2, "{kinds:?}");
+    // Before the first step: the backups item (the input is about it).
+    assert_eq!(knowledge[0].0, 1, "{kinds:?}");
+    assert!(
+        knowledge[0].1.contains("[librarian/m-1 · ") && !knowledge[0].1.contains("[librarian/m-2 · "),
+        "{}",
+        knowledge[0].1
+    );
+    // Before step 2: the runbook (the notes read in step 1 are about the
+    // drill), right after step 1's observation and before step 2's reasoning.
+    let at = knowledge[1].0;
+    assert_eq!(events[at - 1]["body"]["kind"], "phase_entered");
+    assert_eq!(events[at - 1]["body"]["phase"], "observing");
+    assert_eq!(events[at - 1]["body"]["step"], 1);
+    assert_eq!(events[at + 1]["body"]["phase"], "reasoning");
+    assert_eq!(events[at + 1]["body"]["step"], 2);
+    assert!(
+        knowledge[1].1.contains("[librarian/m-2 · ") && !knowledge[1].1.contains("[librarian/m-1 · "),
+        "nothing already injected is injected again: {}",
+        knowledge[1].1
+    );
+    assert_eq!(
+        events[at]["body"]["blake3"].as_str().expect("blake3"),
+        blake3::hash(knowledge[1].1.as_bytes()).to_hex().as_str()
+    );
+    // The replay serves each step's knowledge from the journal: identical.
+    replays_identically(&data, "run-1");
+
+    // Its learnings are in the store now, and relevant to step 2: a fork
+    // after step 2's knowledge gets the journaled one (no new search).
+    let step2 = events[at + 1]["seq"].as_u64().expect("seq");
+    let fork = cli(&data, &["fork", "run-1", "--at", &step2.to_string(), "--json"]);
+    assert!(fork.status.success(), "{}", String::from_utf8_lossy(&fork.stderr));
+    let forked = run_events_json(&data, "run-2");
+    let served = knowledge_facts(&forked);
+    assert!(served.len() >= 2, "{forked:?}");
+    assert_eq!(
+        served[1].1, knowledge[1].1,
+        "step 2's knowledge is the journaled one"
+    );
+    assert_eq!(
+        forked.last().expect("events")["body"]["outcome"],
+        "completed",
+        "{forked:?}"
+    );
+    replays_identically(&data, "run-2");
+}
+
+#[test]
+fn a_run_approved_later_stores_its_learnings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let ws = drill_workspace(dir.path());
+    let agent = steps_librarian(dir.path(), &ws, "[\"read_file\", \"write_file\"]");
+    let parked = cli(
+        &data,
+        &[
+            "run",
+            agent.to_str().expect("utf8"),
+            "--input",
+            "write it down: how long backups are kept",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        parked.status.code(),
+        Some(3),
+        "the write parks: {}{}",
+        String::from_utf8_lossy(&parked.stdout),
+        String::from_utf8_lossy(&parked.stderr)
+    );
+    let v: Value = serde_json::from_slice(&parked.stdout).expect("json");
+    let call = v["awaiting"][0]["call"].as_str().expect("call").to_owned();
+    // Parked: nothing learned yet.
+    let shown = ok_json(&cli(
+        &data,
+        &["context", "show", "librarian", "--type", "episodic", "--json"],
+    ));
+    assert_eq!(shown["items"].as_array().map(Vec::len), Some(0), "{shown}");
+    let approved = ok_json(&cli(
+        &data,
+        &[
+            "approve", "run-1", &call, "--as", "alice", "--reason", "fine", "--json",
+        ],
+    ));
+    assert_eq!(approved["outcome"], "completed", "{approved}");
+    let shown = ok_json(&cli(
+        &data,
+        &["context", "show", "librarian", "--type", "episodic", "--json"],
+    ));
+    assert_eq!(shown["items"][0]["id"], "run-1-learned", "{shown}");
+    let content = shown["items"][0]["content"].as_str().expect("content");
+    assert!(
+        content.contains("(completed)") && content.contains("thirty days"),
+        "{content}"
+    );
+}
+
+#[test]
+fn a_run_approved_through_the_daemon_stores_its_learnings() {
+    use crate::up::Up;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = drill_workspace(dir.path());
+    let agent = steps_librarian(dir.path(), &ws, "[\"read_file\", \"write_file\"]");
+    let policies = root().join("fixtures/policies").display().to_string();
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies]);
+    let out = up.cli(&[
+        "run",
+        agent.to_str().expect("utf8"),
+        "--input",
+        "write it down: how long backups are kept",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the write parks: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let run = v["run"].as_str().expect("run").to_owned();
+    let call = v["awaiting"][0]["call"].as_str().expect("call").to_owned();
+    let out = up.cli(&[
+        "approve", &run, &call, "--as", "alice", "--reason", "fine", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let learned = format!("{run}-learned");
+    let stored: Vec<Value> = up
+        .events()
+        .into_iter()
+        .filter(|e| e["body"]["kind"] == "context_stored" && e["body"]["id"] == learned.as_str())
+        .collect();
+    assert_eq!(stored.len(), 1, "the daemon stored what {run} learned");
+    assert_eq!(stored[0]["stream"], "context:librarian");
+    assert_eq!(stored[0]["body"]["memory_type"], "episodic");
+    up.signal(15);
+    assert!(up.wait_exit().success());
 }

@@ -15,7 +15,7 @@ use stele_engine::scheduler::{
 };
 use stele_journal::event::detached_event;
 use stele_journal::{EventBody, Seq, TaskOutcome, TaskPriority};
-use stele_projections::scheduler::TaskState;
+use stele_projections::scheduler::{FINISHED_KEPT, TaskState};
 use stele_projections::{Projection, SchedulerView};
 
 fn host(placement: Placement) -> HostCapacity {
@@ -173,6 +173,14 @@ fn reference_decide(
     Some(facts)
 }
 
+fn placement() -> impl Strategy<Value = Placement> {
+    prop_oneof![
+        Just(Placement::FirstFit),
+        Just(Placement::BestFit),
+        Just(Placement::Spread)
+    ]
+}
+
 fn priority() -> impl Strategy<Value = TaskPriority> {
     prop_oneof![
         Just(TaskPriority::Critical),
@@ -267,9 +275,9 @@ proptest! {
     #[test]
     fn scheduling_never_overcommits_or_strands_a_higher_priority(
         ops in proptest::collection::vec(op(), 1..80),
-        best_fit in any::<bool>(),
+        placement in placement(),
     ) {
-        let cap = host(if best_fit { Placement::BestFit } else { Placement::FirstFit });
+        let cap = host(placement);
         let mut view = SchedulerView::default();
         let mut seq = 0;
         let mut terminal: BTreeMap<String, u32> = BTreeMap::new();
@@ -325,9 +333,8 @@ proptest! {
     fn a_changed_capacity_is_decided_like_the_reference(
         before in proptest::collection::vec(op(), 1..60),
         after in proptest::collection::vec(op(), 1..40),
-        best_fit in any::<bool>(),
+        placement in placement(),
     ) {
-        let placement = if best_fit { Placement::BestFit } else { Placement::FirstFit };
         let mut view = SchedulerView::default();
         let mut seq = 0;
         for (i, ops) in [before, after].into_iter().enumerate() {
@@ -444,7 +451,11 @@ fn best_fit_packs_and_first_fit_takes_the_lowest_slot() {
         cpu_millis: 100,
         trigger: "t".into(),
     };
-    for (placement, expected_slot) in [(Placement::FirstFit, 0), (Placement::BestFit, 1)] {
+    for (placement, expected_slot) in [
+        (Placement::FirstFit, 0),
+        (Placement::BestFit, 1),
+        (Placement::Spread, 2),
+    ] {
         let facts = decide(&SchedulerView::default(), &host(placement), enqueue(500)).expect("ok");
         assert!(
             facts.contains(&EventBody::TaskPlaced {
@@ -453,6 +464,123 @@ fn best_fit_packs_and_first_fit_takes_the_lowest_slot() {
             }),
             "{placement:?}: {facts:?}"
         );
+    }
+}
+
+#[test]
+fn spread_places_equal_tasks_on_different_slots_and_first_fit_stacks_them() {
+    let equal = |placement| HostCapacity {
+        slots: vec![
+            SlotCapacity {
+                memory_mb: 1024,
+                cpu_millis: 1000,
+            };
+            3
+        ],
+        placement,
+    };
+    let slots_of = |placement| {
+        let cap = equal(placement);
+        let mut view = SchedulerView::default();
+        let mut seq = 0;
+        for _ in 0..3 {
+            let cmd = SchedulerCommand::Enqueue {
+                agent: "a".into(),
+                priority: TaskPriority::Normal,
+                memory_mb: 100,
+                cpu_millis: 100,
+                trigger: "t".into(),
+            };
+            let facts = decide(&view, &cap, cmd).expect("ok");
+            apply_all(&mut view, &facts, &mut seq);
+        }
+        let mut slots: Vec<u32> = view
+            .tasks
+            .values()
+            .map(|t| match t.state {
+                TaskState::Running { slot } => slot,
+                other => panic!("not placed: {other:?}"),
+            })
+            .collect();
+        slots.sort_unstable();
+        slots
+    };
+    assert_eq!(slots_of(Placement::Spread), [0, 1, 2]);
+    assert_eq!(slots_of(Placement::FirstFit), [0, 0, 0]);
+    assert_eq!(slots_of(Placement::BestFit), [0, 0, 0]);
+}
+
+/// However many tasks finish, the view keeps the last FINISHED_KEPT of
+/// them (and every agent's counts); the dropped ones are still known as
+/// finished; a view loaded from a snapshot taken anywhere, plus the tail,
+/// equals the one folded from scratch.
+#[test]
+fn the_view_keeps_only_the_latest_finished_tasks() {
+    let cap = host(Placement::FirstFit);
+    let n = FINISHED_KEPT + 300;
+    let mut facts = Vec::new();
+    let mut view = SchedulerView::default();
+    let mut seq = 0;
+    for i in 0..n {
+        let enqueue = SchedulerCommand::Enqueue {
+            agent: format!("a{}", i % 3),
+            priority: TaskPriority::Normal,
+            memory_mb: 10,
+            cpu_millis: 10,
+            trigger: "t".into(),
+        };
+        let placed = decide(&view, &cap, enqueue).expect("enqueue");
+        apply_all(&mut view, &placed, &mut seq);
+        facts.extend(placed);
+        let finish = SchedulerCommand::Finish {
+            task: format!("task-{i}"),
+            outcome: TaskOutcome::Completed,
+            detail: "done".into(),
+        };
+        let finished = decide(&view, &cap, finish).expect("finish");
+        apply_all(&mut view, &finished, &mut seq);
+        facts.extend(finished);
+        if i % 97 == 0 {
+            view.check_indexes().expect("indexes");
+        }
+    }
+    view.check_indexes().expect("indexes");
+    assert_eq!(view.tasks.len(), FINISHED_KEPT);
+    let oldest_kept = n - FINISHED_KEPT;
+    assert!(view.tasks.contains_key(&format!("task-{oldest_kept}")));
+    assert!(!view.tasks.contains_key(&format!("task-{}", oldest_kept - 1)));
+    let completed: u64 = view.history.values().map(|h| h.completed).sum();
+    assert_eq!(completed, n as u64, "the counts keep every task");
+    // A dropped task is finished, not unknown; a task never queued is unknown.
+    let again = |task: &str| {
+        decide(
+            &view,
+            &cap,
+            SchedulerCommand::Finish {
+                task: task.into(),
+                outcome: TaskOutcome::Cancelled,
+                detail: "again".into(),
+            },
+        )
+        .expect_err("rejected")
+        .to_string()
+    };
+    assert!(again("task-0").contains("already"), "{}", again("task-0"));
+    assert!(
+        again(&format!("task-{n}")).contains("no task"),
+        "{}",
+        again(&format!("task-{n}"))
+    );
+    // Snapshot + tail at several cuts equals the whole fold.
+    for cut in [0, 1, facts.len() / 3, facts.len() / 2 + 1, facts.len() - 1] {
+        let mut head = SchedulerView::default();
+        let mut s = 0;
+        apply_all(&mut head, &facts[..cut], &mut s);
+        let mut loaded: SchedulerView =
+            serde_json::from_str(&serde_json::to_string(&head).expect("json")).expect("load");
+        apply_all(&mut loaded, &facts[cut..], &mut s);
+        assert_eq!(loaded, view, "cut at {cut}");
+        loaded.check_indexes().expect("indexes after load");
     }
 }
 

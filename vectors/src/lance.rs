@@ -46,6 +46,8 @@ use lancedb::{Connection, DistanceType, Table};
 use stele_engine::context::ContextError;
 use stele_engine::context::vector::{VectorIndex, VectorRow, normalized};
 
+use crate::pending::{Waiting, merged_search};
+
 /// The table's name.
 pub const TABLE: &str = "context_vectors";
 /// The marker file beside the table.
@@ -104,13 +106,6 @@ impl AnnKind {
             }),
         }
     }
-}
-
-#[derive(Clone, Debug)]
-struct Waiting {
-    owner: String,
-    memory_type: String,
-    vector: Vec<f32>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -639,44 +634,15 @@ impl VectorIndex for LanceIndex {
         owners: &[String],
         allow: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Vec<(String, f32)>, ContextError> {
-        if k == 0 {
-            return Ok(Vec::new());
-        }
         let q = normalized(query.to_vec());
-        // Waiting rows, exactly.
-        let mut waiting: Vec<(String, f32)> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| owners.is_empty() || owners.contains(&w.owner))
-            .map(|(key, w)| (key.clone(), stele_engine::context::vector::dot(&q, &w.vector)))
-            .collect();
-        waiting.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        // Table rows, fetching more while `allow` or the waiting rows
-        // shadow too many of them.
-        let mut fetch = (k * 2).max(20);
-        loop {
-            let raw = self.search_table(&q, fetch, owners)?;
+        let shadowed = |key: &str| self.waiting.contains_key(key) || self.removed.contains(key);
+        let mut fetch = |n: usize| {
+            let raw = self.search_table(&q, n, owners)?;
             // Fewer rows than asked for: the table has no more to give.
-            let exhausted = raw.len() < fetch || fetch >= self.keys.len();
-            let table = raw
-                .into_iter()
-                .filter(|(key, _)| !self.waiting.contains_key(key) && !self.removed.contains(key));
-            let mut all: Vec<(String, f32)> = waiting.iter().cloned().chain(table).collect();
-            all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            let mut out = Vec::with_capacity(k);
-            for (key, score) in all {
-                if allow(&key) {
-                    out.push((key, score));
-                    if out.len() == k {
-                        return Ok(out);
-                    }
-                }
-            }
-            if exhausted {
-                return Ok(out);
-            }
-            fetch = fetch.saturating_mul(4);
-        }
+            let exhausted = raw.len() < n || n >= self.keys.len();
+            Ok((raw, exhausted))
+        };
+        merged_search(&q, k, owners, &self.waiting, &shadowed, &mut fetch, allow)
     }
 
     fn len(&self) -> usize {

@@ -8,6 +8,9 @@
 //! the context service can check them against the journal and rebuild them
 //! from it without calling a model.
 
+#[cfg(any(feature = "lancedb", feature = "qdrant"))]
+mod pending;
+
 #[cfg(feature = "lancedb")]
 mod lance;
 

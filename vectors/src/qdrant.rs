@@ -45,7 +45,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 use stele_engine::context::ContextError;
-use stele_engine::context::vector::{VectorIndex, VectorRow, dot, normalized};
+use stele_engine::context::vector::{VectorIndex, VectorRow, normalized};
+
+use crate::pending::{Waiting, merged_search};
 
 /// The default collection.
 pub const DEFAULT_COLLECTION: &str = "stele_context";
@@ -399,13 +401,6 @@ struct Search<'a> {
     with_vector: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     filter: Option<Value>,
-}
-
-#[derive(Clone, Debug)]
-struct Waiting {
-    owner: String,
-    memory_type: String,
-    vector: Vec<f32>,
 }
 
 /// See the module documentation.
@@ -866,6 +861,10 @@ impl VectorIndex for QdrantIndex {
         "qdrant"
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn upsert(&mut self, rows: Vec<VectorRow>) -> Result<(), ContextError> {
         for r in rows {
             let dim = *self.dim.get_or_insert(r.vector.len());
@@ -911,43 +910,10 @@ impl VectorIndex for QdrantIndex {
         owners: &[String],
         allow: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Vec<(String, f32)>, ContextError> {
-        if k == 0 {
-            return Ok(Vec::new());
-        }
         let q = normalized(query.to_vec());
-        // Waiting rows, exactly.
-        let mut waiting: Vec<(String, f32)> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| owners.is_empty() || owners.contains(&w.owner))
-            .map(|(key, w)| (key.clone(), dot(&q, &w.vector)))
-            .collect();
-        waiting.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        // Collection rows, fetching more while `allow` or the waiting rows
-        // shadow too many of them.
-        let mut fetch = (k * 2).max(20);
-        loop {
-            let (found, exhausted) = self.search_collection(&q, fetch, owners)?;
-            let mut all: Vec<(String, f32)> = found
-                .into_iter()
-                .filter(|(key, _)| !self.waiting.contains_key(key) && !self.removed.contains(key))
-                .chain(waiting.iter().cloned())
-                .collect();
-            all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            let mut out = Vec::with_capacity(k);
-            for (key, score) in all {
-                if allow(&key) {
-                    out.push((key, score));
-                    if out.len() == k {
-                        return Ok(out);
-                    }
-                }
-            }
-            if exhausted {
-                return Ok(out);
-            }
-            fetch = fetch.saturating_mul(4);
-        }
+        let shadowed = |key: &str| self.waiting.contains_key(key) || self.removed.contains(key);
+        let mut fetch = |n: usize| self.search_collection(&q, n, owners);
+        merged_search(&q, k, owners, &self.waiting, &shadowed, &mut fetch, allow)
     }
 
     /// Asks the server (an exact count, plus which waiting keys it holds);
@@ -1024,6 +990,8 @@ mod tests {
     use axum::response::{IntoResponse, Response};
     use axum::routing::{get, post, put};
     use axum::{Json, Router};
+
+    use stele_engine::context::vector::dot;
 
     use super::*;
 

@@ -136,6 +136,16 @@ impl Live {
             return Ok(());
         }
         let recorded = reader.get(Seq(at))?.map(|e| e.hash().0);
+        if recorded.is_none() && v.shared() && at > reader.head().seq.0 {
+            // Another node folded events this one has not received yet.
+            tracing::info!(
+                seq = at,
+                head = reader.head().seq.0,
+                backend = v.backend(),
+                "the shared vector index is ahead of this journal; keeping it"
+            );
+            return Ok(());
+        }
         if recorded.is_none() || recorded != v.seq_hash() {
             tracing::warn!(
                 seq = at,

@@ -73,6 +73,15 @@ pub trait VectorIndex: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether other processes (other nodes following the same journal)
+    /// write to the same index, as with a Qdrant collection. A shared
+    /// index may be ahead of this process's copy of the journal; it is
+    /// then trusted rather than rebuilt, and cleared only when the event at
+    /// its seq is here and has another hash.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Records the last event folded into it (its seq and hash).
     ///
     /// # Errors
