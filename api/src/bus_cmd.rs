@@ -160,7 +160,7 @@ pub struct Common {
 /// What goes over the bus socket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-enum Request {
+pub(crate) enum Request {
     Send {
         from: String,
         to: String,
@@ -431,7 +431,7 @@ fn local(data: &Path, policies: &Path, request: &Request) -> Result<Value> {
     })
 }
 
-async fn handle(bus: &Bus, request: Request) -> Result<Value> {
+pub(crate) async fn handle(bus: &Bus, request: Request) -> Result<Value> {
     let out = |from: String, to: String, pattern: Pattern, message: String, ttl: Option<Duration>| Outgoing {
         from,
         to,
@@ -611,9 +611,14 @@ pub async fn start_daemon(
     let (bus, task) = Bus::start(journal, data, Arc::new(gate), config.bus.clone()).await?;
     let mut tasks = vec![task];
     if config.bus.nats {
-        let link = remote::connect(bus.clone(), &config.nats.url)
+        let link = remote::connect(bus.clone(), &config.nats)
             .await
-            .with_context(|| format!("[bus] nats: linking to {}", config.nats.url))?;
+            .with_context(|| {
+                format!(
+                    "[bus] nats = true: linking the bus to NATS at {}",
+                    config.nats.url
+                )
+            })?;
         tasks.push(link);
     }
     let socket = socket_path(data);

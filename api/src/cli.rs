@@ -269,6 +269,22 @@ pub enum PolicyCmd {
     /// policies), with a summary count. Exit 0 when nothing flips, 1 when
     /// something does (or a request cannot be evaluated again).
     Backtest(crate::replay_cmd::BacktestArgs),
+    /// Replace the policy set of the running `stele up` (scope admin with
+    /// `[http] tokens`): without --policies the daemon loads its own
+    /// directory again; with it, DIR is checked here (every problem with its
+    /// file, line:column and policy id) and its texts are sent. The daemon
+    /// validates the set, journals `PolicySetLoaded` (old and new set hash)
+    /// and puts it in force for every later decision, runs in flight
+    /// included. An invalid set changes nothing (exit 1); the set already in
+    /// force is not journaled again. Also: SIGHUP to the daemon.
+    Reload {
+        /// The policy directory to put in force (default: the daemon's own).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -804,6 +820,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Publish(args) => crate::nats::publish_cmd(&data, &args),
         Command::Subscribe(args) => crate::nats::subscribe_cmd(&args),
         Command::Policy(PolicyCmd::Check { dir, json }) => crate::policy_cmd::check(&dir, json),
+        Command::Policy(PolicyCmd::Reload { policies, json }) => {
+            crate::policy_cmd::reload(&data, policies.as_deref(), json)
+        }
         Command::Openapi => {
             print!("{}", crate::http::openapi_text()?);
             Ok(ExitCode::SUCCESS)

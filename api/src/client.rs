@@ -25,6 +25,9 @@ pub struct Daemon {
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    /// The body as sent (JSON text is printed as is: parsing and printing
+    /// it again could change a float's last digit).
+    pub text: String,
 }
 
 impl Answer {
@@ -37,6 +40,12 @@ impl Answer {
             .as_str()
             .map_or_else(|| self.body.to_string(), str::to_owned);
         bail!("{message}")
+    }
+
+    /// The body and its text on success, or the API's error message.
+    pub fn ok_text(self) -> Result<(Value, String)> {
+        let text = self.text.clone();
+        self.ok().map(|v| (v, text))
     }
 }
 
@@ -93,8 +102,8 @@ impl Daemon {
             .body_mut()
             .read_to_string()
             .with_context(|| format!("reading the answer to {what}"))?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(Answer { status, body })
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
+        Ok(Answer { status, body, text })
     }
 
     /// `GET path`.
@@ -111,6 +120,18 @@ impl Daemon {
         let mut r = self
             .agent
             .post(format!("{}{path}", self.base))
+            .header("content-type", content_type);
+        if let Some(a) = &self.auth {
+            r = r.header("authorization", a);
+        }
+        Self::answer(r.send(body), path)
+    }
+
+    /// `PATCH path` with a body.
+    pub fn patch(&self, path: &str, content_type: &str, body: &str) -> Result<Answer> {
+        let mut r = self
+            .agent
+            .patch(format!("{}{path}", self.base))
             .header("content-type", content_type);
         if let Some(a) = &self.auth {
             r = r.header("authorization", a);

@@ -11,15 +11,18 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use stele_engine::config::VectorBackend;
-use stele_engine::context::ops::{Changes, Requester};
+use stele_engine::context::ops::Requester;
 use stele_engine::context::score::Scoring;
-use stele_engine::context::search::{Mode, Query};
 use stele_engine::context::vector::{ExactIndex, VectorIndex};
-use stele_engine::context::{AccessLevel, ContextService, MemoryType, NewItem, embed};
+use stele_engine::context::{ContextService, embed};
 use stele_engine::policy::PolicyGate;
-use stele_projections::{AgentRegistry, SnapshotStore, state_at};
 
+use crate::client::Daemon;
+use crate::context_ops::{
+    self, ArchiveRequest, FeedbackRequest, Op, SearchRequest, ShareRequest, StoreRequest, UpdateRequest,
+};
 use crate::journal_cmd::{open_writer, runtime};
 
 /// Options every context command takes.
@@ -31,6 +34,11 @@ pub struct Common {
     /// One JSON document.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The reader's clock (RFC 3339 or ms since the epoch; default the
+    /// system clock): importance, recency and retention are computed as of
+    /// it, and a search journals it with the access.
+    #[arg(long, global = true)]
+    pub now: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,54 +173,6 @@ pub enum ContextCmd {
     },
 }
 
-/// Milliseconds since the Unix epoch (the reader's clock, journaled with
-/// each read).
-fn now_ms() -> u64 {
-    crate::run_cmd::now_ms()
-}
-
-fn parse_time(what: &str, text: &str) -> Result<u64> {
-    if let Ok(ms) = text.parse::<u64>() {
-        return Ok(ms);
-    }
-    let t = humantime::parse_rfc3339_weak(text).with_context(|| {
-        format!("--{what} {text:?}: not RFC 3339 (2026-01-02T03:04:05Z) or ms since the epoch")
-    })?;
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .with_context(|| format!("--{what} {text:?} is before 1970"))?;
-    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn permille(what: &str, v: f64, min: f64) -> Result<i32> {
-    if !(min..=1.0).contains(&v) {
-        bail!("{what} must be from {min} to 1, found {v}");
-    }
-    #[allow(clippy::cast_possible_truncation)] // within -1000..=1000
-    Ok((v * 1000.0).round() as i32)
-}
-
-/// The requester: the agent's priority from its registered definition
-/// (`normal` when it is not registered).
-fn requester(data: &Path, journal: &stele_journal::Journal, agent: &str) -> Result<Requester> {
-    let reader = journal.reader();
-    let registry = state_at::<AgentRegistry>(&reader, &SnapshotStore::new(data), reader.head().seq)?.state;
-    let priority = match registry.agents.get(agent) {
-        Some(e) => {
-            let def = stele_engine::AgentDefinition::parse(
-                Path::new(&format!("(registered {agent})")),
-                &e.definition,
-            )?;
-            format!("{:?}", def.priority).to_lowercase()
-        }
-        None => "normal".to_owned(),
-    };
-    Ok(Requester {
-        agent: agent.to_owned(),
-        priority,
-    })
-}
-
 /// The vector index `[context]` asks for, in the journal's data directory
 /// `data` (a relative `vector_data_path` is inside it).
 ///
@@ -325,19 +285,8 @@ pub fn service(journal: stele_journal::Journal, policies: &Path) -> Result<Arc<C
     Ok(service)
 }
 
-fn print(json: bool, value: &serde_json::Value, human: &str) {
-    if json {
-        println!("{value}");
-    } else {
-        println!("{human}");
-    }
-}
-
-/// `stele context …`.
-#[allow(clippy::too_many_lines)] // one arm per subcommand
-pub fn run(data: &Path, cmd: ContextCmd) -> Result<ExitCode> {
-    let rt = runtime()?;
-    let journal = open_writer(data)?;
+/// A command as the operation it runs, and its options.
+fn op_of(cmd: ContextCmd) -> (String, Op, Common) {
     match cmd {
         ContextCmd::Store {
             agent,
@@ -348,76 +297,30 @@ pub fn run(data: &Path, cmd: ContextCmd) -> Result<ExitCode> {
             tags,
             importance,
             common,
-        } => {
-            let req = requester(data, &journal, &agent)?;
-            let svc = service(journal, &common.policies)?;
-            let new = NewItem {
-                id,
-                memory_type: MemoryType::parse(&memory_type)?,
-                level: AccessLevel::parse(&level)?,
+        } => (
+            agent,
+            Op::Store(StoreRequest {
                 content,
+                memory_type,
+                level,
+                id,
                 tags,
-                importance_permille: u32::try_from(permille("--importance", importance, 0.0)?)?,
-                session: String::new(),
-            };
-            let id = rt.block_on(svc.store(&req, new))?;
-            print(
-                common.json,
-                &serde_json::json!({"agent": agent, "id": id}),
-                &format!("stored {agent}/{id}"),
-            );
-        }
+                importance,
+            }),
+            common,
+        ),
         ContextCmd::Show {
             agent,
             memory_type,
             common,
-        } => {
-            let svc = service(journal, &common.policies)?;
-            let live = rt.block_on(svc.live());
-            let now = now_ms();
-            let mut items: Vec<_> = live
-                .store
-                .agents
-                .get(&agent)
-                .map(|a| {
-                    a.items
-                        .values()
-                        .filter(|i| memory_type.as_ref().is_none_or(|t| &i.memory_type == t))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            items.sort_by_key(|i| std::cmp::Reverse(i.stored_seq));
-            if common.json {
-                let v: Vec<_> = items
-                    .iter()
-                    .map(|i| {
-                        let mut v = serde_json::to_value(i).unwrap_or_default();
-                        v["importance"] = serde_json::json!(svc.scoring().importance(i, now));
-                        v
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({"agent": agent, "seq": live.seq.0, "items": v})
-                );
-            } else {
-                if items.is_empty() {
-                    println!("{agent} has no live context items");
-                }
-                for i in &items {
-                    println!(
-                        "{:<12} {:<16} {:<12} imp {:.2}  acc {:<3} {}",
-                        i.id,
-                        i.memory_type,
-                        i.level,
-                        svc.scoring().importance(i, now),
-                        i.accesses,
-                        stele_engine::orga::bounded(&i.content.replace('\n', " "), 80)
-                    );
-                }
-            }
-        }
+        } => (
+            agent,
+            Op::Show {
+                memory_type,
+                now_ms: None,
+            },
+            common,
+        ),
         ContextCmd::Search {
             agent,
             query,
@@ -428,38 +331,20 @@ pub fn run(data: &Path, cmd: ContextCmd) -> Result<ExitCode> {
             types,
             keyword_weight,
             common,
-        } => {
-            let req = requester(data, &journal, &agent)?;
-            let svc = service(journal, &common.policies)?;
-            let mut q = Query::new(&query, Mode::parse(&mode)?, now_ms());
-            q.limit = limit;
-            q.from_ms = from.as_deref().map(|t| parse_time("from", t)).transpose()?;
-            q.to_ms = to.as_deref().map(|t| parse_time("to", t)).transpose()?;
-            for t in &types {
-                q.types.push(MemoryType::parse(t)?.name().to_owned());
-            }
-            q.keyword_weight = keyword_weight;
-            let found = rt.block_on(svc.search(&req, &q))?;
-            if common.json {
-                println!("{}", serde_json::to_value(&found)?);
-            } else {
-                if let Some(n) = &found.note {
-                    eprintln!("note: {n}");
-                }
-                if found.hits.is_empty() {
-                    println!("no results");
-                }
-                for (i, h) in found.hits.iter().enumerate() {
-                    println!(
-                        "{:>2}. {:<24} {:.3}  {}",
-                        i + 1,
-                        h.key,
-                        h.score,
-                        stele_engine::orga::bounded(&h.content.replace('\n', " "), 80)
-                    );
-                }
-            }
-        }
+        } => (
+            agent,
+            Op::Search(SearchRequest {
+                query,
+                mode,
+                limit,
+                from,
+                to,
+                types,
+                keyword_weight,
+                now_ms: None,
+            }),
+            common,
+        ),
         ContextCmd::Update {
             agent,
             item,
@@ -467,112 +352,172 @@ pub fn run(data: &Path, cmd: ContextCmd) -> Result<ExitCode> {
             importance,
             memory_type,
             common,
-        } => {
-            let req = requester(data, &journal, &agent)?;
-            let svc = service(journal, &common.policies)?;
-            let changes = Changes {
-                content,
-                importance_permille: importance
-                    .map(|i| permille("--importance", i, 0.0).and_then(|p| Ok(u32::try_from(p)?)))
-                    .transpose()?,
-                memory_type: memory_type.as_deref().map(MemoryType::parse).transpose()?,
-            };
-            rt.block_on(svc.update(&req, &agent, &item, changes))?;
-            print(
-                common.json,
-                &serde_json::json!({"updated": format!("{agent}/{item}")}),
-                &format!("updated {agent}/{item}"),
-            );
-        }
+        } => (
+            agent,
+            Op::Update {
+                item,
+                changes: UpdateRequest {
+                    content,
+                    importance,
+                    memory_type,
+                },
+            },
+            common,
+        ),
         ContextCmd::Feedback {
             agent,
             item,
             score,
             common,
-        } => {
-            let Some((owner, id)) = item.split_once('/') else {
-                bail!("item {item:?}: give it as owner/id");
-            };
-            let req = requester(data, &journal, &agent)?;
-            let svc = service(journal, &common.policies)?;
-            rt.block_on(svc.feedback(&req, owner, id, permille("score", score, -1.0)?))?;
-            print(
-                common.json,
-                &serde_json::json!({"feedback": item, "score": score}),
-                &format!("feedback {score} on {item}"),
-            );
-        }
+        } => (agent, Op::Feedback(FeedbackRequest { item, score }), common),
         ContextCmd::Share {
             agent,
             item,
             with,
             level,
             common,
-        } => {
-            let req = requester(data, &journal, &agent)?;
-            let svc = service(journal, &common.policies)?;
-            let level = AccessLevel::parse(&level)?;
-            rt.block_on(svc.share(&req, &item, &with, level))?;
-            print(
-                common.json,
-                &serde_json::json!({"shared": format!("{agent}/{item}"), "with": with, "level": level.name()}),
-                &format!("shared {agent}/{item} with {with} ({level})"),
-            );
-        }
+        } => (
+            agent,
+            Op::Share {
+                item,
+                grant: ShareRequest { with, level },
+            },
+            common,
+        ),
         ContextCmd::Archive {
             agent,
             before,
             common,
-        } => {
-            let req = requester(data, &journal, &agent)?;
-            let svc = service(journal, &common.policies)?;
-            let before = before.as_deref().map(|t| parse_time("before", t)).transpose()?;
-            let n = rt.block_on(svc.archive(&req, before, now_ms()))?;
-            print(
-                common.json,
-                &serde_json::json!({"agent": agent, "archived": n}),
-                &format!("archived {n} items of {agent}"),
-            );
-        }
-        ContextCmd::Stats { agent, common } => {
-            let svc = service(journal, &common.policies)?;
-            let s = rt.block_on(svc.stats(&agent, now_ms()))?;
-            if common.json {
-                println!("{}", serde_json::to_value(&s)?);
-            } else {
-                println!(
-                    "{agent}: {} items, {} bytes, {} embedded, mean importance {:.2}",
-                    s.items, s.bytes, s.embedded, s.mean_importance
-                );
-                for (t, n) in &s.by_type {
-                    println!("  {t:<16} {n}");
-                }
-                println!("  eligible for archiving: {}", s.eligible_for_archive);
-                println!(
-                    "  shared by {agent}: {}, shared with {agent}: {}",
-                    s.grants_given, s.shared_with_me
-                );
-                println!(
-                    "  archives: {} ({} items, {} bytes → {} compressed)",
-                    s.archives, s.archived_items, s.archived_bytes, s.archived_compressed_bytes
-                );
+        } => (
+            agent,
+            Op::Archive(ArchiveRequest { before, now_ms: None }),
+            common,
+        ),
+        ContextCmd::Stats { agent, common } => (agent, Op::Stats { now_ms: None }, common),
+    }
+}
+
+/// Sets the reader's clock of `op` (the CLI's, or `--now`).
+fn at_clock(op: &mut Op, now: u64) {
+    match op {
+        Op::Show { now_ms, .. } | Op::Stats { now_ms } => *now_ms = Some(now),
+        Op::Search(s) => s.now_ms = Some(now),
+        Op::Archive(a) => a.now_ms = Some(now),
+        Op::Store(_) | Op::Update { .. } | Op::Feedback(_) | Op::Share { .. } => {}
+    }
+}
+
+/// `op` of `agent` through a running daemon: the same operation on its
+/// context service (and its policy set). Returns the document and its text.
+fn via(d: &Daemon, agent: &str, op: &Op) -> Result<(serde_json::Value, String)> {
+    let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    let base = format!("/v1/context/{}", enc(agent));
+    let json = "application/json";
+    let answer = match op {
+        Op::Store(s) => d.post(&format!("{base}/items"), json, &serde_json::to_string(s)?)?,
+        Op::Show { memory_type, now_ms } => {
+            let mut query = vec![];
+            if let Some(t) = memory_type {
+                query.push(format!("type={}", enc(t)));
             }
+            if let Some(n) = now_ms {
+                query.push(format!("now_ms={n}"));
+            }
+            d.get(&format!("{base}?{}", query.join("&")))?
         }
+        Op::Search(s) => d.post(&format!("{base}/search"), json, &serde_json::to_string(s)?)?,
+        Op::Update { item, changes } => d.patch(
+            &format!("{base}/items/{}", enc(item)),
+            json,
+            &serde_json::to_string(changes)?,
+        )?,
+        Op::Feedback(f) => d.post(&format!("{base}/feedback"), json, &serde_json::to_string(f)?)?,
+        Op::Share { item, grant } => d.post(
+            &format!("{base}/items/{}/share", enc(item)),
+            json,
+            &serde_json::to_string(grant)?,
+        )?,
+        Op::Archive(a) => d.post(&format!("{base}/archive"), json, &serde_json::to_string(a)?)?,
+        Op::Stats { now_ms } => d.get(&format!(
+            "{base}/stats{}",
+            now_ms.map(|n| format!("?now_ms={n}")).unwrap_or_default()
+        ))?,
+    };
+    answer.ok_text()
+}
+
+/// `stele context …`. With `stele up` running the operation is the
+/// daemon's (`/v1/context/…`, its policy set); otherwise this process opens
+/// the journal and runs the same operation. The output is the same.
+pub fn run(data: &Path, cmd: ContextCmd) -> Result<ExitCode> {
+    let (agent, mut op, common) = op_of(cmd);
+    let now = match &common.now {
+        Some(t) => context_ops::parse_time("now", t)?,
+        None => context_ops::now_ms(),
+    };
+    at_clock(&mut op, now);
+    let (value, text) = if let Some(d) = Daemon::find(data) {
+        via(&d, &agent, &op)?
+    } else {
+        let rt = runtime()?;
+        let journal = open_writer(data)?;
+        let requester = if op.needs_requester() {
+            Some(context_ops::requester(data, &journal.reader(), &agent)?)
+        } else {
+            None
+        };
+        let svc = service(journal, &common.policies)?;
+        let v = rt.block_on(context_ops::execute(&svc, &agent, requester.as_ref(), op.clone()))?;
+        let text = v.to_string();
+        (v, text)
+    };
+    if common.json {
+        println!("{text}");
+    } else {
+        let (out, note) = context_ops::render(&op, &value);
+        if let Some(n) = note {
+            eprintln!("note: {n}");
+        }
+        println!("{out}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The knowledge bridge of one reasoning run: its tools answer
 /// `recall_knowledge` and `store_knowledge` from the context store (the
-/// model sees them when the agent's tool profile matches their names), and
-/// what the run learned is stored as episodic memory when it ends.
-#[derive(Debug)]
+/// model sees them when the agent's tool profile matches their names),
+/// knowledge relevant to its input is recalled before its first step
+/// ([`recalled`]) and, through its driver's `StepRecall`, what is relevant
+/// to each later step and new to the run before that step; what the run
+/// learned is stored as episodic memory when it ends ([`learned_async`],
+/// also after an approval or a timeout let it go on to its end).
+#[derive(Debug, Clone)]
 pub struct Bridge {
     service: Arc<ContextService>,
     requester: Requester,
 }
 
-/// Puts the knowledge tools in front of `driver`'s tools and into `spec`.
+/// The knowledge a run of `driver`'s agent is given before each step after
+/// the first (a fork's steps past the journaled prefix).
+///
+/// # Errors
+/// The context service cannot be opened.
+pub fn step_recall(
+    journal: &stele_journal::Journal,
+    policies: &Path,
+    driver: &stele_engine::reasoning::Driver,
+) -> Result<Arc<dyn stele_engine::reasoning::StepKnowledge>> {
+    Ok(Arc::new(stele_engine::context::rag::StepRecall {
+        service: service(journal.clone(), policies)?,
+        requester: Requester {
+            agent: driver.agent.clone(),
+            priority: driver.priority.clone(),
+        },
+    }))
+}
+
+/// Puts the knowledge tools in front of `driver`'s tools and into `spec`,
+/// and the agent's knowledge before each later step into `driver`.
 pub fn bridge(
     journal: &stele_journal::Journal,
     policies: &Path,
@@ -606,6 +551,10 @@ pub fn bridge(
         run: run.to_owned(),
         inner: driver.tools.clone(),
     });
+    driver.knowledge = Some(Arc::new(rag::StepRecall {
+        service: service.clone(),
+        requester: requester.clone(),
+    }));
     Ok((driver, spec, Bridge { service, requester }))
 }
 

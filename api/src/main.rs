@@ -10,6 +10,7 @@ mod bus_cmd;
 mod cli;
 mod client;
 mod context_cmd;
+mod context_ops;
 mod control;
 mod demo;
 mod http;

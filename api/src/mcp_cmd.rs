@@ -404,7 +404,7 @@ pub(crate) async fn bridge(
     if config.servers.is_empty() {
         return Ok((driver, spec));
     }
-    let hub = Arc::new(McpHub::new(config, journal.clone(), driver.gate.clone())?);
+    let hub = Arc::new(McpHub::new(config, journal.clone(), driver.gate.current())?);
     let (tools, failed) = stele_engine::mcp::runner::attach(hub, def, &mut spec, driver.tools.clone()).await;
     for e in failed {
         eprintln!("warning: {}: MCP tools left out: {e}", spec.run);

@@ -64,7 +64,8 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use futures::StreamExt as _;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use serde::{Deserialize, Serialize};
-use stele_engine::config::{NatsAuth, NatsConfig, NatsRetention};
+use stele_engine::config::{NatsConfig, NatsRetention};
+use stele_engine::nats::{BACKOFF_CAP, backoff_delay, connect_failure, connect_options};
 use stele_journal::{EventRef, Reader, Seq};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -74,14 +75,8 @@ use crate::cli::{PublishArgs, PublishBenchArgs, PublishCmd, SubscribeArgs};
 /// the publisher stops or retries). A kill loses at most this much cursor
 /// progress; the stream's tail covers it on restart.
 const CURSOR_FLUSH: Duration = Duration::from_millis(250);
-/// Back-off between retries after a NATS failure: doubles from the first to
-/// the cap.
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// JetStream API requests and publish acknowledgements wait this long.
-const API_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection attempt gives up after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const API_TIMEOUT: Duration = stele_engine::nats::REQUEST_TIMEOUT;
 /// How often `stele publish` looks for new events once it has published
 /// everything its read-only copy holds.
 const POLL: Duration = Duration::from_millis(500);
@@ -886,105 +881,9 @@ impl Source for StandaloneSource {
 
 // ---------------------------------------------------------- connection
 
-fn backoff_delay(attempt: usize) -> Duration {
-    let exp = u32::try_from(attempt.min(16)).unwrap_or(16);
-    BACKOFF_FIRST
-        .saturating_mul(2u32.saturating_pow(exp))
-        .min(BACKOFF_CAP)
-}
-
-/// Connection options from `[nats]`: credentials, TLS, timeouts and a
-/// capped reconnect back-off. Every file named by `[nats]` is checked here,
-/// and the secrets are read (from files and the environment), so a missing
-/// or unreadable one is an error naming it before any connection.
-async fn connect_options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions> {
-    let mut o = async_nats::ConnectOptions::new()
-        .name("stele")
-        .connection_timeout(CONNECT_TIMEOUT)
-        .request_timeout(Some(API_TIMEOUT))
-        .reconnect_delay_callback(backoff_delay);
-    match cfg.auth(|var| std::env::var(var).ok()).map_err(|e| anyhow!(e))? {
-        NatsAuth::Anonymous => {}
-        NatsAuth::Credentials(c) => {
-            o = o.credentials_file(&c).await.map_err(|e| {
-                anyhow!(
-                    "[nats] credentials: cannot use the credentials file {}: {e}",
-                    c.display()
-                )
-            })?;
-        }
-        NatsAuth::NKey { seed, file } => {
-            nkeys::KeyPair::from_seed(&seed).map_err(|e| {
-                anyhow!(
-                    "[nats] nkey: {} does not hold a valid NKey seed: {e}",
-                    file.display()
-                )
-            })?;
-            o = o.nkey(seed);
-        }
-        NatsAuth::UserPassword { user, password } => o = o.user_and_password(user, password),
-        NatsAuth::Token(t) => o = o.token(t),
-    }
-    if let Some(t) = &cfg.tls {
-        let required = t.require || t.ca.is_some() || t.cert.is_some();
-        o = o.require_tls(required);
-        let readable = |what: &str, p: &Path| {
-            std::fs::File::open(p)
-                .map(drop)
-                .map_err(|e| anyhow!("[nats.tls] {what}: cannot read {}: {e}", p.display()))
-        };
-        if let Some(ca) = &t.ca {
-            readable("ca", ca)?;
-            o = o.add_root_certificates(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
-            readable("cert", cert)?;
-            readable("key", key)?;
-            o = o.add_client_certificate(cert.clone(), key.clone());
-        }
-    }
-    Ok(o)
-}
-
-/// What went wrong connecting to `[nats] url`, in words that say what to
-/// check: the TLS handshake (and the CA trusted), the credentials refused
-/// (and which), or the server unreachable.
-fn connect_failure(cfg: &NatsConfig, e: &async_nats::ConnectError) -> String {
-    use async_nats::ConnectErrorKind as K;
-    let url = &cfg.url;
-    let auth = cfg
-        .auth(|var| std::env::var(var).ok())
-        .map_or_else(|e| e, |a| a.describe(cfg));
-    // The error's text already holds its kind ("TLS error: …"). A refused
-    // handshake (unknown issuer, a certificate the server wants) surfaces
-    // as an I/O error of the TLS stream.
-    let text = e.to_string().to_ascii_lowercase();
-    let tls = matches!(e.kind(), K::Tls)
-        || (matches!(e.kind(), K::Io)
-            && ["certificate", "tls", "handshake", "alert"]
-                .iter()
-                .any(|w| text.contains(w)));
-    match e.kind() {
-        _ if tls => {
-            let trust = match cfg.tls.as_ref().and_then(|t| t.ca.as_ref()) {
-                Some(ca) => format!("the CA of [nats.tls] ca ({})", ca.display()),
-                None => "the system's roots (set [nats.tls] ca to trust another CA)".to_owned(),
-            };
-            let client = match cfg.tls.as_ref().and_then(|t| t.cert.as_ref()) {
-                Some(c) => format!("; the client certificate is {}", c.display()),
-                None => String::new(),
-            };
-            format!(
-                "TLS with NATS at {url} failed ({e}); the server's certificate must be signed by {trust} and name the host of the URL{client}"
-            )
-        }
-        K::AuthorizationViolation => format!(
-            "NATS at {url} refused to authorize {auth} ({e}); check [nats] credentials/nkey/user/token_env against the server's accounts"
-        ),
-        K::Authentication => format!("cannot authenticate to NATS at {url} with {auth}: {e}"),
-        _ => format!("cannot reach NATS at {url}: {e}"),
-    }
-}
+// The options (URL, TLS, credentials), the back-off and the words for a
+// refused connection are the engine's (`stele_engine::nats`), shared with
+// the bus's link to peers.
 
 /// Connects, retrying with a capped back-off until it works. The client
 /// then reconnects by itself; `status.connected` follows it.
@@ -997,7 +896,7 @@ async fn connect_forever(
     loop {
         let st = status.clone();
         let url = cfg.url.clone();
-        let opts = connect_options(cfg).await?.event_callback(move |ev| {
+        let opts = connect_options(cfg, "stele").await?.event_callback(move |ev| {
             let st = st.clone();
             let url = url.clone();
             async move {
@@ -1508,11 +1407,7 @@ pub fn subscribe_cmd(args: &SubscribeArgs) -> Result<ExitCode> {
     let filter = args.filter.clone().unwrap_or_else(|| all.clone());
     let rt = crate::journal_cmd::runtime()?;
     rt.block_on(async {
-        let opts = connect_options(&cfg).await?;
-        let client = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), opts.connect(cfg.url.as_str()))
-            .await
-            .map_err(|_| anyhow!("cannot reach NATS at {}: timed out", cfg.url))?
-            .map_err(|e| anyhow!(connect_failure(&cfg, &e)))?;
+        let client = stele_engine::nats::connect(&cfg, "stele").await?;
         let js = jetstream::ContextBuilder::new().timeout(API_TIMEOUT).build(client);
         let mut stream = js.get_stream(&stream_name).await.map_err(|e| {
             anyhow!(
@@ -1826,11 +1721,7 @@ fn bench(args: &PublishBenchArgs) -> Result<ExitCode> {
     .with_context(|| format!("opening journal {}", data.display()))?;
     let rt = crate::journal_cmd::runtime()?;
     let report = rt.block_on(async {
-        let client = connect_options(&cfg)
-            .await?
-            .connect(cfg.url.as_str())
-            .await
-            .map_err(|e| anyhow!(connect_failure(&cfg, &e)))?;
+        let client = stele_engine::nats::connect(&cfg, "stele").await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(API_TIMEOUT)
             .build(client);

@@ -1,12 +1,15 @@
 //! `stele policy check DIR`: loads a policy directory exactly as the gate
 //! does (parse, annotations, strict validation against the schema) and
 //! lists its policies, or every problem with its file, position and policy
-//! id. Deciding lives in `stele_engine::policy`.
+//! id. `stele policy reload [--policies DIR]`: the same check here, then
+//! the set handed to the running daemon (`POST /v1/policy/reload`), which
+//! validates it again, journals the change and puts it in force. Deciding
+//! lives in `stele_engine::policy`, the swap in `crate::up_runs`.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use serde_json::json;
 use stele_engine::policy::{PolicyError, PolicyGate, PolicyInfo};
 
@@ -98,5 +101,86 @@ pub fn check(dir: &Path, json: bool) -> Result<ExitCode> {
         gate.warnings().len(),
         gate.hash()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a set's problems as `check` does; exit 1.
+fn refused(dir: &Path, e: &PolicyError, json: bool) -> ExitCode {
+    let problems: Vec<String> = match e {
+        PolicyError::Invalid { problems } => problems.iter().map(ToString::to_string).collect(),
+        other => vec![other.to_string()],
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"ok": false, "dir": dir, "error": e.to_string(), "problems": problems,
+                "message": "nothing was reloaded: the set in force stays"})
+        );
+    } else {
+        for p in problems {
+            eprintln!("error: {p}");
+        }
+        eprintln!("nothing was reloaded: the set in force stays");
+    }
+    ExitCode::from(1)
+}
+
+/// `stele policy reload [--policies DIR]`: exit 0 when the set is in force
+/// (changed or already), 1 when it was refused (nothing changed).
+pub fn reload(data: &Path, policies: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let Some(daemon) = crate::client::Daemon::find(data) else {
+        bail!(
+            "no stele up runs on {}: a policy set is reloaded by the running daemon (start one with `stele up --policies DIR`; `stele policy check DIR` checks a directory)",
+            data.display()
+        );
+    };
+    let body = match policies {
+        None => String::new(),
+        Some(dir) => {
+            // Checked here first, so problems name this machine's paths.
+            if let Err(e) = PolicyGate::load(dir) {
+                return Ok(refused(dir, &e, json));
+            }
+            let texts = match PolicyGate::texts(dir) {
+                Ok(t) => t,
+                Err(e) => return Ok(refused(dir, &e, json)),
+            };
+            let source = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+            let files: serde_json::Map<String, serde_json::Value> = texts
+                .files
+                .into_iter()
+                .map(|(name, text)| (name, text.into()))
+                .collect();
+            json!({"policies": files, "schema": texts.schema, "source": source.display().to_string()})
+                .to_string()
+        }
+    };
+    let answer = daemon
+        .post("/v1/policy/reload", "application/json", &body)
+        .context("asking the daemon to reload its policy set")?;
+    if answer.status == 422 {
+        let message = answer.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if json {
+            println!(
+                "{}",
+                json!({"ok": false, "error": message, "message": "nothing was reloaded: the set in force stays"})
+            );
+        } else {
+            eprintln!("error: {message}");
+            eprintln!("nothing was reloaded: the set in force stays");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let v = answer.ok()?;
+    if json {
+        let mut v = v;
+        v["ok"] = json!(true);
+        println!("{v}");
+    } else {
+        println!("{}", v["message"].as_str().unwrap_or_default());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,9 +26,12 @@ pub struct ReplayArgs {
     /// The run to replay (`run-<n>`; list them with `stele runs`).
     pub run: String,
     /// The Cedar policy directory the gate decides with (the current
-    /// deciders: a changed policy set is a changed decider).
+    /// deciders: a changed policy set is a changed decider). Given again,
+    /// the later ones are sets the run also ran under (it spans a `stele
+    /// policy reload`): a step whose decisions the journal says one of
+    /// them made (by set hash) is decided again under it.
     #[arg(long, default_value = "fixtures/policies")]
-    pub policies: PathBuf,
+    pub policies: Vec<PathBuf>,
     /// One JSON object (the report).
     #[arg(long)]
     pub json: bool,
@@ -131,8 +134,12 @@ fn load_gate(dir: &Path) -> Result<Arc<PolicyGate>> {
 pub fn replay(data: &Path, args: &ReplayArgs) -> Result<ExitCode> {
     let reader = open_reader(data)?;
     let recorded = stele_replay::load_run(&reader, &SnapshotStore::new(data), &args.run)?;
-    let gate = load_gate(&args.policies)?;
-    let report = stele_replay::replay(&recorded, gate, &settings(), None)?;
+    let gates = args
+        .policies
+        .iter()
+        .map(|dir| load_gate(dir))
+        .collect::<Result<Vec<_>>>()?;
+    let report = stele_replay::replay_under(&recorded, &gates, &settings(), None)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -244,6 +251,11 @@ pub fn fork(data: &Path, args: &ForkArgs) -> Result<ExitCode> {
         .next_run();
     let (live_driver, _) = crate::run_cmd::driver(&origin.definition, &args.policies, &journal)?;
     let live = stele_replay::fork::Live {
+        knowledge: Some(crate::context_cmd::step_recall(
+            &journal,
+            &args.policies,
+            &live_driver,
+        )?),
         provider: live_driver.provider,
         tools: live_driver.tools,
         gate: live_driver.gate,

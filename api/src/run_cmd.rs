@@ -24,7 +24,7 @@ use stele_engine::hydrate;
 use stele_engine::llm::Provider;
 use stele_engine::openai::OpenAiProvider;
 use stele_engine::orga::{AgentLoop, Reasoning, RunSpec};
-use stele_engine::policy::PolicyGate;
+use stele_engine::policy::{LiveGate, PolicyGate};
 use stele_engine::reasoning::{self, Driver, JournalSink, Resumed, Sink, Stop};
 use stele_engine::sandbox::{ContainerExecutor, DockerHost};
 use stele_engine::scripted::ScriptedProvider;
@@ -66,7 +66,7 @@ pub(crate) fn driver(
     policies: &Path,
     journal: &Journal,
 ) -> Result<(Driver, Arc<ToolBox>)> {
-    driver_with(def, load_gate(policies)?, journal)
+    driver_with(def, load_gate(policies)?.into(), journal)
 }
 
 /// [`driver`] with a policy gate already loaded (the daemon's). The agent's
@@ -74,7 +74,7 @@ pub(crate) fn driver(
 /// default_sandbox_tier`); its containers carry `journal`'s owner label.
 pub(crate) fn driver_with(
     def: &AgentDefinition,
-    gate: Arc<PolicyGate>,
+    gate: LiveGate,
     journal: &Journal,
 ) -> Result<(Driver, Arc<ToolBox>)> {
     let cfg = &crate::cli::config().inference;
@@ -117,6 +117,7 @@ pub(crate) fn driver_with(
         tools: tools.clone(),
         agent: def.name.clone(),
         priority: format!("{:?}", def.priority).to_lowercase(),
+        knowledge: None,
     };
     Ok((driver, tools))
 }
@@ -262,7 +263,7 @@ pub(crate) async fn stack(
     journal: &Journal,
     def: &AgentDefinition,
     run: &str,
-    gate: Arc<PolicyGate>,
+    gate: LiveGate,
     policies: &Path,
     bus: Option<&Bus>,
 ) -> Result<Stack> {
@@ -350,7 +351,7 @@ pub(crate) async fn begin(
     journal: &Journal,
     def: &AgentDefinition,
     input: &str,
-    gate: Arc<PolicyGate>,
+    gate: LiveGate,
     policies: &Path,
     bus: Option<&Bus>,
 ) -> Result<Begun> {
@@ -364,7 +365,7 @@ pub(crate) async fn begin(
         knowledge,
     } = stack(journal, def, &run_id, gate, policies, bus).await?;
     let mut hydration = hydrate::hydrate(
-        &driver.gate,
+        &driver.gate.current(),
         &tools,
         &run_id,
         &driver.agent,
@@ -400,7 +401,7 @@ pub(crate) fn start(
     policies: &Path,
 ) -> Result<Stop> {
     let def = definition(data, journal, agent)?;
-    let gate = load_gate(policies)?;
+    let gate: LiveGate = load_gate(policies)?.into();
     runtime()?.block_on(async {
         let bus = local_bus(data, journal).await?;
         let begun = begin(data, journal, &def, input, gate, policies, bus.as_ref()).await?;
@@ -536,7 +537,7 @@ pub(crate) struct Expired {
 /// (approver `expired`); the run goes on as it would after a rejection.
 /// `None` when none has expired.
 pub(crate) fn expire(data: &Path, journal: &Journal, run: &str, policies: &Path) -> Result<Option<Expired>> {
-    let gate = load_gate(policies)?;
+    let gate: LiveGate = load_gate(policies)?.into();
     // Nothing expired: no bus to start.
     if reasoning::expired_approvals(&run_events(&journal.reader(), run)?, now_ms()).is_empty() {
         return Ok(None);
@@ -552,7 +553,7 @@ pub(crate) async fn expire_async(
     data: &Path,
     journal: &Journal,
     run: &str,
-    gate: Arc<PolicyGate>,
+    gate: LiveGate,
     policies: &Path,
     bus: Option<&Bus>,
 ) -> Result<Option<Expired>> {
@@ -568,7 +569,12 @@ pub(crate) async fn expire_async(
         .get(run)
         .with_context(|| format!("no run named {run}"))?;
     let def = definition_async(data, journal, &view.agent, None).await?;
-    let Stack { driver, spec, .. } = stack(journal, &def, run, gate, policies, bus).await?;
+    let Stack {
+        driver,
+        spec,
+        knowledge,
+        ..
+    } = stack(journal, &def, run, gate, policies, bus).await?;
     let mut parked =
         match reasoning::resume(spec, &events).map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))? {
             Resumed::Parked(p) => p,
@@ -584,7 +590,11 @@ pub(crate) async fn expire_async(
         calls.push((call, why));
         match stop {
             Stop::Parked(p) => parked = p,
-            other => return Ok(Some(Expired { calls, stop: other })),
+            other => {
+                // It went on to its end: what it learned is stored.
+                crate::context_cmd::learned_async(&knowledge, &other, &run_input(&events)).await;
+                return Ok(Some(Expired { calls, stop: other }));
+            }
         }
     }
     Ok(Some(Expired {
@@ -606,17 +616,43 @@ pub(crate) fn decide_on(
     reason: &str,
     policies: &Path,
 ) -> Result<Stop> {
-    let gate = load_gate(policies)?;
+    let gate: LiveGate = load_gate(policies)?.into();
     runtime()?.block_on(async {
         let bus = local_bus(data, journal).await?;
-        let (driver, parked) =
-            prepare_decision(data, journal, run, call, gate, policies, bus.as_ref()).await?;
+        let Prepared {
+            driver,
+            parked,
+            knowledge,
+            input,
+        } = prepare_decision(data, journal, run, call, gate, policies, bus.as_ref()).await?;
         let mut sink = JournalSink::new(journal, run)?;
-        driver
+        let stop = driver
             .decide(parked, call, approved, approver, reason, &mut sink)
             .await
-            .map_err(|e| anyhow::anyhow!("{run}: {e}"))
+            .map_err(|e| anyhow::anyhow!("{run}: {e}"))?;
+        crate::context_cmd::learned_async(&knowledge, &stop, &input).await;
+        Ok(stop)
     })
+}
+
+/// A parked run rebuilt for a decision.
+pub(crate) struct Prepared {
+    /// Its driver, its tools layered as when it parked.
+    pub driver: Driver,
+    /// The run, parked.
+    pub parked: AgentLoop<stele_engine::orga::AwaitingApproval>,
+    /// What stores the run's learnings when it finishes.
+    pub knowledge: crate::context_cmd::Bridge,
+    /// Its input.
+    pub input: String,
+}
+
+/// A run's input, as its `RunStarted` (its first event) journaled it.
+pub(crate) fn run_input(events: &[EventRef]) -> String {
+    match events.first().map(EventRef::body) {
+        Some(stele_journal::ArchivedEventBody::RunStarted { input, .. }) => input.to_string(),
+        _ => String::new(),
+    }
 }
 
 /// Checks that `run` is parked on `call` (after resolving its timed-out
@@ -626,10 +662,10 @@ pub(crate) async fn prepare_decision(
     journal: &Journal,
     run: &str,
     call: &str,
-    gate: Arc<PolicyGate>,
+    gate: LiveGate,
     policies: &Path,
     bus: Option<&Bus>,
-) -> Result<(Driver, AgentLoop<stele_engine::orga::AwaitingApproval>)> {
+) -> Result<Prepared> {
     if let Some(expired) = expire_async(data, journal, run, gate.clone(), policies, bus).await?
         && let Some((_, why)) = expired.calls.iter().find(|(c, _)| c == call)
     {
@@ -651,7 +687,12 @@ pub(crate) async fn prepare_decision(
     let def = definition_async(data, journal, &view.agent, None).await?;
     let events = run_events(&reader, run)?;
     // The same tools the run was offered before it parked.
-    let Stack { driver, spec, .. } = stack(journal, &def, run, gate, policies, bus).await?;
+    let Stack {
+        driver,
+        spec,
+        knowledge,
+        ..
+    } = stack(journal, &def, run, gate, policies, bus).await?;
     let parked =
         match reasoning::resume(spec, &events).map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))? {
             Resumed::Parked(p) => p,
@@ -660,7 +701,12 @@ pub(crate) async fn prepare_decision(
             }
             Resumed::Finished => bail!("{run} has finished"),
         };
-    Ok((driver, parked))
+    Ok(Prepared {
+        driver,
+        parked,
+        knowledge,
+        input: run_input(&events),
+    })
 }
 
 /// `stele approve|reject RUN CALL`.

@@ -13,12 +13,14 @@
 //! effects: a process starts only after the `TaskPlaced` that allows it is
 //! durable.
 //!
-//! Start-up kills orphans of a crashed predecessor (a recorded pid whose
+//! Start-up journals the policy set it compiled (`PolicySetLoaded`, `old`
+//! empty), kills orphans of a crashed predecessor (a recorded pid whose
 //! start time still matches), records `RuntimeStarted`, interrupts the runs
 //! that were in flight and reschedules them per their mode. Shutdown (first
 //! SIGTERM/SIGINT or `POST /v1/shutdown`) runs the six steps of
 //! `stele_engine::runtime::SHUTDOWN_STEPS`, each an event; a second signal
-//! kills what is still running at once.
+//! kills what is still running at once; SIGHUP reloads the policy
+//! directory (`crate::up_runs::Desk::reload_dir`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -124,6 +126,7 @@ pub fn up(
         }
     };
     let desk = Desk::new(data, journal.clone(), policy_dir, gate);
+    let policy_dir = policy_dir.to_owned();
     let rt = runtime()?;
     let code = rt.block_on(async move {
         let port = http_port.unwrap_or(config.runtime.http_port);
@@ -140,6 +143,9 @@ pub fn up(
             (tx.clone(), rx),
             desk.clone(),
         )?;
+        // The set in force from here on, journaled before anything (an
+        // approval timer armed at start) can decide with it.
+        desk.announce().await?;
         core.start().await?;
         // The JetStream feed, when configured: it follows the journal from its
         // cursor; NATS outages never touch the runtime.
@@ -167,6 +173,7 @@ pub fn up(
         if let Some(b) = &bus_daemon {
             desk.offer_bus(b.bus().clone());
         }
+        let desk_for_signals = desk.clone();
         let server = crate::http::start(
             listener,
             crate::http::Parts {
@@ -176,10 +183,13 @@ pub fn up(
                 config: core.config.http.clone(),
                 tier: core.config.security.default_sandbox_tier,
                 runs: desk,
+                policies: policy_dir,
+                bus: bus_daemon.as_ref().map(|b| b.bus().clone()),
             },
         )?;
         write_up_file(data, addr, scheme)?;
         signals(tx.clone())?;
+        reload_on_hangup(desk_for_signals)?;
         println!(
             "stele up: data {}, HTTP API on {scheme}://{addr}/v1, {}",
             data.display(),
@@ -236,6 +246,23 @@ fn signals(tx: mpsc::UnboundedSender<Input>) -> Result<()> {
                 return;
             }
             force = true;
+        }
+    });
+    Ok(())
+}
+
+/// On SIGHUP the daemon reloads its own policy directory
+/// (`stele up --policies`), as `stele policy reload` without `--policies`
+/// does; the outcome (or why the old set stays) goes to stderr.
+fn reload_on_hangup(desk: Desk) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match desk.reload_dir().await {
+                Ok(r) => eprintln!("stele up: SIGHUP: {}", r.describe()),
+                Err(e) => eprintln!("stele up: SIGHUP: the policy set was not reloaded: {e:#}"),
+            }
         }
     });
     Ok(())

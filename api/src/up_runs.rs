@@ -1,6 +1,9 @@
 //! Reasoning runs inside `stele up`: the [`Desk`] drives them as tokio
 //! tasks of the daemon on the journal it owns, with one Cedar policy gate
-//! loaded when the daemon starts (`stele up --policies`).
+//! loaded when the daemon starts (`stele up --policies`) and replaced by a
+//! reload (`stele policy reload`, `POST /v1/policy/reload`, SIGHUP): the
+//! change is journaled (`PolicySetLoaded`, stream `policy`) before the set
+//! is swapped, and every drive decides each step with the set in force.
 //!
 //! - A scheduler task of a `[runs] kind = "reasoning"` agent begins a run
 //!   (its input says what triggered it) and ends when the run finishes or
@@ -28,7 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use stele_engine::AgentDefinition;
-use stele_engine::policy::PolicyGate;
+use stele_engine::policy::{LiveGate, PolicyGate};
 use stele_engine::reasoning::{self, Driver, Resumed, Sink, Stop};
 use stele_journal::{Append, EventBody, Journal, StreamId};
 use stele_projections::{RunsView, SnapshotStore, state_at};
@@ -127,6 +130,49 @@ impl Settled {
     }
 }
 
+/// Replaced policy sets a daemon keeps for replays (a set is small; a
+/// replay of a run decided by an older one diverges, naming the hash).
+const KEPT_SETS: usize = 16;
+
+/// The stream `PolicySetLoaded` events of the daemon go to.
+pub const POLICY_STREAM: &str = "policy";
+
+/// What a reload did.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// The hash of the set in force before (empty: none was).
+    pub old: String,
+    /// The hash of the set in force now.
+    pub new: String,
+    /// Policies in it.
+    pub policies: usize,
+    /// Where it came from.
+    pub source: String,
+    /// The `PolicySetLoaded` event's seq; `None`: the set was already in
+    /// force, nothing was journaled.
+    pub seq: Option<u64>,
+}
+
+impl Reloaded {
+    /// One line saying what changed.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self.seq {
+            None => format!(
+                "the policy set from {} ({} policies, {}) is already in force; nothing changed, nothing journaled",
+                self.source, self.policies, self.new
+            ),
+            Some(seq) => format!(
+                "policy set {} ({} policies, from {}) in force, replacing {} (PolicySetLoaded at seq {seq})",
+                self.new,
+                self.policies,
+                self.source,
+                if self.old.is_empty() { "none" } else { &self.old }
+            ),
+        }
+    }
+}
+
 /// Why a decision was not taken.
 #[derive(Debug)]
 pub enum DecideError {
@@ -189,8 +235,14 @@ struct Inner {
     data: PathBuf,
     journal: Journal,
     policies: PathBuf,
-    /// The policy set, or why it did not load.
-    gate: Result<Arc<PolicyGate>, String>,
+    /// The policy set every decision takes at the time (a reload swaps
+    /// it), or why none loaded at start (a reload then installs one).
+    gate: std::sync::RwLock<Result<LiveGate, String>>,
+    /// Held through a reload's append and swap: reloads one at a time.
+    reload: tokio::sync::Mutex<()>,
+    /// The sets a reload replaced, newest last (at most [`KEPT_SETS`]): a
+    /// replay decides the steps they decided under them.
+    replaced: Mutex<Vec<Arc<PolicyGate>>>,
     /// Held from choosing a run id until its `RunStarted` is durable.
     begin: tokio::sync::Mutex<()>,
     /// Runs being driven, by id.
@@ -236,7 +288,9 @@ impl Desk {
             data: data.to_owned(),
             journal,
             policies: policies.to_owned(),
-            gate,
+            gate: std::sync::RwLock::new(gate.map(LiveGate::new)),
+            reload: tokio::sync::Mutex::new(()),
+            replaced: Mutex::new(Vec::new()),
             begin: tokio::sync::Mutex::new(()),
             claimed: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
@@ -256,12 +310,154 @@ impl Desk {
     /// # Errors
     /// No policy set is loaded; the message says why.
     pub(crate) fn gate(&self) -> Result<Arc<PolicyGate>> {
-        match &self.0.gate {
-            Ok(g) => Ok(Arc::clone(g)),
+        Ok(self.live()?.current())
+    }
+
+    /// The set in force, then the sets it replaced, newest first (what a
+    /// replay decides under: `stele_replay::replay_under`).
+    ///
+    /// # Errors
+    /// No policy set is loaded; the message says why.
+    pub(crate) fn gates(&self) -> Result<Vec<Arc<PolicyGate>>> {
+        let mut gates = vec![self.gate()?];
+        gates.extend(lock(&self.0.replaced).iter().rev().cloned());
+        Ok(gates)
+    }
+
+    /// The daemon's live gate: a drive given it decides each step with the
+    /// set in force then, so a reload reaches runs in flight.
+    ///
+    /// # Errors
+    /// No policy set is loaded; the message says why.
+    pub(crate) fn live(&self) -> Result<LiveGate> {
+        match &*self
+            .0
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Ok(g) => Ok(g.clone()),
             Err(e) => bail!(
-                "no policy set is loaded, so reasoning runs cannot be checked: {e} (start `stele up --policies DIR`)"
+                "no policy set is loaded, so reasoning runs cannot be checked: {e} (start `stele up --policies DIR`, or `stele policy reload --policies DIR`)"
             ),
         }
+    }
+
+    /// The daemon's own policy directory (`stele up --policies`).
+    #[must_use]
+    pub fn policy_dir(&self) -> &Path {
+        &self.0.policies
+    }
+
+    /// Journals the set the daemon starts with (`PolicySetLoaded`, `old`
+    /// empty) on stream [`POLICY_STREAM`]; nothing when none loaded.
+    ///
+    /// # Errors
+    /// The journal refused the event.
+    pub async fn announce(&self) -> Result<()> {
+        let Ok(gate) = self.gate() else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.0.reload.lock().await;
+        self.0
+            .journal
+            .append(Append {
+                stream: StreamId::new(POLICY_STREAM)?,
+                cause: None,
+                body: EventBody::PolicySetLoaded {
+                    old: String::new(),
+                    new: gate.hash(),
+                    policies: u32::try_from(gate.len()).unwrap_or(u32::MAX),
+                    source: self.0.policies.display().to_string(),
+                },
+            })
+            .await
+            .context("journaling the policy set in force")?;
+        Ok(())
+    }
+
+    /// Loads the daemon's own policy directory again (on the blocking
+    /// pool) and [`reload`](Self::reload)s it.
+    ///
+    /// # Errors
+    /// The set does not load (every problem named; the old set stays in
+    /// force), or the journal refused the event.
+    pub async fn reload_dir(&self) -> Result<Reloaded> {
+        let dir = self.0.policies.clone();
+        let gate = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || PolicyGate::load(&dir)
+        })
+        .await
+        .context("the policy loader task failed")?
+        .with_context(|| format!("loading the policies in {}", dir.display()))?;
+        self.reload(gate, dir.display().to_string()).await
+    }
+
+    /// Puts `gate` (compiled and validated by the caller) in force: unless
+    /// it is the set already in force (same hash: nothing is journaled or
+    /// swapped), `PolicySetLoaded { old, new, policies, source }` is
+    /// journaled on [`POLICY_STREAM`] and, once durable, the set is swapped
+    /// for every later decision — runs in flight take it at their next
+    /// step's decisions, whose `PolicyDecided.policy_set` is its hash.
+    ///
+    /// # Errors
+    /// The journal refused the event (the old set stays in force).
+    pub async fn reload(&self, gate: PolicyGate, source: String) -> Result<Reloaded> {
+        let _one_at_a_time = self.0.reload.lock().await;
+        let old = self.gate().ok();
+        let new = gate.hash();
+        let policies = gate.len();
+        let old_hash = old.as_ref().map(|g| g.hash()).unwrap_or_default();
+        if old_hash == new {
+            return Ok(Reloaded {
+                old: old_hash,
+                new,
+                policies,
+                source,
+                seq: None,
+            });
+        }
+        let receipt = self
+            .0
+            .journal
+            .append(Append {
+                stream: StreamId::new(POLICY_STREAM)?,
+                cause: None,
+                body: EventBody::PolicySetLoaded {
+                    old: old_hash.clone(),
+                    new: new.clone(),
+                    policies: u32::try_from(policies).unwrap_or(u32::MAX),
+                    source: source.clone(),
+                },
+            })
+            .await
+            .context("journaling the policy set change (the old set stays in force)")?;
+        let gate = Arc::new(gate);
+        let mut slot = self
+            .0
+            .gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*slot {
+            Ok(live) => {
+                let old = live.replace(gate);
+                let mut replaced = lock(&self.0.replaced);
+                replaced.retain(|g| g.hash() != old.hash());
+                replaced.push(old);
+                if replaced.len() > KEPT_SETS {
+                    replaced.remove(0);
+                }
+            }
+            Err(_) => *slot = Ok(LiveGate::new(gate)),
+        }
+        Ok(Reloaded {
+            old: old_hash,
+            new,
+            policies,
+            source,
+            seq: Some(receipt.seq.0),
+        })
     }
 
     fn sink(&self, run: &str, write: &Arc<tokio::sync::Mutex<()>>) -> Result<DaemonSink> {
@@ -340,7 +536,7 @@ impl Desk {
                 &self.0.journal,
                 &def,
                 &input,
-                self.gate()?,
+                self.live()?,
                 &self.0.policies,
                 self.0.bus.get(),
             )
@@ -391,12 +587,17 @@ impl Desk {
             bail!("the runtime is shutting down; no run begins");
         }
         let def = origin.definition.clone();
-        let (driver, _tools) = run_cmd::driver_with(&def, self.gate()?, &self.0.journal)?;
+        let (driver, _tools) = run_cmd::driver_with(&def, self.live()?, &self.0.journal)?;
         let started = Arc::new(tokio::sync::Notify::new());
         let live = stele_replay::fork::Live {
             provider: Arc::clone(&driver.provider),
             tools: Arc::clone(&driver.tools),
-            gate: Arc::clone(&driver.gate),
+            gate: driver.gate.clone(),
+            knowledge: Some(crate::context_cmd::step_recall(
+                &self.0.journal,
+                &self.0.policies,
+                &driver,
+            )?),
             started: Some(Arc::clone(&started)),
         };
         // Run ids are taken in order: hold the lock until the start is durable.
@@ -572,12 +773,12 @@ impl Desk {
         let cancel = cancel_signal();
         self.claim(run, cancel.clone(), false)?;
         let prepared = async {
-            let (driver, parked) = run_cmd::prepare_decision(
+            let prepared = run_cmd::prepare_decision(
                 &self.0.data,
                 &self.0.journal,
                 run,
                 call,
-                self.gate()?,
+                self.live()?,
                 &self.0.policies,
                 self.0.bus.get(),
             )
@@ -590,10 +791,18 @@ impl Desk {
                 runs.runs.get(run).map(|v| v.agent.clone()).unwrap_or_default()
             };
             let def = self.definition(&view_agent, None).await?;
-            anyhow::Ok((driver, parked, def))
+            anyhow::Ok((prepared, def))
         }
         .await;
-        let (driver, parked, def) = match prepared {
+        let (
+            run_cmd::Prepared {
+                driver,
+                parked,
+                knowledge,
+                input,
+            },
+            def,
+        ) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 self.release(run);
@@ -619,7 +828,14 @@ impl Desk {
                     return;
                 }
             };
-            let work = driver.decide(parked, &call, approved, &approver, &reason, &mut sink);
+            let work = async {
+                let stop = driver
+                    .decide(parked, &call, approved, &approver, &reason, &mut sink)
+                    .await?;
+                // It went on to its end: what it learned is stored.
+                crate::context_cmd::learned_async(&knowledge, &stop, &input).await;
+                Ok(stop)
+            };
             if let Err(e) = desk.guarded(&run, &def, &driver, &write, cancel, work).await {
                 eprintln!("stele up: {run}: {e:#}");
             }
@@ -700,11 +916,16 @@ impl Desk {
                 .with_context(|| format!("no run named {run}"))?;
             let def = self.definition(&agent, None).await?;
             // The same tools the run was offered before it parked.
-            let run_cmd::Stack { driver, spec, .. } = run_cmd::stack(
+            let run_cmd::Stack {
+                driver,
+                spec,
+                knowledge,
+                ..
+            } = run_cmd::stack(
                 &self.0.journal,
                 &def,
                 run,
-                self.gate()?,
+                self.live()?,
                 &self.0.policies,
                 self.0.bus.get(),
             )
@@ -715,6 +936,7 @@ impl Desk {
                 Resumed::Parked(p) => p,
                 _ => bail!("{run} has approvals that timed out but is not parked"),
             };
+            let input = run_cmd::run_input(&events);
             let desk = self.clone();
             let run = run.to_owned();
             tokio::spawn(async move {
@@ -731,7 +953,10 @@ impl Desk {
                             .await?
                         {
                             Stop::Parked(p) => parked = p,
-                            other => return Ok(other),
+                            other => {
+                                crate::context_cmd::learned_async(&knowledge, &other, &input).await;
+                                return Ok(other);
+                            }
                         }
                     }
                     Ok(Stop::Parked(parked))

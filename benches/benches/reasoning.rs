@@ -91,10 +91,11 @@ fn script(steps: usize) -> String {
 fn driver(steps: usize) -> Driver {
     Driver {
         provider: Arc::new(ScriptedProvider::from_json("bench", &script(steps)).expect("script")),
-        gate: Arc::new(fixture_gate()),
+        gate: Arc::new(fixture_gate()).into(),
         tools: Arc::new(NoOp),
         agent: "bench".into(),
         priority: "normal".into(),
+        knowledge: None,
     }
 }
 

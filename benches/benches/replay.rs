@@ -114,7 +114,7 @@ fn record_long_run(dir: &Path) -> PathBuf {
     rt.block_on(journal.append_many(appends)).expect("append");
     let driver = Driver {
         provider: Arc::new(ScriptedProvider::from_json("bench", &script).expect("script")),
-        gate: all_tools_gate(),
+        gate: all_tools_gate().into(),
         tools: Arc::new(ToolBox {
             workspace: ws,
             memory_mb: 64,
@@ -128,6 +128,7 @@ fn record_long_run(dir: &Path) -> PathBuf {
         }),
         agent: "long".into(),
         priority: "normal".into(),
+        knowledge: None,
     };
     let mut spec = spec_for(&def, "run-1", "scripted", 0).expect("spec");
     spec.max_attempts = 4;

@@ -412,15 +412,26 @@ impl AgentDefinition {
     /// # Errors
     /// [`DefinitionError`] with the line, column and field.
     pub fn parse(path: &Path, text: &str) -> Result<AgentDefinition, DefinitionError> {
-        toml::from_str(text).map_err(|e: toml::de::Error| {
+        let error = |e: &toml::de::Error, field: &str| {
             let (line, column) = e.span().map_or((1, 1), |s| line_column(text, s.start));
+            let message = e.message().trim();
+            // The field's path (`limits.memory_mb`), unless the message
+            // names it already or the error is about the whole document.
+            let last = field.rsplit('.').next().unwrap_or(field);
+            let message = if last.is_empty() || message.contains(last) {
+                message.to_owned()
+            } else {
+                format!("{field}: {message}")
+            };
             DefinitionError {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim().to_owned(),
+                message,
             }
-        })
+        };
+        let document = toml::Deserializer::parse(text).map_err(|e| error(&e, ""))?;
+        serde_path_to_error::deserialize(document).map_err(|e| error(e.inner(), &e.path().to_string()))
     }
 
     /// Reads and parses a definition file (at most [`MAX_DEFINITION_BYTES`]).

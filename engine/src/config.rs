@@ -1060,6 +1060,9 @@ pub struct InferenceConfig {
     pub script: PathBuf,
     /// Most tokens one completion may generate when the agent sets none.
     pub max_tokens: u32,
+    /// `openai`: ask for the answer as a stream (server-sent events),
+    /// assembled into the same completion (default false: whole).
+    pub stream: bool,
 }
 
 impl Default for InferenceConfig {
@@ -1073,6 +1076,7 @@ impl Default for InferenceConfig {
             max_retries: 3,
             script: PathBuf::from("fixtures/scripts/demo.json"),
             max_tokens: 1024,
+            stream: false,
         }
     }
 }

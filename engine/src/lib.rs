@@ -7,6 +7,8 @@
 //! - [`lifecycle`]: the lifecycle decider (registration, transitions);
 //! - [`scheduler`]: the scheduler decider (priority queue, placement, preemption);
 //! - [`llm`]: what the reasoning loop exchanges with inference providers;
+//! - [`nats`]: NATS connections from `[nats]` (URL, TLS, credentials), shared
+//!   by the binary's JetStream feed and the bus's link to peers;
 //! - [`openai`]: the OpenAI chat-completions provider (HTTP, one attempt per
 //!   call, typed failures);
 //! - [`scripted`]: the scripted provider answering from a JSON fixture (demo,
@@ -53,6 +55,7 @@ pub mod hydrate;
 pub mod lifecycle;
 pub mod llm;
 pub mod mcp;
+pub mod nats;
 pub mod openai;
 pub mod orga;
 pub mod policy;

@@ -1,6 +1,7 @@
 //! The OpenAI chat-completions provider: one `POST <base_url>/chat/completions`
 //! per [`Provider::complete`] call, over HTTP/1.1 (rustls on ring for
-//! https), no streaming.
+//! https), the answer whole or (`[inference] stream = true`) streamed as
+//! server-sent events and assembled into the same [`Completion`].
 //!
 //! What lives here: the wire shape of the request (messages with
 //! `tool_calls` / `tool_call_id`, tools with their JSON Schema), the strict
@@ -9,7 +10,19 @@
 //! the mapping of transport failures onto [`ProviderError`] (connect,
 //! timeout of the whole attempt, 429 with `Retry-After` / `retry-after-ms`,
 //! other statuses with the start of their body), and the bound on the size
-//! of an answer.
+//! of an answer (a stream's bytes count the same).
+//!
+//! A stream (`stream: true`, `stream_options.include_usage`) is a sequence
+//! of `data: <chunk JSON>` events ending with `data: [DONE]`: content and
+//! refusal deltas are concatenated, tool-call deltas are joined by their
+//! `index` (id and name from the first delta that has them, arguments
+//! appended), `finish_reason` and `usage` are taken where they come. The
+//! result is the completion the whole answer would have given, so what is
+//! journaled does not depend on the transport. A stream cut before its
+//! `[DONE]` — the connection broken, or closed early — is a
+//! [`ProviderError::Connect`] naming how many events came (retryable, and
+//! journaled as every failed attempt is); a wrong chunk names its field
+//! (`stream event 3: choices[0].delta.tool_calls[0].index is missing`).
 //!
 //! What does not: retries and backoff (the reasoning loop owns them and
 //! journals each failed attempt), journaling, replay. The API key is read
@@ -78,6 +91,18 @@ pub struct OpenAiSettings {
     pub timeout: Duration,
     /// `max_tokens` sent when a request sets 0 (0 here too: not sent).
     pub max_tokens: u32,
+    /// Whole answers, or streamed ones.
+    pub transport: Transport,
+}
+
+/// How an answer comes: whole, or as a stream of server-sent events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// One JSON body.
+    #[default]
+    Whole,
+    /// `stream: true`: `data:` events assembled into the completion.
+    Streamed,
 }
 
 /// The OpenAI chat-completions provider.
@@ -88,6 +113,7 @@ pub struct OpenAiProvider {
     model: String,
     timeout: Duration,
     max_tokens: u32,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -97,6 +123,7 @@ impl std::fmt::Debug for OpenAiProvider {
             .field("model", &self.model)
             .field("timeout", &self.timeout)
             .field("max_tokens", &self.max_tokens)
+            .field("transport", &self.transport)
             .field(
                 "api_key",
                 &if self.api_key.is_some() { "<set>" } else { "<none>" },
@@ -142,6 +169,11 @@ impl OpenAiProvider {
             model: config.model.clone(),
             timeout: config.timeout,
             max_tokens: config.max_tokens,
+            transport: if config.stream {
+                Transport::Streamed
+            } else {
+                Transport::Whole
+            },
         })
     }
 
@@ -188,6 +220,7 @@ impl OpenAiProvider {
             model: settings.model,
             timeout: settings.timeout,
             max_tokens: settings.max_tokens,
+            transport: settings.transport,
         })
     }
 
@@ -231,6 +264,9 @@ impl OpenAiProvider {
                 })
                 .collect::<Result<_, ProviderError>>()?,
             max_tokens: (max_tokens > 0).then_some(max_tokens),
+            stream: (self.transport == Transport::Streamed).then_some(true),
+            stream_options: (self.transport == Transport::Streamed)
+                .then_some(StreamOptions { include_usage: true }),
         };
         serde_json::to_vec(&wire)
             .map_err(|e| ProviderError::Config(format!("cannot encode the request: {e}")))
@@ -275,6 +311,12 @@ impl OpenAiProvider {
             .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > MAX_RESPONSE_BYTES))
         {
             return Err(too_large());
+        }
+        // A server that answers a stream request whole is read whole.
+        let event_stream = header_text(response.headers(), "content-type")
+            .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        if self.transport == Transport::Streamed && event_stream {
+            return read_stream(response).await;
         }
         let (body, complete) = read_bounded(response, MAX_RESPONSE_BYTES).await?;
         if !complete {
@@ -359,6 +401,16 @@ struct WireRequest<'a> {
     tools: Vec<WireTool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    /// The last chunk carries `usage` (empty `choices`).
+    include_usage: bool,
 }
 
 #[derive(Serialize)]
@@ -749,4 +801,307 @@ fn send_error(endpoint: &reqwest::Url, timeout: Duration, e: &reqwest::Error) ->
         parts.join(": ")
     };
     ProviderError::Connect(one_line(&format!("POST {endpoint}: {what}"), 1000))
+}
+
+/// Reads a chat-completions stream to its `data: [DONE]` (at most
+/// [`MAX_RESPONSE_BYTES`]) and assembles the completion.
+async fn read_stream(mut response: reqwest::Response) -> Result<Completion, ProviderError> {
+    let mut assembly = Assembly::default();
+    let mut events = EventLines::default();
+    let mut read = 0usize;
+    loop {
+        let chunk = response.chunk().await.map_err(|e| {
+            ProviderError::Connect(format!(
+                "the connection broke while reading the stream, after {} events: {}",
+                assembly.events,
+                chain(&e)
+            ))
+        })?;
+        let Some(chunk) = chunk else {
+            break;
+        };
+        read += chunk.len();
+        if read > MAX_RESPONSE_BYTES {
+            return Err(malformed(format!(
+                "the stream is larger than {} MiB",
+                MAX_RESPONSE_BYTES >> 20
+            )));
+        }
+        for data in events.push(&chunk) {
+            if assembly.add(&data)? {
+                return assembly.finish();
+            }
+        }
+    }
+    if let Some(data) = events.end()
+        && assembly.add(&data)?
+    {
+        return assembly.finish();
+    }
+    Err(ProviderError::Connect(format!(
+        "the stream ended before its `data: [DONE]` after {} events (cut mid-way)",
+        assembly.events
+    )))
+}
+
+/// Server-sent events split from the bytes as they come: the `data` of each
+/// event (its `data:` lines joined by newlines), other fields ignored.
+#[derive(Default)]
+struct EventLines {
+    /// Bytes of a line not yet ended.
+    partial: Vec<u8>,
+    /// `data:` lines of the event being read.
+    data: Vec<String>,
+}
+
+impl EventLines {
+    /// Takes `bytes`; returns the data of every event they complete.
+    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b != b'\n' {
+                self.partial.push(b);
+                continue;
+            }
+            let mut line = std::mem::take(&mut self.partial);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    out.push(std::mem::take(&mut self.data).join("\n"));
+                }
+            } else if let Some(rest) = line.strip_prefix(b"data:") {
+                let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+                self.data.push(String::from_utf8_lossy(rest).into_owned());
+            }
+            // `event:`, `id:`, `retry:` and `:` comments carry nothing here.
+        }
+        out
+    }
+
+    /// The event the stream ended in without its blank line, if any.
+    fn end(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.partial);
+        if let Some(d) = rest.strip_prefix(b"data:") {
+            let d = d.strip_prefix(b" ").unwrap_or(d);
+            self.data
+                .push(String::from_utf8_lossy(d).trim_end_matches('\r').to_owned());
+        }
+        (!self.data.is_empty()).then(|| std::mem::take(&mut self.data).join("\n"))
+    }
+}
+
+/// A tool call as its deltas have built it so far.
+#[derive(Default)]
+struct PartialCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// The completion a stream builds.
+#[derive(Default)]
+struct Assembly {
+    events: usize,
+    content: String,
+    refusal: String,
+    calls: Vec<PartialCall>,
+    finish_reason: String,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+}
+
+impl Assembly {
+    /// Adds one event's data; `true` at `[DONE]`.
+    fn add(&mut self, data: &str) -> Result<bool, ProviderError> {
+        self.events += 1;
+        let k = self.events;
+        if data.trim() == "[DONE]" {
+            return Ok(true);
+        }
+        let bad = |what: String| malformed(format!("stream event {k}: {what}"));
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            let start: String = data.chars().take(QUOTE_CHARS).collect();
+            bad(format!("the data is not JSON ({e}); it starts {start:?}"))
+        })?;
+        let Value::Object(root) = &v else {
+            return Err(bad(format!("the data is {} instead of a JSON object", kind(&v))));
+        };
+        if let Some(err) = root.get("error") {
+            return Err(bad(format!(
+                "the stream carried an error: {}",
+                error_summary(&serde_json::to_vec(&serde_json::json!({ "error": err })).unwrap_or_default())
+            )));
+        }
+        match root.get("usage") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(u)) => {
+                self.prompt_tokens = token_count(u.get("prompt_tokens"), "usage.prompt_tokens")
+                    .map_err(|e| bad(e.to_string()))?;
+                self.completion_tokens = token_count(u.get("completion_tokens"), "usage.completion_tokens")
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            Some(other) => return Err(bad(format!("usage is {} instead of an object", kind(other)))),
+        }
+        let choices = match root.get("choices") {
+            None | Some(Value::Null) => return Ok(false),
+            Some(Value::Array(c)) => c,
+            Some(other) => return Err(bad(format!("choices is {} instead of an array", kind(other)))),
+        };
+        for (i, choice) in choices.iter().enumerate() {
+            let Value::Object(choice) = choice else {
+                return Err(bad(format!(
+                    "choices[{i}] is {} instead of an object",
+                    kind(choice)
+                )));
+            };
+            // Only the first choice is asked for (n = 1).
+            if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+                continue;
+            }
+            match choice.get("finish_reason") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(r)) => r.clone_into(&mut self.finish_reason),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "choices[{i}].finish_reason is {} instead of a string",
+                        kind(other)
+                    )));
+                }
+            }
+            let delta = match choice.get("delta") {
+                None | Some(Value::Null) => continue,
+                Some(Value::Object(d)) => d,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "choices[{i}].delta is {} instead of an object",
+                        kind(other)
+                    )));
+                }
+            };
+            for (key, into) in [("content", &mut self.content), ("refusal", &mut self.refusal)] {
+                match delta.get(key) {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(t)) => into.push_str(t),
+                    Some(other) => {
+                        return Err(bad(format!(
+                            "choices[{i}].delta.{key} is {} instead of a string or null",
+                            kind(other)
+                        )));
+                    }
+                }
+            }
+            match delta.get("tool_calls") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(calls)) => {
+                    for (j, call) in calls.iter().enumerate() {
+                        self.call_delta(call, &format!("choices[{i}].delta.tool_calls[{j}]"))
+                            .map_err(bad)?;
+                    }
+                }
+                Some(other) => {
+                    return Err(bad(format!(
+                        "choices[{i}].delta.tool_calls is {} instead of an array",
+                        kind(other)
+                    )));
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// One tool-call delta: joined to the call its `index` names (a new
+    /// call is the next index).
+    fn call_delta(&mut self, call: &Value, at: &str) -> Result<(), String> {
+        let Value::Object(call) = call else {
+            return Err(format!("{at} is {} instead of an object", kind(call)));
+        };
+        let index = match call.get("index") {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| format!("{at}.index is {n}, not an index"))?,
+            None => return Err(format!("{at}.index is missing")),
+            Some(other) => return Err(format!("{at}.index is {} instead of a number", kind(other))),
+        };
+        if index > self.calls.len() {
+            return Err(format!(
+                "{at}.index is {index}, but only {} tool calls were begun",
+                self.calls.len()
+            ));
+        }
+        if index == self.calls.len() {
+            self.calls.push(PartialCall::default());
+        }
+        let text =
+            |obj: &serde_json::Map<String, Value>, path: &str, key: &str| -> Result<Option<String>, String> {
+                match obj.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    Some(other) => Err(format!("{path}.{key} is {} instead of a string", kind(other))),
+                }
+            };
+        match call.get("type") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) if t == "function" => {}
+            Some(other) => {
+                return Err(format!(
+                    "{at}.type is {other} instead of \"function\" (the only kind stele runs)"
+                ));
+            }
+        }
+        let part = &mut self.calls[index];
+        if let Some(id) = text(call, at, "id")?
+            && part.id.is_empty()
+        {
+            part.id = id;
+        }
+        match call.get("function") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(f)) => {
+                let at = format!("{at}.function");
+                if let Some(name) = text(f, &at, "name")?
+                    && part.name.is_empty()
+                {
+                    part.name = name;
+                }
+                if let Some(args) = text(f, &at, "arguments")? {
+                    part.arguments.push_str(&args);
+                }
+            }
+            Some(other) => return Err(format!("{at}.function is {} instead of an object", kind(other))),
+        }
+        Ok(())
+    }
+
+    /// The completion, once `[DONE]` came.
+    fn finish(self) -> Result<Completion, ProviderError> {
+        let mut tool_calls = Vec::with_capacity(self.calls.len());
+        for (i, c) in self.calls.into_iter().enumerate() {
+            if c.id.is_empty() || c.name.is_empty() {
+                return Err(malformed(format!(
+                    "the stream's tool call {i} has no {}",
+                    if c.id.is_empty() { "id" } else { "function name" }
+                )));
+            }
+            tool_calls.push(ToolCall {
+                id: c.id,
+                name: c.name,
+                arguments: c.arguments,
+            });
+        }
+        Ok(Completion {
+            // As in a whole answer: a refusal is the model's answer.
+            content: if self.content.is_empty() {
+                self.refusal
+            } else {
+                self.content
+            },
+            tool_calls,
+            finish_reason: self.finish_reason,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+        })
+    }
 }

@@ -10,6 +10,13 @@
 //!              └──────────────────────────────► Finished (also: provider gave up)
 //! ```
 //!
+//! Between an observation and the next reasoning step the driver may hand
+//! in knowledge recalled for what the run is now working on
+//! ([`AgentLoop::observe_with`]): it is recorded as a `ContextHydrated`
+//! fact (reference `knowledge:<agent>`) after the `observing` phase and
+//! before the next `reasoning` one, and becomes a system message the next
+//! completion sees.
+//!
 //! The loop is pure: it never calls the provider, the gate or a tool. The
 //! driver does (`crate::reasoning`), and hands the results in; every
 //! transition records its facts (`take_facts`) — phase entries, the
@@ -353,11 +360,7 @@ impl AgentLoop<Reasoning> {
                 ..
             } = fact
             {
-                let short = blake3.get(..12).unwrap_or(blake3);
-                messages.push(Message::text(
-                    Role::System,
-                    format!("Context loaded from {reference} (blake3 {short}):\n{content}"),
-                ));
+                messages.push(context_message(reference, blake3, content));
             }
         }
         messages.push(Message::text(Role::User, input.clone()));
@@ -762,26 +765,120 @@ pub enum Observed {
 }
 
 impl AgentLoop<Observing> {
+    /// Why the run stops here, if it does: (outcome, answer).
+    fn ending(&self) -> Option<(&'static str, String)> {
+        let stuck_after = self.s.spec.stuck_after;
+        if let Some(((tool, _), n)) = self.s.seen.iter().find(|(_, n)| **n >= stuck_after) {
+            return Some(("stuck", format!("proposed the same {tool} call {n} times")));
+        }
+        if self.s.step >= self.s.spec.max_steps {
+            return Some((
+                "step_limit",
+                format!("no answer within {} steps", self.s.spec.max_steps),
+            ));
+        }
+        None
+    }
+
+    /// Whether [`observe`](Self::observe) goes round again (so knowledge
+    /// for the next step is worth recalling).
+    #[must_use]
+    pub fn continues(&self) -> bool {
+        self.ending().is_none()
+    }
+
+    /// What the run is now working on, as a search text for the knowledge
+    /// of its next step: this step's assistant text and tool results, then
+    /// the input, at most `max_bytes` (cut at a character boundary).
+    #[must_use]
+    pub fn recall_text(&self, max_bytes: usize) -> String {
+        let messages = &self.s.messages;
+        let last_assistant = messages.iter().rposition(|m| m.role == Role::Assistant);
+        let mut parts: Vec<&str> = Vec::new();
+        if let Some(i) = last_assistant {
+            parts.push(&messages[i].content);
+            parts.extend(
+                messages[i + 1..]
+                    .iter()
+                    .filter(|m| m.role == Role::Tool)
+                    .map(|m| m.content.as_str()),
+            );
+        }
+        if let Some(input) = messages.iter().find(|m| m.role == Role::User) {
+            parts.push(&input.content);
+        }
+        let mut text = String::new();
+        for p in parts.into_iter().filter(|p| !p.trim().is_empty()) {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(p);
+            if text.len() >= max_bytes {
+                break;
+            }
+        }
+        if text.len() > max_bytes {
+            let mut end = max_bytes;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        text
+    }
+
     /// Decides whether to go round again: a run that proposes the same
     /// action `stuck_after` times is stuck; one that used `max_steps` stops.
     #[must_use]
-    pub fn observe(mut self) -> Observed {
-        let stuck_after = self.s.spec.stuck_after;
-        if let Some(((tool, _), n)) = self.s.seen.iter().find(|(_, n)| **n >= stuck_after) {
-            let why = format!("proposed the same {tool} call {n} times");
-            return Observed::Done(self.finish("stuck", why));
-        }
-        if self.s.step >= self.s.spec.max_steps {
-            let why = format!("no answer within {} steps", self.s.spec.max_steps);
-            return Observed::Done(self.finish("step_limit", why));
+    pub fn observe(self) -> Observed {
+        self.observe_with(None)
+    }
+
+    /// [`observe`](Self::observe), with `knowledge` recalled for the next
+    /// step: when the run goes on, it is recorded as a `ContextHydrated`
+    /// (reference `knowledge:<agent>`, its BLAKE3 and size) before the next
+    /// `reasoning` phase and added as a system message, so the next
+    /// completion sees it. Ignored when the run stops here.
+    #[must_use]
+    pub fn observe_with(mut self, knowledge: Option<String>) -> Observed {
+        if let Some((outcome, why)) = self.ending() {
+            return Observed::Done(self.finish(outcome, why));
         }
         self.s.step += 1;
         self.s.proposed.clear();
         self.s.gates.clear();
+        if let Some(content) = knowledge.filter(|c| !c.is_empty()) {
+            let reference = format!(
+                "{}{}",
+                crate::context::rag::KNOWLEDGE_REFERENCE,
+                self.s.spec.agent
+            );
+            let blake3 = blake3::hash(content.as_bytes()).to_hex().to_string();
+            self.s
+                .messages
+                .push(context_message(&reference, &blake3, &content));
+            self.s.facts.push(EventBody::ContextHydrated {
+                run: self.s.spec.run.clone(),
+                reference,
+                blake3,
+                size_bytes: u64::try_from(content.len()).unwrap_or(u64::MAX),
+                content,
+            });
+        }
         let mut r: AgentLoop<Reasoning> = self.into();
         r.phase("reasoning");
         Observed::Next(r)
     }
+}
+
+/// The system message that carries loaded context (a file, recalled
+/// knowledge) into the conversation.
+fn context_message(reference: &str, blake3: &str, content: &str) -> Message {
+    let short = blake3.get(..12).unwrap_or(blake3);
+    Message::text(
+        Role::System,
+        format!("Context loaded from {reference} (blake3 {short}):\n{content}"),
+    )
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary, with a note of
@@ -796,4 +893,104 @@ pub fn bounded(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}… [{} more bytes]", &s[..end], s.len() - end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loop observing the result of one `read_file` call at step 1.
+    fn observing(max_steps: u32, output: &str) -> AgentLoop<Observing> {
+        let mut spec = RunSpec::new("run-1", "alice", "m");
+        spec.max_steps = max_steps;
+        let lp = AgentLoop::start(spec, "how long are backups kept?".into(), None);
+        let completion = Completion {
+            content: "Reading the notes.".into(),
+            tool_calls: vec![ToolCall {
+                id: "call-1".into(),
+                name: "read_file".into(),
+                arguments: "{}".into(),
+            }],
+            finish_reason: "tool_calls".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+        };
+        let Reasoned::Gate(gate) = lp.reasoned("p", completion) else {
+            panic!("a tool call is gated")
+        };
+        let checks = vec![Checked {
+            call_id: "call-1".into(),
+            gate: Gate::Allow {
+                arguments: "{}".into(),
+            },
+            decided: EventBody::Annotated {
+                run: None,
+                text: "allowed".into(),
+            },
+        }];
+        let GateOutcome::Dispatch(mut d) = gate.checked(checks) else {
+            panic!("allowed calls dispatch")
+        };
+        let _ = d.calls();
+        let mut o = d.returned(vec![ToolOutcome {
+            call_id: "call-1".into(),
+            ok: true,
+            output: output.into(),
+            duration_ms: 0,
+        }]);
+        let _ = o.take_facts();
+        o
+    }
+
+    #[test]
+    fn knowledge_goes_between_the_observation_and_the_next_phase() {
+        let o = observing(4, "the restore drill runbook");
+        assert!(o.continues());
+        let text = "[alice/m-2 · long_term · 0.9] runbook\n";
+        let Observed::Next(mut r) = o.observe_with(Some(text.into())) else {
+            panic!("the run goes on")
+        };
+        let facts = r.take_facts();
+        assert!(
+            matches!(&facts[..], [
+                EventBody::ContextHydrated { reference, size_bytes, blake3, content, .. },
+                EventBody::PhaseEntered { step: 2, phase, .. },
+            ] if reference == "knowledge:alice" && phase == "reasoning" && content == text
+                && *size_bytes == text.len() as u64
+                && *blake3 == blake3::hash(text.as_bytes()).to_hex().as_str()),
+            "{facts:?}"
+        );
+        let last = r.request().messages.pop().expect("messages");
+        assert_eq!(last.role, Role::System);
+        assert!(
+            last.content
+                .starts_with("Context loaded from knowledge:alice (blake3 ")
+        );
+    }
+
+    #[test]
+    fn knowledge_is_dropped_when_the_run_stops_and_the_search_text_is_bounded() {
+        let o = observing(1, &"é".repeat(2000));
+        assert!(!o.continues(), "one step allowed");
+        let text = o.recall_text(101);
+        assert!(text.starts_with("Reading the notes.\néé"), "{text}");
+        assert!(text.len() <= 101);
+        let Observed::Done(f) = o.observe_with(Some("knowledge".into())) else {
+            panic!("the step limit ends it")
+        };
+        assert_eq!(f.outcome, "step_limit");
+        assert!(
+            !f.facts
+                .iter()
+                .any(|b| matches!(b, EventBody::ContextHydrated { .. })),
+            "{:?}",
+            f.facts
+        );
+        // The search text is this step's work, then the input.
+        let o = observing(4, "drill log");
+        assert_eq!(
+            o.recall_text(1000),
+            "Reading the notes.\ndrill log\nhow long are backups kept?"
+        );
+    }
 }

@@ -4,8 +4,8 @@
 //! pure function of its policy set and the request: no clock, no
 //! randomness, no I/O in [`PolicyGate::decide`]. Turning a decision into a
 //! `PolicyDecided` event, and a reload into `PolicySetLoaded`, is the
-//! caller's; hot reload swaps an `Arc<PolicyGate>` (the gate is `Send +
-//! Sync`, built once, shared read-only).
+//! caller's; hot reload swaps the `Arc<PolicyGate>` a [`LiveGate`] holds
+//! (the gate is `Send + Sync`, built once, shared read-only).
 //!
 //! # Policy files
 //!
@@ -73,13 +73,15 @@
 //! `Network` have none. A custom schema may declare more, in the empty
 //! namespace.
 //!
-//! What is not here: the reasoning loop that asks, the events, reload.
+//! What is not here: the reasoning loop that asks, the events, deciding
+//! when to reload.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use cedar_policy as cedar;
@@ -725,6 +727,60 @@ const _: () = {
     assert_send_sync::<PolicyGate>();
 };
 
+/// A policy directory's texts ([`PolicyGate::texts`]): the schema, if the
+/// directory has one, and each `*.cedar` file as (base name, text) in name
+/// order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyTexts {
+    /// The `*.cedarschema` text; `None`: the embedded [`DEFAULT_SCHEMA`].
+    pub schema: Option<String>,
+    /// (file name, text), sorted by name.
+    pub files: Vec<(String, String)>,
+}
+
+/// The policy set in force where it can be replaced while in use (hot
+/// reload, `stele policy reload`): every holder asks for the
+/// [`current`](Self::current) set at each decision, so a swap takes effect
+/// at the next decision everywhere. Clones share the set; a
+/// [`PolicyGate`] converts into a `LiveGate` that nothing swaps.
+#[derive(Clone, Debug)]
+pub struct LiveGate(Arc<RwLock<Arc<PolicyGate>>>);
+
+impl LiveGate {
+    /// A live gate holding `gate`.
+    #[must_use]
+    pub fn new(gate: Arc<PolicyGate>) -> LiveGate {
+        LiveGate(Arc::new(RwLock::new(gate)))
+    }
+
+    /// The set in force now. A decision takes it once and decides with it
+    /// (and journals its hash), so a swap never splits one decision.
+    #[must_use]
+    pub fn current(&self) -> Arc<PolicyGate> {
+        // A poisoned lock still holds a whole `Arc` (the swap is one store).
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts `gate` in force for every later decision; returns the set it
+    /// replaces.
+    pub fn replace(&self, gate: Arc<PolicyGate>) -> Arc<PolicyGate> {
+        let mut slot = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *slot, gate)
+    }
+}
+
+impl From<Arc<PolicyGate>> for LiveGate {
+    fn from(gate: Arc<PolicyGate>) -> LiveGate {
+        LiveGate::new(gate)
+    }
+}
+
+impl From<PolicyGate> for LiveGate {
+    fn from(gate: PolicyGate) -> LiveGate {
+        LiveGate::new(Arc::new(gate))
+    }
+}
+
 impl PolicyGate {
     /// Loads `dir/*.cedar` (sorted by name; hidden files skipped) and the
     /// directory's one `*.cedarschema`, or [`DEFAULT_SCHEMA`] without one.
@@ -733,78 +789,23 @@ impl PolicyGate {
     /// [`PolicyError::Read`] naming the path; [`PolicyError::Invalid`] with
     /// every problem (file, line:column, policy id).
     pub fn load(dir: &Path) -> Result<PolicyGate, PolicyError> {
-        let read_err = |path: &Path, e: std::io::Error| PolicyError::Read {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let mut cedar_files = Vec::new();
-        let mut schemas = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| read_err(dir, e))? {
-            let entry = entry.map_err(|e| read_err(dir, e))?;
-            let path = entry.path();
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if name.starts_with('.') || !path.is_file() {
-                continue;
-            }
-            if name.ends_with(".cedar") {
-                cedar_files.push((name, path));
-            } else if name.ends_with(".cedarschema") {
-                schemas.push((name, path));
-            }
-        }
-        cedar_files.sort();
-        schemas.sort();
-        if cedar_files.len() > MAX_POLICY_FILES {
-            return Err(invalid(Problem {
-                file: dir.display().to_string(),
-                policy: None,
-                line: 0,
-                column: 0,
-                message: format!(
-                    "{} policy files, more than the limit of {MAX_POLICY_FILES}",
-                    cedar_files.len()
-                ),
-            }));
-        }
-        if schemas.len() > 1 {
-            return Err(invalid(Problem {
-                file: schemas[1].1.display().to_string(),
-                policy: None,
-                line: 0,
-                column: 0,
-                message: format!(
-                    "a second schema (the first is {}); keep one *.cedarschema per directory",
-                    schemas[0].1.display()
-                ),
-            }));
-        }
-        let read = |(name, path): (String, PathBuf)| -> Result<Source, PolicyError> {
-            let file = std::fs::File::open(&path).map_err(|e| read_err(&path, e))?;
-            let mut bytes = Vec::new();
-            file.take(MAX_POLICY_FILE_BYTES + 1)
-                .read_to_end(&mut bytes)
-                .map_err(|e| read_err(&path, e))?;
-            if bytes.len() as u64 > MAX_POLICY_FILE_BYTES {
-                return Err(PolicyError::Read {
-                    path,
-                    reason: format!("larger than the limit of {MAX_POLICY_FILE_BYTES} bytes"),
-                });
-            }
-            let text = String::from_utf8(bytes).map_err(|e| PolicyError::Read {
-                path: path.clone(),
-                reason: format!("not UTF-8 (at byte {})", e.utf8_error().valid_up_to()),
-            })?;
-            Ok(Source {
-                name,
-                display: path.display().to_string(),
-                text,
-            })
-        };
-        let schema = schemas.into_iter().next().map(read).transpose()?;
-        let files = cedar_files.into_iter().map(read).collect::<Result<Vec<_>, _>>()?;
+        let (schema, files) = read_sources(dir)?;
         PolicyGate::build(schema, files)
+    }
+
+    /// The texts [`load`](Self::load) would compile from `dir`, read with
+    /// the same rules and limits: what a client sends when the set is
+    /// compiled elsewhere (`stele policy reload`). [`from_sources`](Self::from_sources)
+    /// on them gives the same set and [`hash`](Self::hash) as `load(dir)`.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load), for what is checked before compiling.
+    pub fn texts(dir: &Path) -> Result<PolicyTexts, PolicyError> {
+        let (schema, files) = read_sources(dir)?;
+        Ok(PolicyTexts {
+            schema: schema.map(|s| s.text),
+            files: files.into_iter().map(|f| (f.name, f.text)).collect(),
+        })
     }
 
     /// Builds a gate from texts: `files` are (file name, policy text); the
@@ -1338,6 +1339,83 @@ fn slice(set: &cedar::PolicySet, actions: &mut BTreeMap<String, ActionInfo>, has
         }
         a.merged = true;
     }
+}
+
+/// A policy directory's schema (if it has one) and `*.cedar` files, sorted
+/// by name, hidden files skipped, within the limits.
+fn read_sources(dir: &Path) -> Result<(Option<Source>, Vec<Source>), PolicyError> {
+    let read_err = |path: &Path, e: std::io::Error| PolicyError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut cedar_files = Vec::new();
+    let mut schemas = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| read_err(dir, e))? {
+        let entry = entry.map_err(|e| read_err(dir, e))?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        if name.ends_with(".cedar") {
+            cedar_files.push((name, path));
+        } else if name.ends_with(".cedarschema") {
+            schemas.push((name, path));
+        }
+    }
+    cedar_files.sort();
+    schemas.sort();
+    if cedar_files.len() > MAX_POLICY_FILES {
+        return Err(invalid(Problem {
+            file: dir.display().to_string(),
+            policy: None,
+            line: 0,
+            column: 0,
+            message: format!(
+                "{} policy files, more than the limit of {MAX_POLICY_FILES}",
+                cedar_files.len()
+            ),
+        }));
+    }
+    if schemas.len() > 1 {
+        return Err(invalid(Problem {
+            file: schemas[1].1.display().to_string(),
+            policy: None,
+            line: 0,
+            column: 0,
+            message: format!(
+                "a second schema (the first is {}); keep one *.cedarschema per directory",
+                schemas[0].1.display()
+            ),
+        }));
+    }
+    let read = |(name, path): (String, PathBuf)| -> Result<Source, PolicyError> {
+        let file = std::fs::File::open(&path).map_err(|e| read_err(&path, e))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_POLICY_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| read_err(&path, e))?;
+        if bytes.len() as u64 > MAX_POLICY_FILE_BYTES {
+            return Err(PolicyError::Read {
+                path,
+                reason: format!("larger than the limit of {MAX_POLICY_FILE_BYTES} bytes"),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| PolicyError::Read {
+            path: path.clone(),
+            reason: format!("not UTF-8 (at byte {})", e.utf8_error().valid_up_to()),
+        })?;
+        Ok(Source {
+            name,
+            display: path.display().to_string(),
+            text,
+        })
+    };
+    let schema = schemas.into_iter().next().map(read).transpose()?;
+    let files = cedar_files.into_iter().map(read).collect::<Result<Vec<_>, _>>()?;
+    Ok((schema, files))
 }
 
 /// The hash of a set: domain tag, then the schema (if a file gave one) and

@@ -16,6 +16,12 @@
 //! - Tools: allowed calls run concurrently; each result is journaled.
 //! - Approval: the run parks; [`resume`] rebuilds it from its journaled
 //!   facts (no effect is repeated) and a decision continues it.
+//! - Knowledge: after each observation that goes on to another step, the
+//!   driver's optional [`StepKnowledge`] is asked for knowledge relevant to
+//!   what the run now works on and not yet in its conversation; what it
+//!   returns is journaled (`ContextHydrated`, `knowledge:<agent>`) between
+//!   the `observing` and the next `reasoning` phase, and the next
+//!   completion sees it. A replay serves it from the journal.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,12 +34,12 @@ use stele_journal::{ArchivedEventBody, EventBody, EventRef};
 use tracing::Instrument as _;
 
 use crate::agent::{AgentDefinition, Runs};
-use crate::llm::{Completion, Provider, ProviderError, ToolCall};
+use crate::llm::{Completion, Message, Provider, ProviderError, ToolCall};
 use crate::orga::{
-    AgentLoop, ApprovalOutcome, AwaitingApproval, Checked, Finished, Gate, GateOutcome, Observed, Reasoned,
-    Reasoning, RunSpec, ToolDispatching, ToolOutcome,
+    AgentLoop, ApprovalOutcome, AwaitingApproval, Checked, Finished, Gate, GateOutcome, Observed, Observing,
+    Reasoned, Reasoning, RunSpec, ToolDispatching, ToolOutcome,
 };
-use crate::policy::{AuthzRequest, Entity, Point, PolicyGate, Verdict};
+use crate::policy::{AuthzRequest, Entity, LiveGate, Point, PolicyGate, Verdict};
 use crate::tools::{self, ToolRunner};
 
 /// Where the loop's facts go (the journal, or a replay's comparison).
@@ -90,6 +96,40 @@ impl Sink for JournalSink {
                 .map_err(|e| e.to_string())
         })
     }
+}
+
+/// Largest search text the driver builds for a step's knowledge (bytes).
+pub const KNOWLEDGE_QUERY_BYTES: usize = 2048;
+
+/// What the driver asks a [`StepKnowledge`] before a run's next step.
+#[derive(Debug)]
+pub struct KnowledgeRequest<'a> {
+    /// The run.
+    pub run: &'a str,
+    /// The agent (whose knowledge is recalled).
+    pub agent: &'a str,
+    /// The step about to begin (2 and later).
+    pub step: u32,
+    /// What the run is now working on: this step's assistant text and tool
+    /// results, then the input, at most [`KNOWLEDGE_QUERY_BYTES`].
+    pub query: String,
+    /// The conversation so far: what is in it is not new.
+    pub conversation: &'a [Message],
+    /// The driver's clock reading (ms since the Unix epoch).
+    pub now_ms: u64,
+}
+
+/// What a [`StepKnowledge`] answers: the text to inject (`None`: nothing
+/// new is relevant), or why it could not recall (the run goes on without).
+pub type KnowledgeFuture<'a> = Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send + 'a>>;
+
+/// Knowledge injected before each reasoning step after the first: an
+/// effect runner (a live one searches the agent's context; a replay's
+/// serves what the journal holds), asked once per step that follows an
+/// observation.
+pub trait StepKnowledge: Send + Sync + std::fmt::Debug {
+    /// The knowledge for `request.step`, or `None`.
+    fn recall<'a>(&'a self, request: &'a KnowledgeRequest<'a>) -> KnowledgeFuture<'a>;
 }
 
 /// How a drive ended.
@@ -242,8 +282,9 @@ pub fn check(gate: &PolicyGate, run: &str, agent: &str, priority: &str, call: &T
 pub struct Driver {
     /// The inference provider.
     pub provider: Arc<dyn Provider>,
-    /// The policy gate.
-    pub gate: Arc<PolicyGate>,
+    /// The policy gate: the set in force at each decision (a daemon's
+    /// reload swaps it under a run in flight).
+    pub gate: LiveGate,
     /// The agent's tools: a [`ToolBox`](crate::tools::ToolBox) running them, or a replay's
     /// journaled results.
     pub tools: Arc<dyn ToolRunner>,
@@ -251,6 +292,9 @@ pub struct Driver {
     pub agent: String,
     /// The agent's priority (a policy attribute).
     pub priority: String,
+    /// Knowledge recalled before each step after the first (none: no
+    /// injection between steps).
+    pub knowledge: Option<Arc<dyn StepKnowledge>>,
 }
 
 impl Driver {
@@ -286,10 +330,12 @@ impl Driver {
             };
             let gated = async {
                 sink.record(check_phase.take_facts()).await?;
+                // One set decides the whole step, whatever a reload does meanwhile.
+                let gate = self.gate.current();
                 let checks: Vec<Checked> = check_phase
                     .proposed()
                     .iter()
-                    .map(|c| check(&self.gate, &run, &self.agent, &self.priority, c))
+                    .map(|c| check(&gate, &run, &self.agent, &self.priority, c))
                     .collect();
                 tracing::Span::current().record("calls", checks.len());
                 match check_phase.checked(checks) {
@@ -447,7 +493,38 @@ impl Driver {
         let now_ms = self.tools.clock_ms();
         let mut observing = d.returned_at(results, now_ms);
         sink.record(observing.take_facts()).await?;
-        Ok(observing.observe())
+        let knowledge = self.step_knowledge(&observing).await;
+        Ok(observing.observe_with(knowledge))
+    }
+
+    /// The knowledge for the step after `observing`, when the run goes on
+    /// and the driver has a [`StepKnowledge`]. A failed recall is logged
+    /// and the run goes on without it.
+    async fn step_knowledge(&self, observing: &AgentLoop<Observing>) -> Option<String> {
+        let knowledge = self.knowledge.as_ref()?;
+        if !observing.continues() {
+            return None;
+        }
+        let request = KnowledgeRequest {
+            run: observing.run(),
+            agent: &self.agent,
+            step: observing.step() + 1,
+            query: observing.recall_text(KNOWLEDGE_QUERY_BYTES),
+            conversation: observing.messages(),
+            now_ms: self.tools.clock_ms(),
+        };
+        let span = tracing::info_span!("orga.knowledge", run_id = request.run, step = request.step);
+        match knowledge.recall(&request).instrument(span).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(
+                    run_id = request.run,
+                    step = request.step,
+                    "no knowledge recalled: {e}"
+                );
+                None
+            }
+        }
     }
 
     /// Runs the allowed calls (their intent recorded first).
@@ -527,7 +604,7 @@ pub fn resume(spec: RunSpec, events: &[EventRef]) -> Result<Resumed, String> {
 
 /// [`resume`], also returning every fact the rebuild produced, in order:
 /// the loop's own (phases, proposals, verdicts, calls, results, breaker
-/// changes, saga steps, hydration, the end) and, where the loop only takes
+/// changes, saga steps, hydration, knowledge between steps, the end) and, where the loop only takes
 /// a journaled input without producing it (`CompletionFailed`,
 /// `RunForked`, a `RunFinished` after the provider gave up), that input.
 /// A run rebuilt without divergence yields exactly its journaled facts,
@@ -761,7 +838,20 @@ pub fn refold(spec: RunSpec, events: &[EventRef]) -> Result<(Resumed, Vec<EventB
         }
         let mut observing = dispatch.returned_at(results, returned_ms);
         out.extend(observing.take_facts());
-        match observing.observe() {
+        // Knowledge recalled for the next step, journaled before its phase.
+        let mut knowledge = None;
+        if let Some(e) = it.peek()
+            && let ArchivedEventBody::ContextHydrated {
+                reference, content, ..
+            } = e.body()
+            && reference
+                .as_str()
+                .starts_with(crate::context::rag::KNOWLEDGE_REFERENCE)
+        {
+            knowledge = Some(content.to_string());
+            it.next();
+        }
+        match observing.observe_with(knowledge) {
             Observed::Next(next) => lp = next,
             Observed::Done(f) => {
                 out.extend(f.facts);

@@ -6,7 +6,8 @@
 //! reaches the origin's state there; the first journaled input after the
 //! seq is replaced by the edit when one is given; from then on the live
 //! effect runners the caller hands in answer (the configured provider, the
-//! agent's tools). Every fact goes to the new run's stream: its
+//! agent's tools, the agent's knowledge between steps). Every fact goes to
+//! the new run's stream: its
 //! `RunStarted` names the origin as `parent` (`run@seq`), and a `RunForked`
 //! right after it records origin, seq and the edit with its BLAKE3 hash,
 //! caused by the origin's event at the seq. The origin is only read.
@@ -19,14 +20,14 @@ use std::sync::Arc;
 
 use stele_engine::llm::{Completion, Provider, ToolCall};
 use stele_engine::orga::ToolOutcome;
-use stele_engine::policy::PolicyGate;
-use stele_engine::reasoning::{Driver, Sink};
+use stele_engine::policy::LiveGate;
+use stele_engine::reasoning::{Driver, Sink, StepKnowledge};
 use stele_engine::tools::ToolRunner;
 use stele_journal::{Append, Event, EventBody, Journal, Seq, StreamId};
 
 use crate::run::{
-    Ended, RecordedRun, Served, ServedTools, Settings, approval_of, completion_of, drive_from_start,
-    rehydrate, tool_result_of,
+    Ended, RecordedRun, Served, ServedKnowledge, ServedTools, Settings, approval_of, completion_of,
+    drive_from_start, rehydrate_as, tool_result_of,
 };
 use crate::{Error, Result};
 
@@ -292,8 +293,11 @@ pub struct Live {
     pub provider: Arc<dyn Provider>,
     /// The tools.
     pub tools: Arc<dyn ToolRunner>,
-    /// The gate.
-    pub gate: Arc<PolicyGate>,
+    /// The gate (a daemon's fork sees its reloads).
+    pub gate: LiveGate,
+    /// The knowledge recalled before a step past the prefix (none: no
+    /// injection there).
+    pub knowledge: Option<Arc<dyn StepKnowledge>>,
     /// Told once the new run's start (`RunStarted` and `RunForked`) is
     /// durable, so a caller that drives the fork in a task of its own can
     /// answer with the new run while it goes on.
@@ -373,7 +377,7 @@ pub async fn fork(
         }
     }
     let hydration = if origin.hydration().iter().all(|e| e.seq <= at) {
-        rehydrate(origin, &live.gate)
+        rehydrate_as(origin, &live.gate.current(), new_run)
     } else {
         Vec::new()
     };
@@ -387,6 +391,10 @@ pub async fn fork(
         tools: Arc::new(tools),
         agent: origin.agent.clone(),
         priority: origin.priority(),
+        knowledge: Some(Arc::new(ServedKnowledge::new(
+            prefix.iter().copied(),
+            live.knowledge,
+        ))),
     };
     let stream = StreamId::new(format!("run:{new_run}")).map_err(|e| Error::Run {
         run: new_run.to_owned(),

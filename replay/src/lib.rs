@@ -29,7 +29,7 @@ pub mod view;
 pub use backtest::{Backtest, Flip, backtest};
 pub use diff::{FieldDiff, diff_values};
 pub use fork::{Edit, ForkOutcome, fork};
-pub use run::{Divergence, RecordedRun, Report, Settings, load_run, replay};
+pub use run::{Divergence, RecordedRun, Report, Settings, load_run, replay, replay_under};
 pub use view::RunState;
 
 /// Errors of the replay crate.

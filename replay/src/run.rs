@@ -3,9 +3,11 @@
 //! Cedar gate) is run again with effect runners that serve the journal —
 //! [`Served`] answers each completion attempt with the next journaled
 //! `CompletionReceived` or `CompletionFailed`, [`ServedTools`] answers each
-//! tool call with its journaled `ToolReturned` — on a current-thread tokio
-//! runtime whose clock is paused, so a retry's backoff passes without
-//! waiting. Approvals are fed back from the journaled `ApprovalDecided`s.
+//! tool call with its journaled `ToolReturned`, [`ServedKnowledge`] each
+//! step's recalled knowledge with its journaled `ContextHydrated` (no
+//! context search) — on a current-thread tokio runtime whose clock is
+//! paused, so a retry's backoff passes without waiting. Approvals are fed
+//! back from the journaled `ApprovalDecided`s.
 //!
 //! Every fact the driver records goes to a comparing sink instead of the
 //! journal: fact k must equal the run's k-th recorded fact (its
@@ -18,7 +20,7 @@
 //! live fallback in a replay, and run out with an error the comparison
 //! then reports.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -29,8 +31,8 @@ use serde_json::Value;
 use stele_engine::agent::AgentDefinition;
 use stele_engine::llm::{Completion, CompletionFuture, CompletionRequest, Provider, ProviderError, ToolCall};
 use stele_engine::orga::{AgentLoop, RunSpec, ToolOutcome};
-use stele_engine::policy::PolicyGate;
-use stele_engine::reasoning::{Driver, Sink, Stop};
+use stele_engine::policy::{LiveGate, PolicyGate};
+use stele_engine::reasoning::{Driver, KnowledgeFuture, KnowledgeRequest, Sink, StepKnowledge, Stop};
 use stele_engine::tools::{ToolResult, ToolRunner};
 use stele_journal::{Event, EventBody, Reader, RunId, Seq};
 use stele_projections::{AgentRegistry, SnapshotStore, state_at};
@@ -439,6 +441,70 @@ impl ServedTools {
     }
 }
 
+/// The knowledge a run was given before its later steps, served from its
+/// journaled `ContextHydrated` facts (reference `knowledge:<agent>`,
+/// recorded after an `observing` phase): the step after that observation
+/// gets its content again. A step whose start the facts hold without such
+/// a fact got none. For any other step (past a fork's prefix) it asks
+/// `live`, or answers none (a replay searches nothing).
+#[derive(Debug)]
+pub struct ServedKnowledge {
+    by_step: BTreeMap<u32, String>,
+    decided: BTreeSet<u32>,
+    live: Option<Arc<dyn StepKnowledge>>,
+}
+
+impl ServedKnowledge {
+    /// Serves the knowledge among `facts`, then `live` if given.
+    #[must_use]
+    pub fn new<'a>(
+        facts: impl IntoIterator<Item = &'a Event>,
+        live: Option<Arc<dyn StepKnowledge>>,
+    ) -> ServedKnowledge {
+        let mut by_step = BTreeMap::new();
+        let mut decided = BTreeSet::new();
+        let mut observed = None;
+        for e in facts {
+            match &e.body {
+                EventBody::PhaseEntered { step, phase, .. } => {
+                    observed = (phase == "observing").then_some(*step);
+                    if phase == "reasoning" {
+                        decided.insert(*step);
+                    }
+                }
+                EventBody::ContextHydrated {
+                    reference, content, ..
+                } if reference.starts_with(stele_engine::context::rag::KNOWLEDGE_REFERENCE) => {
+                    if let Some(step) = observed {
+                        by_step.insert(step + 1, content.clone());
+                        decided.insert(step + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        ServedKnowledge {
+            by_step,
+            decided,
+            live,
+        }
+    }
+}
+
+impl StepKnowledge for ServedKnowledge {
+    fn recall<'a>(&'a self, request: &'a KnowledgeRequest<'a>) -> KnowledgeFuture<'a> {
+        let served = self.by_step.get(&request.step).cloned();
+        let decided = self.decided.contains(&request.step);
+        Box::pin(async move {
+            match (served, &self.live) {
+                (Some(content), _) => Ok(Some(content)),
+                (None, Some(live)) if !decided => live.recall(request).await,
+                (None, _) => Ok(None),
+            }
+        })
+    }
+}
+
 /// The clock a replay's driver reads (for the circuit breakers): the
 /// journal's. A reading the run depended on is journaled in the
 /// `RunBreakerChanged` it led to; a reading that changed nothing is not.
@@ -628,6 +694,14 @@ pub fn provider_error(text: &str) -> ProviderError {
 /// allow it. The file is not read again.
 #[must_use]
 pub fn rehydrate(recorded: &RecordedRun, gate: &PolicyGate) -> Vec<EventBody> {
+    rehydrate_as(recorded, gate, &recorded.run)
+}
+
+/// [`rehydrate`] for run `run` (a fork of `recorded`): its facts name
+/// `run`, so they are indexed under the run whose stream holds them, not
+/// under the origin.
+#[must_use]
+pub fn rehydrate_as(recorded: &RecordedRun, gate: &PolicyGate, run: &str) -> Vec<EventBody> {
     let mut out = Vec::new();
     let mut allowed = false;
     for (i, e) in recorded.hydration().into_iter().enumerate() {
@@ -642,13 +716,8 @@ pub fn rehydrate(recorded: &RecordedRun, gate: &PolicyGate) -> Vec<EventBody> {
                     name: "read_file".into(),
                     arguments: serde_json::json!({ "path": path }).to_string(),
                 };
-                let checked = stele_engine::reasoning::check(
-                    gate,
-                    &recorded.run,
-                    &recorded.agent,
-                    &recorded.priority(),
-                    &call,
-                );
+                let checked =
+                    stele_engine::reasoning::check(gate, run, &recorded.agent, &recorded.priority(), &call);
                 allowed = matches!(checked.gate, stele_engine::orga::Gate::Allow { .. });
                 out.push(checked.decided);
             }
@@ -656,16 +725,25 @@ pub fn rehydrate(recorded: &RecordedRun, gate: &PolicyGate) -> Vec<EventBody> {
             EventBody::ContextHydrated { reference, .. }
                 if reference.starts_with(stele_engine::context::rag::KNOWLEDGE_REFERENCE) =>
             {
-                out.push(e.body.clone());
+                out.push(renamed(&e.body, run));
             }
             other => {
                 if allowed {
-                    out.push(other.clone());
+                    out.push(renamed(other, run));
                 }
             }
         }
     }
     out
+}
+
+/// A hydration fact as run `run` records it.
+fn renamed(body: &EventBody, run: &str) -> EventBody {
+    let mut body = body.clone();
+    if let EventBody::ContextHydrated { run: r, .. } = &mut body {
+        run.clone_into(r);
+    }
+    body
 }
 
 /// A journaled completion as the provider gave it.
@@ -828,6 +906,8 @@ struct Compare<'a, 'p> {
     /// (index, the replayed fact that differs; None: the replay produced
     /// nothing there).
     mismatch: Option<(usize, Option<EventBody>)>,
+    /// The sets the next step's decisions are made under.
+    sets: &'a Sets,
 }
 
 const DIVERGED: &str = "replay diverged";
@@ -853,6 +933,9 @@ impl Sink for Compare<'_, '_> {
                     break;
                 }
             }
+        }
+        if result.is_ok() {
+            self.sets.follow(self.expected.get(self.pos).copied());
         }
         Box::pin(async move { result })
     }
@@ -1027,6 +1110,67 @@ pub fn replay(
     settings: &Settings,
     perturb: Option<Perturb<'_>>,
 ) -> Result<Report> {
+    replay_under(recorded, &[gate], settings, perturb)
+}
+
+/// The policy sets a replay decides under. The journal says which set
+/// made each decision (`PolicyDecided.policy_set`), not what it held: a
+/// step's decisions are made again under the given set with that hash, so
+/// a run that spans a policy reload replays identically when every set it
+/// ran under is given; a step decided by a set not given is decided by the
+/// first, and the difference is the divergence it should be.
+#[derive(Debug)]
+struct Sets {
+    gates: Vec<Arc<PolicyGate>>,
+    /// What the driver decides with: swapped before each step's decisions.
+    live: LiveGate,
+}
+
+impl Sets {
+    fn new(gates: &[Arc<PolicyGate>]) -> Option<Sets> {
+        let first = gates.first()?;
+        Some(Sets {
+            gates: gates.to_vec(),
+            live: LiveGate::new(Arc::clone(first)),
+        })
+    }
+
+    /// The given set with hash `hash`, else the first.
+    fn by_hash(&self, hash: &str) -> &Arc<PolicyGate> {
+        self.gates
+            .iter()
+            .find(|g| g.hash() == hash)
+            .unwrap_or(&self.gates[0])
+    }
+
+    /// Before the decision `next` (the run's next journaled fact): puts the
+    /// set that made it in force, when it is a decision.
+    fn follow(&self, next: Option<&Event>) {
+        if self.gates.len() > 1
+            && let Some(EventBody::PolicyDecided { policy_set, .. }) = next.map(|e| &e.body)
+        {
+            self.live.replace(Arc::clone(self.by_hash(policy_set)));
+        }
+    }
+}
+
+/// [`replay`] under several policy sets, the first the current one: each
+/// step's decisions are made again under the set (of `gates`) whose hash
+/// the journal recorded for them, so a run that spans a policy reload
+/// replays identically given the sets before and after it.
+///
+/// # Errors
+/// As [`replay`]; also no set at all.
+pub fn replay_under(
+    recorded: &RecordedRun,
+    gates: &[Arc<PolicyGate>],
+    settings: &Settings,
+    perturb: Option<Perturb<'_>>,
+) -> Result<Report> {
+    let sets = Sets::new(gates).ok_or_else(|| Error::Run {
+        run: recorded.run.clone(),
+        reason: "no policy set to replay its decisions with".to_owned(),
+    })?;
     let spec = recorded.spec(&recorded.run, settings)?;
     let facts = recorded.facts();
     let mut answers = VecDeque::new();
@@ -1037,11 +1181,16 @@ pub fn replay(
         }
         approvals.extend(approval_of(e));
     }
-    let hydration = rehydrate(recorded, &gate);
+    // The start's reads were decided by the set of the first of them.
+    let start_set = recorded.hydration().into_iter().find_map(|e| match &e.body {
+        EventBody::PolicyDecided { policy_set, .. } => Some(policy_set.clone()),
+        _ => None,
+    });
+    let hydration = rehydrate(recorded, sets.by_hash(start_set.as_deref().unwrap_or_default()));
     let clock = Arc::new(ReplayClock::new(&facts));
     let driver = Driver {
         provider: Arc::new(Served::new(recorded.provider_name(), answers, None)),
-        gate,
+        gate: sets.live.clone(),
         tools: Arc::new(ServedTools::new(
             facts.iter().copied(),
             spec.max_tool_output,
@@ -1050,6 +1199,7 @@ pub fn replay(
         )),
         agent: recorded.agent.clone(),
         priority: recorded.priority(),
+        knowledge: Some(Arc::new(ServedKnowledge::new(facts.iter().copied(), None))),
     };
     let mut sink = Compare {
         expected: &facts,
@@ -1057,6 +1207,7 @@ pub fn replay(
         clock,
         perturb,
         mismatch: None,
+        sets: &sets,
     };
     let rt = paused_runtime()?;
     let ended = rt.block_on(drive_from_start(

@@ -60,7 +60,7 @@ fn driver(script: &str, workspace: &Path) -> Driver {
     .expect("gate");
     Driver {
         provider: Arc::new(ScriptedProvider::from_json("test", script).expect("script")),
-        gate: Arc::new(gate),
+        gate: Arc::new(gate).into(),
         tools: Arc::new(ToolBox {
             workspace: workspace.to_owned(),
             memory_mb: 64,
@@ -74,6 +74,7 @@ fn driver(script: &str, workspace: &Path) -> Driver {
         }),
         agent: "tester".into(),
         priority: "normal".into(),
+        knowledge: None,
     }
 }
 

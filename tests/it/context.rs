@@ -1254,7 +1254,7 @@ fn the_driver_injects_new_knowledge_before_each_later_step() {
     .expect("gate");
     let driver = Driver {
         provider: provider.clone(),
-        gate: Arc::new(all_tools),
+        gate: Arc::new(all_tools).into(),
         tools: Arc::new(stele_engine::tools::ToolBox {
             workspace: ws.canonicalize().expect("ws"),
             memory_mb: 64,
@@ -1458,9 +1458,17 @@ fn knowledge_is_injected_before_each_later_step_replays_and_forks() {
     let forked = run_events_json(&data, "run-2");
     let served = knowledge_facts(&forked);
     assert!(served.len() >= 2, "{forked:?}");
+    assert_eq!(served[0].1, knowledge[0].1, "the start's knowledge, as journaled");
     assert_eq!(
         served[1].1, knowledge[1].1,
         "step 2's knowledge is the journaled one"
+    );
+    // Past the prefix the fork recalls live: run-1's learnings are new.
+    assert!(
+        served[2..]
+            .iter()
+            .any(|(_, c)| c.contains("[librarian/run-1-learned · ")),
+        "{served:?}"
     );
     assert_eq!(
         forked.last().expect("events")["body"]["outcome"],
@@ -1468,6 +1476,9 @@ fn knowledge_is_injected_before_each_later_step_replays_and_forks() {
         "{forked:?}"
     );
     replays_identically(&data, "run-2");
+    // The fork's facts are its own: the origin replays as before.
+    assert_eq!(run_events_json(&data, "run-1").len(), events.len());
+    replays_identically(&data, "run-1");
 }
 
 #[test]

@@ -304,6 +304,14 @@ fn http_api_end_to_end_with_bearer_tokens() {
     assert_error(&d.get("/v1/agents/nobody", r), 404, "unknown_agent");
     assert_eq!(d.get("/v1/agents", r).json.as_array().map(Vec::len), Some(1));
     assert_error(&d.post_json("/v1/shutdown", o, &json!({})), 403, "forbidden");
+    // A policy reload needs admin; the daemon's own directory (the default,
+    // absent from this cwd) does not load: refused, nothing changes.
+    assert_error(&d.call("POST", "/v1/policy/reload", o, None), 403, "forbidden");
+    assert_error(
+        &d.call("POST", "/v1/policy/reload", a, None),
+        422,
+        "invalid_policies",
+    );
 
     // Unknown routes and methods.
     assert_error(&d.get("/v1/nope", r), 404, "not_found");
@@ -641,6 +649,7 @@ fn the_checked_in_openapi_document_is_current() {
         "/v1/journal/proof/inclusion",
         "/v1/audit/export",
         "/v1/audit/verify",
+        "/v1/policy/reload",
         "/health",
         "/ready",
         "/metrics",

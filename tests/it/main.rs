@@ -3,6 +3,7 @@
 //! Every test works on a real journal in a temporary directory.
 
 mod agents;
+mod api_fuzz;
 mod audit;
 mod breakers;
 mod bus;
@@ -12,6 +13,7 @@ mod context;
 mod crash;
 mod golden;
 mod http;
+mod http_context;
 mod http_replay;
 mod layering;
 mod lifecycle;
@@ -22,6 +24,7 @@ mod ops;
 mod orga;
 mod poison;
 mod policy;
+mod policy_reload;
 mod process;
 mod projections;
 mod prop;
@@ -32,6 +35,7 @@ mod runtime;
 mod saga;
 mod sandbox;
 mod scheduler;
+mod sse;
 mod tamper;
 mod up;
 mod up_runs;

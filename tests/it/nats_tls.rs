@@ -6,7 +6,11 @@
 //! certificate, missing or wrong credentials and an unset password
 //! variable each give an error naming what failed; `stele up` with a feed
 //! that cannot sign in keeps running and reports NATS not ready in
-//! `/ready`.
+//! `/ready`. The bus's link to peer instances (`[bus] nats = true`) uses the
+//! same `[nats]` settings: two `stele up` instances exchange a direct
+//! message, a request and its response and a receipt through the secured
+//! server (one signed in with the NKey, the other with the password), and
+//! refused credentials stop `stele up` with an error naming them.
 //!
 //! Each test starts its own server on a free port with a config file
 //! written here, and makes its own CA and keys, so nothing is shared.
@@ -619,4 +623,260 @@ fn stele_up_with_refused_nats_credentials_runs_and_is_not_ready() {
     assert_eq!(health, 200, "the runtime stays alive");
     assert!(up.child.try_wait().expect("poll").is_none(), "still running");
     assert!(up.terminate().success(), "{}", up.stderr());
+}
+
+// ------------------------------------------------ the bus over the same link
+
+/// An agent definition the bus tests register (the bus needs only a name).
+fn bus_agent(name: &str) -> String {
+    format!(
+        "name = \"{name}\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 32\ncpu_cores = 0.25\nexecution_timeout = \"10s\"\n[runs]\nkind = \"process\"\ntier = \"native\"\ncommand = \"/bin/true\"\n"
+    )
+}
+
+/// The bus identity of the instance whose data directory is `data`
+/// (`stele bus key`, made before the instance starts).
+fn bus_key(data: &Path) -> String {
+    let r = crate::run_bounded(&["--data", data.to_str().expect("utf-8"), "bus", "key"]);
+    assert_eq!(r.code, Some(0), "bus key: {r:?}");
+    r.stdout.trim().to_owned()
+}
+
+/// The config of bus instance `name` linked through `server` with the
+/// `[nats]` settings `auth` and mutual TLS, pinning `peer`'s key.
+fn bus_config(
+    root: &Path,
+    server: &SecureServer,
+    name: &str,
+    auth: &str,
+    peer: &str,
+    peer_key: &str,
+) -> PathBuf {
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policies");
+    write_config(
+        root,
+        &format!("{name}.toml"),
+        &format!(
+            "[runtime]\nhttp_port = 0\nstop_grace = \"2s\"\n\n[security]\ndefault_sandbox_tier = \"native\"\n\n{}\n[bus]\nname = \"{name}\"\nnats = true\npolicies = \"{}\"\n\n[bus.peers]\n{peer} = \"{peer_key}\"\n",
+            nats_section(server, "SECURE_UNUSED", auth, &server.pki.ca, true),
+            policies.display()
+        ),
+    )
+}
+
+/// `stele up` with `config` and `env`, an agent `agent` registered.
+fn bus_up(root: &Path, name: &str, config: &Path, env: &[(&str, &str)], agent: &str) -> Proc {
+    let agents = root.join(format!("{name}-agents"));
+    std::fs::create_dir_all(&agents).expect("mkdir");
+    std::fs::write(agents.join(format!("{agent}.toml")), bus_agent(agent)).expect("agent");
+    let mut cmd = stele();
+    cmd.arg("--data")
+        .arg(root.join(name))
+        .arg("--config")
+        .arg(config)
+        .args(["up", "--port", "0", "--agents"])
+        .arg(&agents)
+        .env_remove(PASSWORD_VAR);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn(&mut cmd, root, &format!("up-{name}"))
+}
+
+/// Waits for `up`'s bus (its socket); fails with its log if it exits.
+fn wait_for_bus(up: &mut Proc, data: &Path) {
+    wait_until("the bus of stele up", || {
+        if let Some(s) = up.child.try_wait().expect("poll") {
+            panic!("stele up exited ({s}): {}", up.stderr());
+        }
+        data.join("bus.sock").exists()
+    });
+}
+
+/// `stele bus …` against the instance of `data` (through its socket).
+fn bus_cli(data: &Path, config: &Path, args: &[&str]) -> Value {
+    let mut all = vec![
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+        "bus",
+    ];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let r = crate::run_bounded(&all);
+    assert_eq!(r.code, Some(0), "bus {args:?}: {r:?}");
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("bus {args:?}: {e}: {r:?}"))
+}
+
+#[test]
+fn the_bus_links_two_instances_over_mutual_tls_with_nkey_and_password() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let server = SecureServer::start(root);
+    let (east, west) = ("east", "west");
+    let (east_data, west_data) = (root.join(east), root.join(west));
+    let (east_key, west_key) = (bus_key(&east_data), bus_key(&west_data));
+    // east signs in with the NKey user, west as alice with the password
+    // from the environment; both with the client certificate.
+    let seed_file = root.join("user.nk");
+    std::fs::write(&seed_file, &server.user_seed).expect("seed file");
+    let east_cfg = bus_config(
+        root,
+        &server,
+        east,
+        &format!("nkey = \"{}\"", seed_file.display()),
+        west,
+        &west_key,
+    );
+    let west_cfg = bus_config(
+        root,
+        &server,
+        west,
+        &format!("user = \"alice\"\npassword_env = \"{PASSWORD_VAR}\""),
+        east,
+        &east_key,
+    );
+    let mut east_up = bus_up(root, east, &east_cfg, &[], "alice");
+    let mut west_up = bus_up(root, west, &west_cfg, &[(PASSWORD_VAR, &server.password)], "bob");
+    wait_for_bus(&mut east_up, &east_data);
+    wait_for_bus(&mut west_up, &west_data);
+
+    // A direct message east → west, durable through JetStream.
+    let sent = bus_cli(
+        &east_data,
+        &east_cfg,
+        &["send", "--from", "alice", "--to", "bob@west", "hello over tls"],
+    );
+    let got = bus_cli(
+        &west_data,
+        &west_cfg,
+        &["recv", "--agent", "bob", "--wait", "15s", "--ack"],
+    );
+    assert_eq!(got[0]["text"], "hello over tls", "sent {sent}, got {got}");
+    assert_eq!(got[0]["from"], "alice@east", "{got}");
+    assert!(
+        got[0]["remote_hash"].as_str().is_some_and(|h| h.len() == 64),
+        "{got}"
+    );
+
+    // A request west → east over request/reply, answered on east.
+    let asker = {
+        let (data, cfg) = (west_data.clone(), west_cfg.clone());
+        std::thread::spawn(move || {
+            bus_cli(
+                &data,
+                &cfg,
+                &[
+                    "ask",
+                    "--from",
+                    "bob",
+                    "--to",
+                    "alice@east",
+                    "--timeout",
+                    "15s",
+                    "who signs?",
+                ],
+            )
+        })
+    };
+    let req = bus_cli(
+        &east_data,
+        &east_cfg,
+        &["recv", "--agent", "alice", "--wait", "15s"],
+    );
+    assert_eq!(req[0]["pattern"], "request", "{req}");
+    let request = req[0]["id"].as_str().expect("request id").to_owned();
+    bus_cli(
+        &east_data,
+        &east_cfg,
+        &["reply", "--agent", "alice", "--request", &request, "an nkey"],
+    );
+    let answer = asker.join().expect("asker");
+    assert_eq!(answer["text"], "an nkey", "{answer}");
+
+    // west's receipt of the direct message crosses back to east.
+    wait_until("west's receipt in east's journal", || {
+        journal_events(&east_data).iter().any(|(_, _, line)| {
+            let v: Value = serde_json::from_str(line).expect("json");
+            v["body"]["kind"] == "message_delivered"
+                && v["body"]["remote"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("west:"))
+        })
+    });
+    for (up, data) in [(&mut east_up, &east_data), (&mut west_up, &west_data)] {
+        assert!(up.terminate().success(), "{}", up.stderr());
+        let r = crate::run_bounded(&["--data", data.to_str().expect("utf-8"), "journal", "verify"]);
+        assert_eq!(r.code, Some(0), "verify {}: {r:?}", data.display());
+    }
+}
+
+#[test]
+fn the_bus_link_with_refused_credentials_stops_stele_up_and_says_why() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let server = SecureServer::start(root);
+    let stranger = root.join("stranger.nk");
+    std::fs::write(&stranger, nkeys::KeyPair::new_user().seed().expect("seed")).expect("seed file");
+    let peer_key = bus_key(&root.join("peer"));
+    let url = server.url();
+    let cases: [(&str, String, &[(&str, &str)], Vec<String>); 3] = [
+        (
+            "stranger",
+            format!("nkey = \"{}\"", stranger.display()),
+            &[],
+            vec![format!(
+                "NATS at {url} refused to authorize the NKey seed in {}",
+                stranger.display()
+            )],
+        ),
+        (
+            "wrongpw",
+            format!("user = \"alice\"\npassword_env = \"{PASSWORD_VAR}\""),
+            &[(PASSWORD_VAR, "not-the-password")],
+            vec![format!(
+                "NATS at {url} refused to authorize user \"alice\" (password from ${PASSWORD_VAR})"
+            )],
+        ),
+        (
+            "nopw",
+            format!("user = \"alice\"\npassword_env = \"{PASSWORD_VAR}\""),
+            &[],
+            vec![format!(
+                "[nats] password_env: the environment variable {PASSWORD_VAR} is not set"
+            )],
+        ),
+    ];
+    for (name, auth, env, want) in cases {
+        let config = bus_config(root, &server, name, &auth, "peer", &peer_key);
+        let mut up = bus_up(root, name, &config, env, "alice");
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = up.child.try_wait().expect("poll") {
+                break s;
+            }
+            assert!(
+                t.elapsed() < PATIENCE,
+                "stele up {name} kept running: {}",
+                up.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let err = up.stderr();
+        assert_eq!(status.code(), Some(2), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains(&format!("[bus] nats = true: linking the bus to NATS at {url}")),
+            "{name}: {err}"
+        );
+        for w in &want {
+            assert!(err.contains(w.as_str()), "{name}: want {w:?} in: {err}");
+        }
+        assert!(!err.contains(&server.password), "no secret in the error");
+        assert!(
+            !root.join(name).join("bus.sock").exists(),
+            "{name}: no bus without its link"
+        );
+    }
 }

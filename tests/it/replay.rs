@@ -649,7 +649,8 @@ fn a_fork_never_waits_a_recorded_backoff() {
             confinement: stele_engine::process::detect_confinement(),
             sandbox: stele_engine::tools::CommandSandbox::Native,
         }),
-        gate,
+        gate: gate.into(),
+        knowledge: None,
         started: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -133,7 +133,34 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// A JSON body; every failure is an [`ApiError`] (415, 400, 422, 413).
+/// Whether a request says its body is JSON (`application/json`, or an
+/// `application/*+json` type), parameters ignored.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .is_some_and(|t| t == "application/json" || (t.starts_with("application/") && t.ends_with("+json")))
+}
+
+/// Every request body of the API is a JSON object, but serde reads a struct
+/// from an array too (`[]` would be a `StopBody`, `["a", null, "x"]` a
+/// `StartRun`): an array is refused here. Other non-objects are refused by
+/// the parser with the type it found; malformed text with where it breaks.
+fn refuse_array(bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.iter().find(|b| !b" \t\r\n".contains(b)) == Some(&b'[') {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable",
+            "the body is a JSON array; it must be a JSON object",
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON object body; every failure is an [`ApiError`] (415, 400, 422,
+/// 413).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -141,8 +168,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(req, state)
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body needs `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
             .await
+            .map_err(|e| body_error(&e))?;
+        refuse_array(&bytes)?;
+        Json::<T>::from_bytes(&bytes)
             .map(|Json(v)| JsonBody(v))
             .map_err(ApiError::from)
     }
@@ -157,12 +194,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let json_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        let json_type = json_content_type(req.headers());
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| body_error(&e))?;
@@ -176,6 +208,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
                 "a body needs `Content-Type: application/json`",
             ));
         }
+        refuse_array(&bytes)?;
         Json::<T>::from_bytes(&bytes)
             .map(|Json(v)| OptionalJsonBody(v))
             .map_err(ApiError::from)

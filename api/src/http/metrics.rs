@@ -55,6 +55,7 @@ pub struct Metrics {
     nats_lag: Gauge,
     nats_connected: Gauge,
     sse_clients: Gauge,
+    sse_lagged: Counter,
     data: PathBuf,
 }
 
@@ -137,6 +138,7 @@ impl Metrics {
             nats_lag: Gauge::default(),
             nats_connected: Gauge::default(),
             sse_clients: Gauge::default(),
+            sse_lagged: Counter::default(),
             data,
         };
         {
@@ -237,6 +239,11 @@ impl Metrics {
                 m.nats_connected.clone(),
             );
             r.register("sse_clients", "Open live event streams", m.sse_clients.clone());
+            r.register(
+                "sse_lagged",
+                "Times a live event stream fell behind the shared feed's buffer ([http] sse_buffer) and caught up from the journal",
+                m.sse_lagged.clone(),
+            );
             r.register(
                 "http_requests",
                 "HTTP requests, by method, route and status",
@@ -351,6 +358,11 @@ impl Metrics {
     /// The open SSE streams gauge.
     pub fn sse_clients(&self) -> &Gauge {
         &self.sse_clients
+    }
+
+    /// Live event streams that fell behind the shared feed.
+    pub fn sse_lagged(&self) -> &Counter {
+        &self.sse_lagged
     }
 
     /// The exposition, after reading the gauges of now from `status` (the

@@ -5,23 +5,32 @@
 //! `up.rs` binds the listener ([`bind`]: loopback unless tokens are
 //! configured, TLS when a certificate is) and starts the server ([`start`])
 //! with the handles it needs: the core's [`crate::up::Handle`] and the
-//! journal. The layers, outermost first: body limit → request metrics (on
-//! routed requests) → (for every route but the live stream) load shedding
-//! at `max_concurrent` and the request timeout → per-route bearer-token
-//! scope → handler.
+//! journal. The layers, outermost first: declared length → body limit
+//! (`[http] max_body`, the ceiling of every route's own) → the body read
+//! whole (`read_body`) → request metrics (on routed requests) → (for every
+//! route but the live stream) load shedding at `max_concurrent` and the
+//! request timeout → per-route bearer-token scope → handler.
 //! Every failure answers `{"error": {"code", "message"}}`.
 //!
 //! Replay, time travel, fork and backtest are in [`replay`]: `/v1/at/{seq}`,
 //! `/v1/diff`, `/v1/runs/{id}/replay`, `/v1/runs/{id}/fork`,
 //! `/v1/policy/backtest`.
+//! The policy reload (`POST /v1/policy/reload`, scope admin) is in
+//! [`policy`]. An agent's context store (`/v1/context/{agent}…`, the
+//! operations of `stele context`) is in [`context`]; the bus
+//! (`/v1/bus/send|publish|ask|stats`, when `[bus] policies` runs one) in
+//! [`bus`].
 
 pub mod auth;
+pub mod bus;
+pub mod context;
 pub mod error;
 pub mod events;
 pub mod handlers;
 pub mod health;
 pub mod journal;
 pub mod metrics;
+pub mod policy;
 pub mod replay;
 pub mod runs;
 pub mod telemetry;
@@ -33,12 +42,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::handler::Handler;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use stele_engine::config::{HttpConfig, HttpScope, SandboxTier};
 use stele_journal::Journal;
@@ -63,8 +72,16 @@ pub struct AppState {
     pub health: Arc<health::Health>,
     /// Slots of the live event streams.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// The shared live feed the event streams read from.
+    pub feed: Arc<events::Feed>,
     /// The daemon's reasoning runs.
     pub runs: crate::up_runs::Desk,
+    /// The context store (`/v1/context`), opened on first use.
+    pub context: Arc<context::Context>,
+    /// The bus (`/v1/bus`), when `[bus] policies` runs one.
+    pub bus: Option<stele_engine::bus::Bus>,
+    /// `[http] request_timeout` (what a bus ask may wait at most).
+    pub request_timeout: Duration,
     tokens: Arc<Tokens>,
 }
 
@@ -82,6 +99,11 @@ pub struct Parts {
     pub tier: SandboxTier,
     /// The daemon's reasoning runs.
     pub runs: crate::up_runs::Desk,
+    /// The policy directory of the daemon (`stele up --policies`): the
+    /// context store's gate.
+    pub policies: PathBuf,
+    /// The bus, when `[bus] policies` runs one.
+    pub bus: Option<stele_engine::bus::Bus>,
 }
 
 /// A bound listener, not yet serving.
@@ -165,6 +187,10 @@ impl Drop for Server {
 pub fn start(listener: Listener, parts: Parts) -> Result<Server> {
     let metrics = Arc::new(metrics::Metrics::new(&parts.journal, parts.data.clone()));
     let follow = tokio::spawn(Arc::clone(&metrics).follow(parts.journal.clone()));
+    let feed = Arc::new(events::Feed::new(
+        parts.journal.reader(),
+        parts.config.sse_buffer as usize,
+    ));
     let state = AppState {
         runtime: parts.runtime,
         journal: parts.journal,
@@ -172,7 +198,11 @@ pub fn start(listener: Listener, parts: Parts) -> Result<Server> {
         metrics,
         health: Arc::new(health::Health::new(parts.tier)),
         streams: Arc::new(tokio::sync::Semaphore::new(parts.config.max_streams as usize)),
+        feed,
         runs: parts.runs,
+        context: Arc::new(context::Context::new(parts.policies)),
+        bus: parts.bus,
+        request_timeout: parts.config.request_timeout,
         tokens: Arc::new(Tokens::new(&parts.config.tokens)?),
     };
     let app = router(state, &parts.config);
@@ -218,6 +248,10 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
             auth::require,
         )
     };
+    // [http] max_body is the ceiling of every route's own limit, as it is
+    // for a declared Content-Length (`declared_length`): a chunked body
+    // gets no further than one that says its length.
+    let max_body = usize::try_from(cfg.max_body).unwrap_or(usize::MAX);
     let (read, operate, admin) = (
         need(HttpScope::Read),
         need(HttpScope::Operate),
@@ -227,18 +261,24 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
         .route("/v1/status", get(handlers::status.layer(read.clone())))
         .route(
             "/v1/agents",
-            get(handlers::agents.layer(read.clone())).post(
-                handlers::register
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(stele_engine::agent::MAX_DEFINITION_BYTES)),
-            ),
+            get(handlers::agents.layer(read.clone())).post(handlers::register.layer(operate.clone()).layer(
+                DefaultBodyLimit::max(stele_engine::agent::MAX_DEFINITION_BYTES.min(max_body)),
+            )),
         )
         .route("/v1/agents/{name}", get(handlers::agent.layer(read.clone())))
         .route(
             "/v1/agents/{name}/stop",
             post(handlers::stop.layer(operate.clone())),
         )
-        .route("/v1/shutdown", post(handlers::shutdown.layer(admin)))
+        .route("/v1/shutdown", post(handlers::shutdown.layer(admin.clone())))
+        .route(
+            "/v1/policy/reload",
+            post(
+                policy::reload
+                    .layer(admin)
+                    .layer(DefaultBodyLimit::max(policy::MAX_RELOAD_BODY_BYTES.min(max_body))),
+            ),
+        )
         .route(
             "/v1/runs",
             get(handlers::runs.layer(read.clone())).post(runs::start.layer(operate.clone())),
@@ -257,7 +297,7 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
             post(
                 replay::fork
                     .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(replay::MAX_FORK_BODY_BYTES)),
+                    .layer(DefaultBodyLimit::max(replay::MAX_FORK_BODY_BYTES.min(max_body))),
             ),
         )
         .route(
@@ -265,9 +305,87 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
             post(
                 replay::backtest
                     .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(replay::MAX_BACKTEST_BODY_BYTES)),
+                    .layer(DefaultBodyLimit::max(
+                        replay::MAX_BACKTEST_BODY_BYTES.min(max_body),
+                    )),
             ),
         )
+        .route("/v1/context/{agent}", get(context::show.layer(read.clone())))
+        .route(
+            "/v1/context/{agent}/stats",
+            get(context::stats.layer(read.clone())),
+        )
+        .route(
+            "/v1/context/{agent}/search",
+            post(context::search.layer(read.clone()).layer(DefaultBodyLimit::max(
+                context::MAX_SEARCH_BODY_BYTES.min(max_body),
+            ))),
+        )
+        .route(
+            "/v1/context/{agent}/items",
+            post(
+                context::store
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(context::MAX_ITEM_BODY_BYTES.min(max_body))),
+            ),
+        )
+        .route(
+            "/v1/context/{agent}/items/{item}",
+            patch(
+                context::update
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(context::MAX_ITEM_BODY_BYTES.min(max_body))),
+            ),
+        )
+        .route(
+            "/v1/context/{agent}/items/{item}/share",
+            post(
+                context::share
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(context::MAX_SMALL_BODY_BYTES.min(max_body))),
+            ),
+        )
+        .route(
+            "/v1/context/{agent}/feedback",
+            post(
+                context::feedback
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(context::MAX_SMALL_BODY_BYTES.min(max_body))),
+            ),
+        )
+        .route(
+            "/v1/context/{agent}/archive",
+            post(
+                context::archive
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(context::MAX_SMALL_BODY_BYTES.min(max_body))),
+            ),
+        )
+        .route(
+            "/v1/bus/send",
+            post(
+                bus::send
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(bus::MAX_BUS_BODY_BYTES.min(max_body))),
+            ),
+        )
+        .route(
+            "/v1/bus/publish",
+            post(
+                bus::publish
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(bus::MAX_BUS_BODY_BYTES.min(max_body))),
+            ),
+        )
+        .route(
+            "/v1/bus/ask",
+            post(
+                bus::ask
+                    .layer(operate.clone())
+                    .layer(DefaultBodyLimit::max(bus::MAX_BUS_BODY_BYTES.min(max_body))),
+            ),
+        )
+        .route("/v1/bus/stats", get(bus::stats.layer(read.clone())))
         .route("/v1/events", get(events::list.layer(read.clone())))
         .route("/v1/events/{seq}", get(events::one.layer(read.clone())))
         .route("/v1/journal/verify", post(journal::verify.layer(operate.clone())))
@@ -306,11 +424,36 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(
-            usize::try_from(cfg.max_body).unwrap_or(usize::MAX),
-        ))
+        .layer(middleware::from_fn_with_state(cfg.request_timeout, read_body))
+        .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(cfg.max_body, declared_length))
         .with_state(state)
+}
+
+/// Reads the whole request body (at most `[http] max_body`, within
+/// `request_timeout`) before the route sees it, and hands it on buffered: a
+/// route that takes no body (every GET, verify, 404, 405, a refused token)
+/// would otherwise leave it unread, and a connection closed with unread
+/// bytes is reset — the client can lose the answer. A route's own smaller
+/// limit still applies when its handler reads the buffer.
+async fn read_body(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    // The body limit travels in the extensions.
+    let mut read = Request::new(body);
+    *read.extensions_mut() = parts.extensions.clone();
+    match tokio::time::timeout(timeout, axum::body::Bytes::from_request(read, &())).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => error::body_error(&e).into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the body did not arrive within [http] request_timeout",
+        )
+        .into_response(),
+    }
 }
 
 /// Refuses a body whose declared length is over the limit before reading
@@ -458,7 +601,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 #[openapi(
     info(
         title = "stele",
-        description = "The HTTP API of `stele up`: the runtime's operations over its signed, hash-chained journal. Errors are `{\"error\": {\"code\", \"message\"}}`. With `[http] tokens` configured every route but /health, /ready and /v1/openapi.json needs `Authorization: Bearer <token>` of scope read (GET), operate (changes) or admin (shutdown)."
+        description = "The HTTP API of `stele up`: the runtime's operations over its signed, hash-chained journal. Errors are `{\"error\": {\"code\", \"message\"}}`. With `[http] tokens` configured every route but /health, /ready and /v1/openapi.json needs `Authorization: Bearer <token>` of scope read (GET), operate (changes) or admin (shutdown, policy reload)."
     ),
     paths(
         handlers::status, handlers::agents, handlers::agent, handlers::register, handlers::stop,
@@ -466,19 +609,24 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         events::list, events::one, events::stream,
         journal::verify, journal::checkpoint, journal::inclusion, journal::consistency,
         journal::audit_export, journal::audit_verify,
-        replay::at, replay::diff, replay::replay, replay::fork, replay::backtest,
+        replay::at, replay::diff, replay::replay, replay::fork, replay::backtest, policy::reload,
+        context::show, context::stats, context::search, context::store, context::update,
+        context::share, context::feedback, context::archive,
+        bus::send, bus::publish, bus::ask, bus::stats,
         health, ready, prometheus, openapi,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
     tags(
-        (name = "runtime", description = "The runtime's state and shutdown"),
+        (name = "runtime", description = "The runtime's state, shutdown and policy reload"),
         (name = "agents", description = "Agent registration and lifecycle"),
         (name = "runs", description = "Reasoning runs"),
         (name = "events", description = "The journal's events, paged and live"),
         (name = "journal", description = "Verification, checkpoints, Merkle proofs"),
         (name = "audit", description = "Offline-verifiable audit bundles"),
         (name = "replay", description = "Replay, time travel, forks and policy backtests"),
+        (name = "context", description = "Agents' memory and knowledge: show, search, store, update, share, feedback, archive, stats"),
+        (name = "bus", description = "The bus: direct messages, topics, requests, stats"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -6,7 +6,8 @@
 //! - `GET /v1/at/{seq}?view=&run=&step=`: a view's state as of a seq;
 //! - `GET /v1/diff?from=&to=&view=&run=`: what changed between two seqs;
 //! - `POST /v1/runs/{id}/replay`: the replay report, against the daemon's
-//!   policy set (`stele up --policies`);
+//!   policy set (`stele up --policies`, or the last reload; a step decided
+//!   by a set it held before is decided under that one);
 //! - `POST /v1/runs/{id}/fork`: a new run from a run's state at a seq,
 //!   optionally with its next journaled input replaced, driven by the
 //!   daemon like any run (202 with the new run's id);
@@ -317,6 +318,8 @@ fn run_param(s: &AppState, id: &str) -> ApiResult<()> {
 
 /// Replay a run through the current deciders (the daemon's policy set) and
 /// compare every fact (`stele replay RUN --json`). No effect is performed.
+/// A step the journal says an earlier set of this daemon decided (it was
+/// reloaded since) is decided again under that set.
 #[utoipa::path(post, path = "/v1/runs/{id}/replay", tag = "replay",
     params(("id" = String, Path, description = "The run id (run-<n>)")),
     responses((status = 200, description = "The report: `divergence` is null when every fact was reproduced, else the first divergent seq with a field-level diff and the path to it", body = Object),
@@ -326,16 +329,16 @@ fn run_param(s: &AppState, id: &str) -> ApiResult<()> {
               (status = 422, description = "Not a reasoning run, or no policy set is loaded", body = ErrorBody)))]
 pub async fn replay(State(s): State<AppState>, PathParam(id): PathParam<String>) -> ApiResult<Json<Value>> {
     run_param(&s, &id)?;
-    let gate = s
+    let gates = s
         .runs
-        .gate()
+        .gates()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_policies", format!("{e:#}")))?;
     let reader = s.journal.reader();
     let data = s.data.clone();
     tokio::task::spawn_blocking(move || {
         let recorded = stele_replay::load_run(&reader, &SnapshotStore::new(data.as_path()), &id)
             .map_err(replay_error)?;
-        let report = stele_replay::replay(&recorded, gate, &crate::replay_cmd::settings(), None)
+        let report = stele_replay::replay_under(&recorded, &gates, &crate::replay_cmd::settings(), None)
             .map_err(replay_error)?;
         serde_json::to_value(&report).map(Json).map_err(internal)
     })

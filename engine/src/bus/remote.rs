@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 
 use super::service::Bus;
 use super::{BusError, RequestId};
+use crate::config::NatsConfig;
 
 /// The JetStream stream of the bus.
 pub const STREAM: &str = "STELE_BUS";
@@ -173,25 +174,27 @@ impl RemoteLink {
 /// Where responses to asks from peers go: request id → reply subject.
 type Pending = Arc<Mutex<BTreeMap<String, async_nats::Subject>>>;
 
-/// Connects the bus to NATS at `url`: creates the `STELE_BUS` stream if
-/// missing, starts consuming this instance's messages, answering asks and
-/// collecting receipts, and attaches the link to `bus`. The returned task
-/// ends when the bus stops.
+/// Connects the bus to NATS with the settings of `[nats]` (`url`, TLS and
+/// credentials: [`crate::nats::connect`], the same connection the event
+/// feed makes): creates the `STELE_BUS` stream if missing, starts
+/// consuming this instance's messages, answering asks and collecting
+/// receipts, and attaches the link to `bus`. The returned task ends when
+/// the bus stops.
 ///
 /// # Errors
-/// [`BusError::Peer`] when NATS cannot be reached or refuses the stream or
-/// consumer.
-pub async fn connect(bus: Bus, url: &str) -> Result<tokio::task::JoinHandle<()>, BusError> {
+/// [`BusError::Peer`] (peer `nats`) when NATS cannot be reached, refuses
+/// TLS or the credentials (the message says which), or refuses the stream
+/// or consumer; a file or variable `[nats]` names that cannot be used.
+pub async fn connect(bus: Bus, cfg: &NatsConfig) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let me = bus.origin().to_owned();
+    let url = &cfg.url;
     let nats_err = |reason: String| BusError::Peer {
-        peer: format!("nats {url}"),
+        peer: "nats".into(),
         reason,
     };
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+    let client = crate::nats::connect(cfg, &format!("stele-bus-{me}"))
         .await
-        .map_err(|e| nats_err(format!("cannot connect: {e}")))?;
+        .map_err(|e| nats_err(e.to_string()))?;
     let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(stream::Config {
@@ -204,7 +207,7 @@ pub async fn connect(bus: Bus, url: &str) -> Result<tokio::task::JoinHandle<()>,
             ..Default::default()
         })
         .await
-        .map_err(|e| nats_err(format!("stream {STREAM}: {e}")))?;
+        .map_err(|e| nats_err(format!("stream {STREAM} on {url}: {e}")))?;
     let consumer = stream
         .get_or_create_consumer(
             &format!("bus-{me}"),
@@ -217,19 +220,19 @@ pub async fn connect(bus: Bus, url: &str) -> Result<tokio::task::JoinHandle<()>,
             },
         )
         .await
-        .map_err(|e| nats_err(format!("consumer bus-{me}: {e}")))?;
+        .map_err(|e| nats_err(format!("consumer bus-{me} on {url}: {e}")))?;
     let mut messages = consumer
         .messages()
         .await
-        .map_err(|e| nats_err(format!("consuming {PREFIX}.msg.{me}: {e}")))?;
+        .map_err(|e| nats_err(format!("consuming {PREFIX}.msg.{me} on {url}: {e}")))?;
     let mut asks = client
         .subscribe(format!("{PREFIX}.ask.{me}"))
         .await
-        .map_err(|e| nats_err(e.to_string()))?;
+        .map_err(|e| nats_err(format!("subscribing to {PREFIX}.ask.{me} on {url}: {e}")))?;
     let mut receipts = client
         .subscribe(format!("{PREFIX}.receipt.{me}"))
         .await
-        .map_err(|e| nats_err(e.to_string()))?;
+        .map_err(|e| nats_err(format!("subscribing to {PREFIX}.receipt.{me} on {url}: {e}")))?;
     let (tx, mut rx) = mpsc::channel::<(String, Frame)>(FORWARD_QUEUE);
     bus.attach(RemoteLink { tx }).await?;
     let pending: Pending = Arc::default();

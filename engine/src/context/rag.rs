@@ -13,6 +13,11 @@
 //! calls itself — their results return to the run as `ToolReturned`, so a
 //! replay serves them and never searches or stores again — and
 //! [`record_run`] stores a finished run's learnings as episodic memory.
+//! [`StepRecall`] is the driver's [`StepKnowledge`]: before each step after
+//! the first it recalls what is relevant to the step's tool results and
+//! not yet in the conversation ([`is_seen`]: an item is known once its
+//! `[owner/id · ` header appears in any message — an injection, or a
+//! `recall_knowledge` answer).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,8 +29,9 @@ use super::ops::{NewItem, Requester};
 use super::search::{Found, Mode, Query, tokenize};
 use super::service::ContextService;
 use super::{AccessLevel, ContextError, MemoryType};
-use crate::llm::{ToolCall, ToolSpec};
+use crate::llm::{Message, ToolCall, ToolSpec};
 use crate::orga::ToolOutcome;
+use crate::reasoning::{KnowledgeFuture, KnowledgeRequest, StepKnowledge};
 use crate::tools::{CompensationFuture, ToolResult, ToolRunner};
 
 /// The knowledge tools' names.
@@ -38,6 +44,17 @@ pub const DEFAULT_BUDGET_TOKENS: usize = 1000;
 pub const KNOWLEDGE_REFERENCE: &str = "knowledge:";
 /// Knowledge items recalled for a run's input before its first step.
 pub const RECALL_ON_START: usize = 5;
+/// Most new knowledge items injected before a later step.
+pub const RECALL_PER_STEP: usize = 3;
+/// Token budget of the knowledge injected before a later step.
+pub const STEP_BUDGET_TOKENS: usize = 500;
+/// Hits looked at before a later step (the best ones may already be in the
+/// conversation).
+pub const STEP_CANDIDATES: usize = 50;
+/// Least relevance (in [0, 1], before importance) of an item injected
+/// before a later step: below it a hit is noise (a stray shared feature of
+/// the hash embedder), not knowledge about the step.
+pub const MIN_STEP_RELEVANCE: f32 = 0.2;
 /// Largest budget a call may ask for.
 pub const MAX_BUDGET_TOKENS: usize = 8000;
 /// Characters per token of the budget's estimate.
@@ -184,6 +201,20 @@ pub async fn recall(
     budget_tokens: usize,
     now_ms: u64,
 ) -> Result<(Found, Assembled), ContextError> {
+    let found = retrieve(service, requester, text, limit, now_ms).await?;
+    let assembled = assemble(&found, budget_tokens);
+    Ok((found, assembled))
+}
+
+/// Query analysis and retrieval: the hybrid search of [`recall`], with
+/// the analysis's hints dropped when they find nothing.
+async fn retrieve(
+    service: &ContextService,
+    requester: &Requester,
+    text: &str,
+    limit: usize,
+    now_ms: u64,
+) -> Result<Found, ContextError> {
     let a = analyze(text, now_ms);
     let mut q = Query::new(text, Mode::Hybrid, now_ms);
     q.limit = limit;
@@ -198,8 +229,70 @@ pub async fn recall(
         q.types.clear();
         found = service.search(requester, &q).await?;
     }
-    let assembled = assemble(&found, budget_tokens);
-    Ok((found, assembled))
+    Ok(found)
+}
+
+/// Whether the item `key` (`owner/id`) is already in `conversation`: its
+/// header as [`assemble`] writes it (`[owner/id · `) is in a message — an
+/// earlier injection or a `recall_knowledge` answer.
+#[must_use]
+pub fn is_seen(key: &str, conversation: &[Message]) -> bool {
+    let header = format!("[{key} · ");
+    conversation.iter().any(|m| m.content.contains(&header))
+}
+
+/// The knowledge for a later step of a run: the hybrid search of `text`,
+/// without the items already in `conversation` and the hits below
+/// [`MIN_STEP_RELEVANCE`], at most [`RECALL_PER_STEP`] items assembled
+/// within [`STEP_BUDGET_TOKENS`]. `None` when nothing new is relevant (a
+/// text with no searchable word included).
+///
+/// # Errors
+/// The search failed (the journal, the gate).
+pub async fn recall_new(
+    service: &ContextService,
+    requester: &Requester,
+    text: &str,
+    conversation: &[Message],
+    now_ms: u64,
+) -> Result<Option<Assembled>, ContextError> {
+    if tokenize(text).is_empty() {
+        return Ok(None);
+    }
+    let mut found = retrieve(service, requester, text, STEP_CANDIDATES, now_ms).await?;
+    found
+        .hits
+        .retain(|h| h.relevance >= MIN_STEP_RELEVANCE && !is_seen(&h.key, conversation));
+    found.hits.truncate(RECALL_PER_STEP);
+    let assembled = assemble(&found, STEP_BUDGET_TOKENS);
+    Ok((!assembled.used.is_empty()).then_some(assembled))
+}
+
+/// The live [`StepKnowledge`] of a run: [`recall_new`] over the agent's
+/// context (the search journaled as its access, like any other).
+#[derive(Clone, Debug)]
+pub struct StepRecall {
+    /// The context store.
+    pub service: Arc<ContextService>,
+    /// The agent whose run it is.
+    pub requester: Requester,
+}
+
+impl StepKnowledge for StepRecall {
+    fn recall<'a>(&'a self, request: &'a KnowledgeRequest<'a>) -> KnowledgeFuture<'a> {
+        Box::pin(async move {
+            recall_new(
+                &self.service,
+                &self.requester,
+                &request.query,
+                request.conversation,
+                request.now_ms,
+            )
+            .await
+            .map(|a| a.map(|a| a.text))
+            .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// Stores what a finished run learned as an episodic memory of its agent:

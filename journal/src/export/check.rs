@@ -36,7 +36,6 @@ use super::{
 };
 use crate::event::ArchivedEventBody;
 use crate::ids::{Hash, Seq};
-use crate::limits::VERIFY_BATCH;
 use crate::merkle;
 use crate::verify::Progress;
 
@@ -991,48 +990,14 @@ impl Walk<'_> {
     }
 }
 
-/// Verifies signatures in parallel batches; the first bad one by line.
-///
-/// Each batch coalesces its signatures by key (ed25519-zebra): one point per
-/// key instead of one per signature in the multiscalar multiplication, and
-/// a bundle is signed by a handful of keys, so a batch costs about half of
-/// an uncoalesced one. Its rules are ZIP 215's (the cofactored equation of
-/// RFC 8032 §5.1.7), under which every signature valid by the cofactorless
-/// check is valid too, and a batch agrees with checking one by one. A
-/// failed batch is searched one by one with the same rules.
+/// The first bad signature by line: the batches of
+/// [`crate::verify::first_bad_signature`] (coalesced by key, ZIP 215
+/// rules, on all cores), shared with `stele journal verify`.
 fn first_bad_signature(items: &[(u64, Seq, Hash, [u8; 64], VerifyingKey)]) -> Option<(u64, Seq)> {
-    use ed25519_zebra::{VerificationKey, VerificationKeyBytes, batch};
-    let item = |p: &(u64, Seq, Hash, [u8; 64], VerifyingKey)| {
-        (
-            VerificationKeyBytes::from(p.4.to_bytes()),
-            Signature::from_bytes(&p.3),
-            p.2.0,
-        )
-    };
-    items
-        .par_chunks(VERIFY_BATCH)
-        .filter_map(|chunk| {
-            let mut batch = batch::Verifier::new();
-            for p in chunk {
-                let (vk, sig, msg) = item(p);
-                batch.queue((vk, sig, &msg));
-            }
-            if batch.verify(rand_core::OsRng).is_ok() {
-                return None;
-            }
-            let one_ok = |p: &&(u64, Seq, Hash, [u8; 64], VerifyingKey)| {
-                let (vk, sig, msg) = item(p);
-                VerificationKey::try_from(vk)
-                    .and_then(|k| k.verify(&sig, &msg))
-                    .is_ok()
-            };
-            // The rules guarantee a failed batch holds a failing signature;
-            // never let a failed batch pass, whatever happens.
-            chunk
-                .iter()
-                .find(|p| !one_ok(p))
-                .or_else(|| chunk.first())
-                .map(|p| (p.0, p.1))
-        })
-        .min()
+    crate::verify::first_bad_signature(items, |p| crate::verify::Signed {
+        msg: &p.2.0,
+        sig: &p.3,
+        key: p.4.as_bytes(),
+    })
+    .map(|i| (items[i].0, items[i].1))
 }
