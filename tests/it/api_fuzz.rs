@@ -75,7 +75,17 @@ const VALID_KNOWN: &[&str] = &[
     "GET /v1/journal/proof/consistency",
     "POST /v1/audit/export",
     "POST /v1/audit/verify",
+    "GET /v1/context/{agent}",
+    "GET /v1/context/{agent}/stats",
+    "POST /v1/context/{agent}/items",
+    "POST /v1/context/{agent}/search",
+    "PATCH /v1/context/{agent}/items/{item}",
+    "POST /v1/context/{agent}/items/{item}/share",
+    "POST /v1/context/{agent}/feedback",
+    "POST /v1/context/{agent}/archive",
 ];
+/// The agent whose context valid requests store, search and change.
+const CONTEXT_AGENT: &str = "fuzz-ctx";
 /// Most valid run starts and forks (each is a run the daemon drives).
 const MAX_VALID_RUNS: usize = 6;
 
@@ -287,6 +297,8 @@ struct World {
     stoppable: Vec<String>,
     runs: Vec<String>,
     bundles: Vec<String>,
+    /// Context items stored (ids of [`CONTEXT_AGENT`]'s items).
+    items: Vec<String>,
     valid_runs: usize,
     counter: u64,
     policies: Vec<(String, String)>,
@@ -733,6 +745,13 @@ impl Fuzz {
                     agent.unwrap_or_else(|| self.world.fresh("nobody"))
                 }
                 (Loc::Path, "name") => "assistant".to_owned(),
+                (Loc::Path, "agent") => CONTEXT_AGENT.to_owned(),
+                (Loc::Path, "item") => self
+                    .world
+                    .items
+                    .choose(&mut self.rng)
+                    .cloned()
+                    .unwrap_or_else(|| "m-1".into()),
                 (Loc::Path, "id") => self
                     .world
                     .runs
@@ -879,6 +898,18 @@ impl Fuzz {
                 json!({"policies": policies, "from": 1, "to": head})
             }
             "StopBody" => json!({"reason": "stopped by the fuzz"}),
+            "StoreRequest" => json!({"content": "notes the fuzz keeps", "tags": ["fuzz"]}),
+            "SearchRequest" => json!({"query": "notes"}),
+            "UpdateRequest" => json!({"content": "notes the fuzz changed"}),
+            "ShareRequest" => json!({"with": "fuzz-ctx-peer"}),
+            "FeedbackRequest" => {
+                let item = p
+                    .path
+                    .get("item")
+                    .cloned()
+                    .or_else(|| self.world.items.last().cloned());
+                json!({"item": format!("{CONTEXT_AGENT}/{}", item.unwrap_or_else(|| "m-1".into())), "score": 0.5})
+            }
             other => {
                 // An operation this test has no knowledge of: a value of
                 // each required property's type.
@@ -1527,6 +1558,11 @@ impl Fuzz {
                         about: String::new(),
                         kinds: &["checkpoint_signed"],
                     });
+                }
+            }
+            "/v1/context/{agent}/items" => {
+                if let Some(id) = v["id"].as_str() {
+                    self.world.items.push(id.to_owned());
                 }
             }
             "/v1/runs" => {

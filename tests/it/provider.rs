@@ -22,7 +22,9 @@ use stele_engine::llm::{
     Completion, CompletionRequest, Message, Provider, ProviderError, Role, ToolCall, ToolSpec,
     provider_from_config,
 };
-use stele_engine::openai::{ApiKey, OpenAiProvider, OpenAiSettings, parse_completion, retry_after};
+use stele_engine::openai::{
+    ApiKey, OpenAiProvider, OpenAiSettings, Transport, parse_completion, retry_after,
+};
 use stele_engine::scripted::ScriptedProvider;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -170,8 +172,37 @@ fn openai(base_url: &str, key: Option<&str>, timeout: Duration) -> OpenAiProvide
         model: "gpt-test".into(),
         timeout,
         max_tokens: 256,
+        transport: Transport::Whole,
     })
     .expect("provider")
+}
+
+/// [`openai`] asking for streamed answers.
+fn openai_streamed(base_url: &str, timeout: Duration) -> OpenAiProvider {
+    OpenAiProvider::new(OpenAiSettings {
+        base_url: base_url.to_owned(),
+        api_key: None,
+        model: "gpt-test".into(),
+        timeout,
+        max_tokens: 256,
+        transport: Transport::Streamed,
+    })
+    .expect("provider")
+}
+
+/// A server-sent event stream of `events` (each a `data:` payload), as a
+/// chunked body in pieces of `piece` bytes (lines split across chunks).
+fn sse_answer(events: &[String], piece: usize) -> Canned {
+    let mut text = String::from(": keep-alive comment\n\n");
+    for e in events {
+        text.push_str(&format!("data: {e}\r\n\r\n"));
+    }
+    Canned {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream".into())],
+        body: Body2::Chunked(text.into_bytes(), piece),
+        delay: Duration::ZERO,
+    }
 }
 
 async fn complete(p: &dyn Provider, req: &CompletionRequest) -> Result<Completion, ProviderError> {
@@ -703,6 +734,159 @@ fn parse_completion_is_usable_on_its_own() {
     assert_eq!(c.content, "I can't help with that.");
 }
 
+// ---------------------------------------------------------------- openai: streaming
+
+/// The two-tool-call answer of `tool_call_answer_and_the_request_wire_shape`.
+fn two_calls_whole() -> Value {
+    json!({
+        "choices": [{
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Let me look.",
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"a.txt\"}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"b.txt\"}"}}
+                ]
+            },
+            "finish_reason": "tool_calls"
+        }],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 20}
+    })
+}
+
+/// The same answer as a stream's chunks, `[DONE]` last.
+fn two_calls_streamed() -> Vec<String> {
+    let delta = |d: Value| {
+        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "finish_reason": null}]}).to_string()
+    };
+    vec![
+        delta(json!({"role": "assistant", "content": ""})),
+        delta(json!({"content": "Let "})),
+        delta(json!({"content": "me look."})),
+        delta(
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": ""}}]}),
+        ),
+        delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"pa"}}]})),
+        delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": "th\":\"a.txt\"}"}}]})),
+        delta(
+            json!({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"b.txt\"}"}}]}),
+        ),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}).to_string(),
+        json!({"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 20, "total_tokens": 60}})
+            .to_string(),
+        "[DONE]".to_owned(),
+    ]
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_the_completion_the_whole_one_is() {
+    let server = Server::start(Canned::json(&two_calls_whole())).await;
+    let whole = complete(
+        &openai(&server.base_url, None, Duration::from_secs(10)),
+        &tool_request(),
+    )
+    .await
+    .expect("whole");
+    // Lines split across 7-byte chunks, CRLF line ends, a comment first.
+    server.set(sse_answer(&two_calls_streamed(), 7));
+    let p = openai_streamed(&server.base_url, Duration::from_secs(10));
+    let streamed = complete(&p, &tool_request()).await.expect("streamed");
+    assert_eq!(streamed, whole);
+    assert_eq!(streamed.tool_calls.len(), 2);
+    assert_eq!(streamed.tool_calls[0].arguments, r#"{"path":"a.txt"}"#);
+    // Asked for as a stream with usage; the whole request asks for neither.
+    let seen = server.seen();
+    assert_eq!(seen[0].body.get("stream"), None);
+    assert_eq!(seen[1].body["stream"], true);
+    assert_eq!(seen[1].body["stream_options"], json!({"include_usage": true}));
+    assert_eq!(seen[1].body["messages"], seen[0].body["messages"]);
+    // A server that answers a stream request whole is read whole.
+    server.set(Canned::json(&two_calls_whole()));
+    assert_eq!(complete(&p, &tool_request()).await.expect("whole answer"), whole);
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_way_is_a_retryable_connect_error() {
+    // Closed cleanly, but before `[DONE]`.
+    let mut events = two_calls_streamed();
+    events.truncate(4);
+    let server = Server::start(sse_answer(&events, 16)).await;
+    let p = openai_streamed(&server.base_url, Duration::from_secs(10));
+    let e = complete(&p, &simple_request()).await.expect_err("cut");
+    assert!(matches!(e, ProviderError::Connect(_)), "{e:?}");
+    assert!(e.retryable());
+    assert!(
+        one_line(&e).contains("the stream ended before its `data: [DONE]` after 4 events"),
+        "{e}"
+    );
+    // The connection broken in the middle of a chunked body.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let first = format!("data: {}\n\n", two_calls_streamed()[1]);
+    let task = tokio::spawn(async move {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = vec![0u8; 65536];
+        let _ = sock.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let chunk = format!("{:x}\r\n{first}\r\n", first.len());
+        let _ = sock.write_all(format!("{head}{chunk}").as_bytes()).await;
+        let _ = sock.write_all(b"100\r\ndata: {\"choi").await;
+        // Dropping the socket breaks the stream mid-chunk.
+    });
+    let p = openai_streamed(&format!("http://{addr}/v1"), Duration::from_secs(10));
+    let e = complete(&p, &simple_request()).await.expect_err("broken");
+    assert!(matches!(e, ProviderError::Connect(_)), "{e:?}");
+    assert!(e.retryable());
+    assert!(
+        one_line(&e).contains("the connection broke while reading the stream, after 1 events"),
+        "{e}"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_wrong_stream_chunk_names_its_event_and_field() {
+    let server = Server::start(sse_answer(&["{}".to_owned()], 64)).await;
+    let p = openai_streamed(&server.base_url, Duration::from_secs(10));
+    for (events, want) in [
+        (
+            vec![r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"name":"x"}}]}}]}"#],
+            "stream event 1: choices[0].delta.tool_calls[0].index is missing",
+        ),
+        (
+            vec![
+                r#"{"choices":[]}"#,
+                r#"{"choices":[{"index":0,"delta":{"content":7}}]}"#,
+            ],
+            "stream event 2: choices[0].delta.content is a number instead of a string or null",
+        ),
+        (vec!["not json"], "stream event 1: the data is not JSON"),
+        (
+            vec![r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1}]}}]}"#],
+            "tool_calls[0].index is 1, but only 0 tool calls were begun",
+        ),
+        (
+            vec![
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]}"#,
+                "[DONE]",
+            ],
+            "the stream's tool call 0 has no id",
+        ),
+        (
+            vec![r#"{"error":{"message":"overloaded"}}"#],
+            "stream event 1: the stream carried an error",
+        ),
+    ] {
+        let events: Vec<String> = events.into_iter().map(str::to_owned).collect();
+        server.set(sse_answer(&events, 64));
+        let m = malformed(&complete(&p, &simple_request()).await);
+        assert!(m.contains(want), "{events:?}: got {m:?}, wanted {want:?}");
+    }
+}
+
 // ---------------------------------------------------------------- openai: configuration
 
 #[test]
@@ -751,6 +935,7 @@ fn a_missing_key_names_the_variable_unless_the_server_is_local() {
         model: "m".into(),
         timeout: Duration::from_secs(1),
         max_tokens: 0,
+        transport: Transport::Whole,
     };
     let e = OpenAiProvider::new(bad).expect_err("ftp");
     assert!(one_line(&e).contains("not an http:// or https:// URL"), "{e}");
@@ -1064,7 +1249,14 @@ fn inference_config_defaults_file_and_env() {
             max_retries: 0,
             script: PathBuf::from("s.json"),
             max_tokens: 77,
+            stream: false,
         }
+    );
+    assert!(
+        Config::parse(path, "[inference]\nstream = true\n", &[])
+            .expect("stream")
+            .inference
+            .stream
     );
 
     let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
