@@ -45,17 +45,24 @@ pub enum BusCmd {
         /// Its lifetime (default `[bus] message_ttl`).
         #[arg(long)]
         ttl: Option<humantime::Duration>,
+        /// When the mailbox is full, wait this long for room (in turn with
+        /// other waiting senders) before being refused.
+        #[arg(long)]
+        wait: Option<humantime::Duration>,
         #[command(flatten)]
         common: Common,
     },
     /// Publish to a topic (delivered to every agent subscribed to a
-    /// matching pattern).
+    /// matching pattern; `topic@instance` to a peer's subscribers).
     Publish {
         #[arg(long)]
         from: String,
         #[arg(long)]
         topic: String,
         message: String,
+        /// When a subscriber's mailbox is full, wait this long for room.
+        #[arg(long)]
+        wait: Option<humantime::Duration>,
         #[command(flatten)]
         common: Common,
     },
@@ -166,11 +173,16 @@ pub(crate) enum Request {
         to: String,
         message: String,
         ttl_ms: Option<u64>,
+        /// Wait this long for room in a full mailbox (absent or 0: no wait).
+        #[serde(default)]
+        wait_ms: Option<u64>,
     },
     Publish {
         from: String,
         topic: String,
         message: String,
+        #[serde(default)]
+        wait_ms: Option<u64>,
     },
     Ask {
         from: String,
@@ -210,6 +222,10 @@ pub(crate) enum Request {
     Stats,
 }
 
+fn millis(d: humantime::Duration) -> u64 {
+    u64::try_from(Duration::from(d).as_millis()).unwrap_or(u64::MAX)
+}
+
 fn socket_path(data: &Path) -> PathBuf {
     data.join("bus.sock")
 }
@@ -233,13 +249,15 @@ pub fn run(data: &Path, cmd: BusCmd) -> Result<ExitCode> {
             to,
             message,
             ttl,
+            wait,
             common,
         } => (
             Request::Send {
                 from,
                 to,
                 message,
-                ttl_ms: ttl.map(|d| u64::try_from(Duration::from(d).as_millis()).unwrap_or(u64::MAX)),
+                ttl_ms: ttl.map(millis),
+                wait_ms: wait.map(millis),
             },
             common,
         ),
@@ -247,8 +265,17 @@ pub fn run(data: &Path, cmd: BusCmd) -> Result<ExitCode> {
             from,
             topic,
             message,
+            wait,
             common,
-        } => (Request::Publish { from, topic, message }, common),
+        } => (
+            Request::Publish {
+                from,
+                topic,
+                message,
+                wait_ms: wait.map(millis),
+            },
+            common,
+        ),
         BusCmd::Ask {
             from,
             to,
@@ -418,12 +445,13 @@ fn local(data: &Path, policies: &Path, request: &Request) -> Result<Value> {
         .with_context(|| format!("loading the bus's policies from {}", policies.display()))?;
     let journal = crate::journal_cmd::open_writer(data)?;
     let config = crate::cli::config().bus.clone();
+    let every = crate::cli::config().journal.snapshot_every;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (bus, task) = Bus::start(journal, data, Arc::new(gate), config).await?;
+        let (bus, task) = Bus::start_snapshotted(journal, data, Arc::new(gate), config, every).await?;
         let r = handle(&bus, request.clone()).await;
         drop(bus);
         let _ = task.await;
@@ -447,19 +475,31 @@ pub(crate) async fn handle(bus: &Bus, request: Request) -> Result<Value> {
             to,
             message,
             ttl_ms,
+            wait_ms,
         } => serde_json::to_value(
-            bus.send(out(
-                from,
-                to,
-                Pattern::Direct,
-                message,
-                ttl_ms.map(Duration::from_millis),
-            ))
+            bus.send_wait(
+                out(
+                    from,
+                    to,
+                    Pattern::Direct,
+                    message,
+                    ttl_ms.map(Duration::from_millis),
+                ),
+                Duration::from_millis(wait_ms.unwrap_or(0)),
+            )
             .await?,
         )?,
-        Request::Publish { from, topic, message } => serde_json::to_value(
-            bus.send(out(from, topic, Pattern::Publish, message, None))
-                .await?,
+        Request::Publish {
+            from,
+            topic,
+            message,
+            wait_ms,
+        } => serde_json::to_value(
+            bus.send_wait(
+                out(from, topic, Pattern::Publish, message, None),
+                Duration::from_millis(wait_ms.unwrap_or(0)),
+            )
+            .await?,
         )?,
         Request::Ask {
             from,
@@ -608,7 +648,14 @@ pub async fn start_daemon(
     };
     let gate = PolicyGate::load(&policies)
         .with_context(|| format!("[bus] policies: loading {}", policies.display()))?;
-    let (bus, task) = Bus::start(journal, data, Arc::new(gate), config.bus.clone()).await?;
+    let (bus, task) = Bus::start_snapshotted(
+        journal,
+        data,
+        Arc::new(gate),
+        config.bus.clone(),
+        config.journal.snapshot_every,
+    )
+    .await?;
     let mut tasks = vec![task];
     if config.bus.nats {
         let link = remote::connect(bus.clone(), &config.nats)

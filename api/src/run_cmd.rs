@@ -28,7 +28,7 @@ use stele_engine::policy::{LiveGate, PolicyGate};
 use stele_engine::reasoning::{self, Driver, JournalSink, Resumed, Sink, Stop};
 use stele_engine::sandbox::{ContainerExecutor, DockerHost};
 use stele_engine::scripted::ScriptedProvider;
-use stele_engine::tools::{CommandSandbox, ToolBox};
+use stele_engine::tools::{CommandSandbox, SandboxJournal, ToolBox};
 use stele_engine::{LifecycleCommand, Runs, agent_stream};
 use stele_journal::{Append, EventRef, Journal, RunId, Seq};
 use stele_projections::{AgentRegistry, RunsView, SnapshotStore, state_at};
@@ -100,6 +100,23 @@ pub(crate) fn driver_with(
             },
             owner: crate::sandbox_cmd::journal_owner(journal)?,
             agent: def.name.clone(),
+            journal: {
+                let (journal, stream) = (journal.clone(), agent_stream(&def.name));
+                SandboxJournal::new(move |body| {
+                    let (journal, stream) = (journal.clone(), stream.clone());
+                    async move {
+                        journal
+                            .append(Append {
+                                stream,
+                                cause: None,
+                                body,
+                            })
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    }
+                })
+            },
         },
     };
     let tools = Arc::new(ToolBox {

@@ -1346,8 +1346,13 @@ impl Probe {
                 Err(e) => (false, format!("probe cannot run in the container: {e}")),
                 Ok(r) => {
                     let status = match r.code {
+                        None if r.still_running => format!(
+                            "timed out after {} in the container and is still running there \
+                             (its image's `timeout` did not end it)",
+                            humantime::format_duration(self.check.timeout)
+                        ),
                         None => format!(
-                            "timed out after {} in the container",
+                            "timed out after {} in the container (killed there at the deadline)",
                             humantime::format_duration(self.check.timeout)
                         ),
                         Some(c) => format!("exited with code {c} in the container"),

@@ -12,15 +12,21 @@
 //!   tier ([`CommandSandbox`]) with the agent's limits: `native`, a process
 //!   of the process runner in the workspace; `docker` / `gvisor`, a
 //!   container (no network, read-only root, every capability dropped, …)
-//!   with the workspace mounted at `/work`. Exit status and output come
-//!   back; the driver journals them and a replay serves them.
+//!   with the workspace at `/work`, never run as uid 0 (see
+//!   [`CommandSandbox::Container`]); its `SandboxStarted` and
+//!   `SandboxExited` (container, runtime, image hash, …) are journaled as
+//!   they happen. Exit status and output come back; the driver journals
+//!   them and a replay serves them.
 //!
 //! A path that leaves the workspace (`..`, an absolute path elsewhere, a
 //! symlink pointing out) is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use stele_journal::EventBody;
 
 use serde_json::Value;
 
@@ -124,8 +130,23 @@ pub enum CommandSandbox {
     /// The `native` tier: a process of the process runner (the toolbox's
     /// launcher and confinement), in the workspace.
     Native,
-    /// A container of the `docker` or `gvisor` tier, the workspace mounted
-    /// read-write at `/work` and the command run as the workspace's owner.
+    /// A container of the `docker` or `gvisor` tier, the workspace at
+    /// `/work`. The command never runs as uid 0:
+    ///
+    /// - a workspace owned by an ordinary user and group (uid and gid not
+    ///   0) is bind-mounted read-write and the command runs as that
+    ///   `uid:gid`, so what it writes is the owner's, as if they wrote it;
+    /// - a workspace owned by root (uid or gid 0) is copied to a per-call
+    ///   scratch directory owned by [`SCRATCH_USER`] (65534, `nobody`),
+    ///   which is mounted and where the command runs as that user; after
+    ///   it exits (also on failure or timeout) its changes are copied back
+    ///   by the runtime itself — new and changed files, directories and
+    ///   symlinks written, deleted ones removed, set-id bits dropped — so
+    ///   they are owned as the runtime's other writes to the workspace
+    ///   are. The user's files are never chowned; the scratch copy is
+    ///   removed afterwards (also when the call is dropped, and then
+    ///   nothing is copied back). Sockets, FIFOs and devices are neither
+    ///   copied in nor touched.
     Container {
         /// The tier's executor.
         executor: ContainerExecutor,
@@ -136,7 +157,43 @@ pub enum CommandSandbox {
         owner: String,
         /// The agent (its label).
         agent: String,
+        /// Where the container's own facts are journaled.
+        journal: SandboxJournal,
     },
+}
+
+/// Who a `run_command` on a scratch copy of a root-owned workspace runs as
+/// (`nobody`).
+pub const SCRATCH_USER: (u32, u32) = (65534, 65534);
+
+/// A boxed future of a [`SandboxJournal`] append.
+pub type JournalFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Journals the facts of a `run_command` container (`SandboxStarted`,
+/// `SandboxExited`): each append is durable before the call goes on, and
+/// one that fails stops the command and fails the call.
+#[derive(Clone)]
+pub struct SandboxJournal(Arc<dyn Fn(EventBody) -> JournalFuture + Send + Sync>);
+
+impl SandboxJournal {
+    /// A journal appending through `append`.
+    pub fn new<F, Fut>(append: F) -> SandboxJournal
+    where
+        F: Fn(EventBody) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        SandboxJournal(Arc::new(move |body| Box::pin(append(body))))
+    }
+
+    async fn record(&self, body: EventBody) -> Result<(), String> {
+        (self.0)(body).await
+    }
+}
+
+impl std::fmt::Debug for SandboxJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SandboxJournal")
+    }
 }
 
 /// The result of a tool: success and its text.
@@ -326,29 +383,45 @@ impl ToolBox {
     }
 
     async fn run(&self, command: String, args: Vec<String>) -> ToolResult {
-        let (agent, container) = match &self.sandbox {
-            CommandSandbox::Native => (String::new(), ContainerOptions::default()),
+        // A root-owned workspace is worked on in a scratch copy (see
+        // `CommandSandbox::Container`), removed when this call ends.
+        let mut scratch: Option<Scratch> = None;
+        let (agent, container, task) = match &self.sandbox {
+            CommandSandbox::Native => (String::new(), ContainerOptions::default(), "tool".to_owned()),
             CommandSandbox::Container {
                 image, owner, agent, ..
             } => {
                 use std::os::unix::fs::MetadataExt as _;
                 let meta = std::fs::metadata(&self.workspace)
                     .map_err(|e| format!("workspace {}: {e}", self.workspace.display()))?;
+                let (mount, (uid, gid)) = if meta.uid() != 0 && meta.gid() != 0 {
+                    (self.workspace.clone(), (meta.uid(), meta.gid()))
+                } else {
+                    let workspace = self.workspace.clone();
+                    let copy = tokio::task::spawn_blocking(move || Scratch::copy_of(&workspace))
+                        .await
+                        .map_err(|e| format!("copying the workspace to a scratch directory: {e}"))??;
+                    let dir = copy.dir.clone();
+                    scratch = Some(copy);
+                    (dir, SCRATCH_USER)
+                };
                 (
                     agent.clone(),
                     ContainerOptions {
                         image: image.clone(),
                         owner: owner.clone(),
-                        workspace: Some(self.workspace.clone()),
-                        user: Some(format!("{}:{}", meta.uid(), meta.gid())),
+                        workspace: Some(mount),
+                        user: Some(format!("{uid}:{gid}")),
                         ..ContainerOptions::default()
                     },
+                    // Each call's container is its own task in the journal.
+                    format!("tool-{}", random_hex(8)),
                 )
             }
         };
         let native = matches!(self.sandbox, CommandSandbox::Native);
         let spec = TaskSpec {
-            task: "tool".into(),
+            task: task.clone(),
             agent,
             command,
             args,
@@ -364,22 +437,53 @@ impl ToolBox {
             container,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (tier, handle) = match &self.sandbox {
+        let (tier, handle, journal) = match &self.sandbox {
             CommandSandbox::Native => {
                 let executor = NativeExecutor {
                     launcher: self.launcher.clone(),
                     confinement: self.confinement.clone(),
                 };
-                (executor.tier(), executor.start(spec, tx))
+                (executor.tier(), executor.start(spec, tx), None)
             }
-            CommandSandbox::Container { executor, .. } => (executor.tier(), executor.start(spec, tx)),
+            CommandSandbox::Container {
+                executor, journal, ..
+            } => (executor.tier(), executor.start(spec, tx), Some(journal)),
         };
         let handle = handle.map_err(|e| e.to_string())?;
         // A call dropped mid-way (its run was cancelled) stops its command.
         let _stop = StopOnDrop(handle);
         while let Some(ev) = rx.recv().await {
             match ev {
-                ExecEvent::Exited { report: r, .. } => {
+                ExecEvent::Started {
+                    sandbox: Some(sandbox),
+                    ..
+                } => {
+                    if let Some(journal) = journal {
+                        journal
+                            .record(EventBody::SandboxStarted {
+                                task: task.clone(),
+                                sandbox,
+                            })
+                            .await
+                            .map_err(|e| format!("journaling the start of sandbox {task}: {e}"))?;
+                    }
+                }
+                ExecEvent::Exited { report: r, sandbox } => {
+                    if let (Some(journal), Some(exit)) = (journal, sandbox) {
+                        journal
+                            .record(EventBody::SandboxExited {
+                                task: task.clone(),
+                                exit,
+                            })
+                            .await
+                            .map_err(|e| format!("journaling the exit of sandbox {task}: {e}"))?;
+                    }
+                    if let Some(copy) = scratch.take() {
+                        let workspace = self.workspace.clone();
+                        tokio::task::spawn_blocking(move || copy.copy_back(&workspace))
+                            .await
+                            .map_err(|e| format!("copying the command's changes to the workspace: {e}"))??;
+                    }
                     let out = format!("{}{}", r.stdout, r.stderr);
                     return if r.success() {
                         Ok(out)
@@ -398,6 +502,171 @@ impl ToolBox {
         }
         Err("the command ended without a report".into())
     }
+}
+
+/// `bytes` random bytes, hex.
+fn random_hex(bytes: usize) -> String {
+    use rand_core::RngCore as _;
+    let mut b = vec![0u8; bytes];
+    rand_core::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A per-call copy of a root-owned workspace that a container's
+/// unprivileged user may write ([`SCRATCH_USER`] owns everything in it);
+/// removed on drop.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    /// Copies `workspace` to a new scratch directory.
+    fn copy_of(workspace: &Path) -> Result<Scratch, String> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = std::env::temp_dir().join(format!("stele-scratch-{}", random_hex(8)));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("creating scratch directory {}: {e}", dir.display()))?;
+        let scratch = Scratch { dir };
+        copy_in(workspace, &scratch.dir)?;
+        let (uid, gid) = SCRATCH_USER;
+        std::os::unix::fs::chown(&scratch.dir, Some(uid), Some(gid)).map_err(|e| {
+            format!(
+                "giving scratch directory {} to uid {uid} (the runtime must run as root \
+                 to work on a root-owned workspace): {e}",
+                scratch.dir.display()
+            )
+        })?;
+        Ok(scratch)
+    }
+
+    /// Makes `workspace` what the scratch copy now is.
+    fn copy_back(&self, workspace: &Path) -> Result<(), String> {
+        copy_out(&self.dir, workspace)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!("removing scratch directory {}: {e}", self.dir.display());
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{}: {e}", path.display())
+}
+
+/// Permission bits without set-id and sticky bits.
+fn plain_mode(meta: &std::fs::Metadata) -> std::fs::Permissions {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    std::fs::Permissions::from_mode(meta.mode() & 0o777)
+}
+
+/// Copies the directories, files and symlinks under `from` into `to` (an
+/// existing directory), all given to [`SCRATCH_USER`].
+fn copy_in(from: &Path, to: &Path) -> Result<(), String> {
+    let (uid, gid) = SCRATCH_USER;
+    for entry in std::fs::read_dir(from).map_err(io_at(from))? {
+        let entry = entry.map_err(io_at(from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let meta = std::fs::symlink_metadata(&src).map_err(io_at(&src))?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            std::fs::create_dir(&dst).map_err(io_at(&dst))?;
+            copy_in(&src, &dst)?;
+            std::fs::set_permissions(&dst, plain_mode(&meta)).map_err(io_at(&dst))?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst).map_err(io_at(&src))?;
+            std::fs::set_permissions(&dst, plain_mode(&meta)).map_err(io_at(&dst))?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(io_at(&src))?;
+            std::os::unix::fs::symlink(target, &dst).map_err(io_at(&dst))?;
+        } else {
+            continue; // sockets, FIFOs, devices
+        }
+        std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(io_at(&dst))?;
+    }
+    Ok(())
+}
+
+/// Removes `path` (`meta` its own metadata), never following a symlink.
+fn remove(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+    if meta.file_type().is_dir() {
+        std::fs::remove_dir_all(path).map_err(io_at(path))
+    } else {
+        std::fs::remove_file(path).map_err(io_at(path))
+    }
+}
+
+/// Makes the directories, files and symlinks under `to` those under
+/// `from`: writes what is new or changed, removes what is gone. Nothing is
+/// written through a symlink: an entry of another kind is removed first.
+fn copy_out(from: &Path, to: &Path) -> Result<(), String> {
+    let mut kept = HashSet::new();
+    for entry in std::fs::read_dir(from).map_err(io_at(from))? {
+        let entry = entry.map_err(io_at(from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let meta = std::fs::symlink_metadata(&src).map_err(io_at(&src))?;
+        let there = std::fs::symlink_metadata(&dst).ok();
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            match &there {
+                Some(t) if t.file_type().is_dir() => {}
+                other => {
+                    if let Some(t) = other {
+                        remove(&dst, t)?;
+                    }
+                    std::fs::create_dir(&dst).map_err(io_at(&dst))?;
+                }
+            }
+            copy_out(&src, &dst)?;
+            std::fs::set_permissions(&dst, plain_mode(&meta)).map_err(io_at(&dst))?;
+        } else if kind.is_file() {
+            if let Some(t) = &there {
+                let same = t.file_type().is_file()
+                    && t.len() == meta.len()
+                    && std::fs::read(&src).map_err(io_at(&src))?
+                        == std::fs::read(&dst).map_err(io_at(&dst))?;
+                if !same {
+                    remove(&dst, t)?;
+                }
+            }
+            if std::fs::symlink_metadata(&dst).is_err() {
+                std::fs::copy(&src, &dst).map_err(io_at(&dst))?;
+            }
+            std::fs::set_permissions(&dst, plain_mode(&meta)).map_err(io_at(&dst))?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(io_at(&src))?;
+            if let Some(t) = &there {
+                if t.file_type().is_symlink() && std::fs::read_link(&dst).ok().as_ref() == Some(&target) {
+                    kept.insert(entry.file_name());
+                    continue;
+                }
+                remove(&dst, t)?;
+            }
+            std::os::unix::fs::symlink(target, &dst).map_err(io_at(&dst))?;
+        } else {
+            continue; // made in the container: not the workspace's
+        }
+        kept.insert(entry.file_name());
+    }
+    for entry in std::fs::read_dir(to).map_err(io_at(to))? {
+        let entry = entry.map_err(io_at(to))?;
+        if kept.contains(&entry.file_name()) {
+            continue;
+        }
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(io_at(&path))?;
+        let kind = meta.file_type();
+        // What was never copied in (sockets, FIFOs, devices) stays.
+        if kind.is_dir() || kind.is_file() || kind.is_symlink() {
+            remove(&path, &meta)?;
+        }
+    }
+    Ok(())
 }
 
 /// How long a command whose call was dropped gets between SIGTERM and

@@ -847,6 +847,82 @@ async fn a_stream_cut_mid_way_is_a_retryable_connect_error() {
     task.abort();
 }
 
+/// A sink keeping the facts a drive records.
+#[derive(Default)]
+struct Facts(Vec<stele_journal::EventBody>);
+
+impl stele_engine::reasoning::Sink for Facts {
+    fn record<'a>(
+        &'a mut self,
+        facts: Vec<stele_journal::EventBody>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        self.0.extend(facts);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_cut_stream_is_journaled_and_retried_like_any_failed_attempt() {
+    let mut events = two_calls_streamed();
+    events.truncate(3);
+    let server = Server::start(sse_answer(&events, 16)).await;
+    let ws = tempfile::tempdir().expect("ws");
+    let driver = stele_engine::reasoning::Driver {
+        provider: Arc::new(openai_streamed(&server.base_url, Duration::from_secs(10))),
+        gate: stele_engine::policy::PolicyGate::deny_all().into(),
+        tools: Arc::new(stele_engine::tools::ToolBox {
+            workspace: ws.path().to_owned(),
+            memory_mb: 64,
+            cpu_cores: 0.5,
+            timeout: Duration::from_secs(10),
+            launcher: stele_engine::process::Launcher {
+                program: env!("CARGO_BIN_EXE_stele").into(),
+            },
+            confinement: stele_engine::process::detect_confinement(),
+            sandbox: stele_engine::tools::CommandSandbox::Native,
+        }),
+        agent: "tester".into(),
+        priority: "normal".into(),
+        knowledge: None,
+    };
+    let mut spec = stele_engine::orga::RunSpec::new("run-1", "tester", "gpt-test");
+    spec.max_attempts = 2;
+    let mut sink = Facts::default();
+    let stop = tokio::time::timeout(
+        HANG_GUARD,
+        driver.drive(
+            stele_engine::orga::AgentLoop::start(spec, "hello".into(), None),
+            &mut sink,
+        ),
+    )
+    .await
+    .expect("not hung")
+    .expect("drive");
+    let stele_engine::reasoning::Stop::Finished(f) = stop else {
+        panic!("parked")
+    };
+    assert_eq!(f.outcome, "failed");
+    let failed: Vec<(u32, String)> = sink
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            stele_journal::EventBody::CompletionFailed { attempt, error, .. } => {
+                Some((*attempt, error.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for (i, (attempt, error)) in failed.iter().enumerate() {
+        assert_eq!(*attempt, u32::try_from(i + 1).expect("small"));
+        assert!(
+            error.contains("the stream ended before its `data: [DONE]` after 3 events"),
+            "{error}"
+        );
+    }
+    assert_eq!(server.seen().len(), 2, "one request per attempt");
+}
+
 #[tokio::test]
 async fn a_wrong_stream_chunk_names_its_event_and_field() {
     let server = Server::start(sse_answer(&["{}".to_owned()], 64)).await;

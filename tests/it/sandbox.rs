@@ -570,18 +570,41 @@ fn a_sandboxed_command_cannot_exceed_its_pids_limit() {
     }
 }
 
+/// A tool of an unprivileged owner (uid and gid 1000): what a
+/// non-root-owned workspace is given to.
+const WORKSPACE_OWNER: u32 = 1000;
+
 #[test]
 fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_the_journal() {
+    use std::os::unix::fs::MetadataExt as _;
     image();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    for tier in TIERS {
+    // The tests run as root: a workspace they make is root's (worked on in
+    // a scratch copy as uid 65534); one given to uid 1000 is mounted and
+    // the command runs as 1000.
+    assert_eq!(
+        std::fs::metadata("/proc/self").expect("/proc/self").uid(),
+        0,
+        "the sandbox tests run as root (dockerd needs it)"
+    );
+    for (tier, owner) in TIERS.into_iter().flat_map(|t| [(t, 0), (t, WORKSPACE_OWNER)]) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ws = tmp.path().join("ws");
         std::fs::create_dir_all(&ws).expect("ws");
         std::fs::write(ws.join("in.txt"), "from the host\n").expect("in.txt");
+        std::fs::write(ws.join("gone.txt"), "deleted by the command\n").expect("gone.txt");
+        if owner != 0 {
+            for p in [ws.clone(), ws.join("in.txt"), ws.join("gone.txt")] {
+                std::os::unix::fs::chown(&p, Some(owner), Some(owner)).expect("chown");
+            }
+        }
+        // Where the runtime's scratch copies go: empty again afterwards.
+        let scratch_parent = tmp.path().join("tmpdir");
+        std::fs::create_dir_all(&scratch_parent).expect("tmpdir");
         let command = format!(
             "cat in.txt; echo made in the sandbox > out.txt; echo PWD=$(pwd); \
+             echo UID=$(id -u); rm gone.txt; mkdir sub && echo nested > sub/f; \
              echo GVISOR_LINES=$(dmesg 2>/dev/null | grep -c gVisor); \
              if nc -w 2 127.0.0.1 {port} </dev/null; then echo CONNECTED; else echo UNREACHABLE; fi; \
              if touch /etc/stele 2>/dev/null; then echo ROOT-WRITABLE; else echo ROOT-READ-ONLY; fi"
@@ -621,6 +644,7 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
                 .args(args)
                 .arg("--policies")
                 .arg(&policies)
+                .env("TMPDIR", &scratch_parent)
                 .stdin(Stdio::null())
                 .output()
                 .expect("run stele")
@@ -658,8 +682,62 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
             assert_eq!(gvisor_lines, "0", "runc shares the host's kernel: {text}");
         }
         assert_eq!(
-            std::fs::read_to_string(ws.join("out.txt")).expect("out.txt written through the mount"),
+            std::fs::read_to_string(ws.join("out.txt")).expect("out.txt written to the workspace"),
             "made in the sandbox\n"
+        );
+        let uid = text.lines().find_map(|l| l.strip_prefix("UID=")).expect("UID");
+        let expected_uid = if owner == 0 { 65534 } else { owner };
+        assert_eq!(
+            uid,
+            expected_uid.to_string(),
+            "{tier}, workspace of uid {owner}: the command never runs as root: {text}"
+        );
+        assert!(
+            !ws.join("gone.txt").exists(),
+            "{tier}/{owner}: the deletion reached the workspace"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.join("sub/f")).expect("sub/f"),
+            "nested\n"
+        );
+        for f in ["in.txt", "out.txt", "sub/f"] {
+            assert_eq!(
+                std::fs::metadata(ws.join(f)).expect(f).uid(),
+                owner,
+                "{tier}: {f} belongs to the workspace's owner {owner}, not to the container's user"
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(&scratch_parent).expect("tmpdir").count(),
+            0,
+            "{tier}/{owner}: the scratch copy is removed"
+        );
+        // The container's own facts, the image's hash among them, are
+        // journaled between the call and its result.
+        let started = kind(&ev, "sandbox_started");
+        let exited = kind(&ev, "sandbox_exited");
+        assert_eq!((started.len(), exited.len()), (1, 1), "{tier}: {}", dump(&ev));
+        let s = &started[0]["body"];
+        assert_eq!(s["image_hash"], image().1.as_str(), "{tier}: {s}");
+        assert_eq!(s["tier"], tier);
+        assert_eq!(s["runtime"], if tier == "gvisor" { "runsc" } else { "runc" });
+        assert_eq!(s["agent"], "shell");
+        assert_eq!(s["network"], "none");
+        let task = s["task"].as_str().expect("task");
+        assert!(task.starts_with("tool-"), "{s}");
+        let x = &exited[0]["body"];
+        assert_eq!(
+            (x["task"].as_str(), x["code"].as_i64()),
+            (Some(task), Some(0)),
+            "{x}"
+        );
+        assert_eq!(x["container"], s["container"]);
+        let seq = |e: &Value| e["seq"].as_u64().expect("seq");
+        let called = seq(kind(&ev, "tool_called")[0]);
+        assert!(
+            called < seq(started[0]) && seq(started[0]) < seq(exited[0]) && seq(exited[0]) < seq(returned[0]),
+            "{tier}: {}",
+            dump(&ev)
         );
 
         // The replay serves the journaled result: no container runs again.
@@ -821,6 +899,74 @@ fn a_container_agents_health_probe_runs_inside_its_container() {
         assert!(
             !Path::new("/work/stele-ready").exists(),
             "the probe's file is the container's, not the host's"
+        );
+        up.down();
+    }
+}
+
+/// The processes of container `id` whose command line contains `needle`,
+/// as `docker top` lists them (runc: the host's ps; runsc: gVisor's).
+fn processes_in(id: &str, needle: &str) -> Vec<String> {
+    let o = std::process::Command::new("docker")
+        .args(["top", id])
+        .output()
+        .expect("run docker top");
+    assert!(
+        o.status.success(),
+        "docker top {id}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_probe_that_hangs_past_its_deadline_is_killed_in_the_container() {
+    for tier in TIERS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let agents = tmp.path().join("agents");
+        std::fs::create_dir_all(&agents).expect("agents dir");
+        // Docker cannot kill an exec: without the deadline enforced inside
+        // the container, every timed-out probe's `sleep 4242` would stay.
+        std::fs::write(
+            agents.join("hung.toml"),
+            format!(
+                "name = \"hung\"\npriority = \"normal\"\n\n[mode]\nkind = \"persistent\"\n\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"120s\"\n\n[runs]\nkind = \"process\"\ntier = {tier:?}\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 600\"]\n\n[health]\ncommand = \"/bin/sleep\"\nargs = [\"4242\"]\ninterval = \"500ms\"\ntimeout = \"1s\"\nretries = 100\n"
+            ),
+        )
+        .expect("agent");
+        let mut up = Up::start(tmp.path(), &agents);
+        let ev = up.wait_for("two timed-out probes", |ev| {
+            kind(ev, "health_checked")
+                .iter()
+                .any(|e| e["body"]["failures"].as_u64() >= Some(2))
+        });
+        let container = kind(&ev, "sandbox_started")[0]["body"]["container"]
+            .as_str()
+            .expect("container")
+            .to_owned();
+        // At most the probe in flight now; none of the timed-out ones.
+        let left = processes_in(&container, "4242");
+        assert!(
+            left.len() <= 1,
+            "{tier}: timed-out probes left running in the container: {left:?}"
+        );
+        for check in kind(&ev, "health_checked") {
+            let b = &check["body"];
+            assert_eq!(b["ok"], false, "{tier}: {b}");
+            let detail = b["detail"].as_str().expect("detail");
+            assert!(
+                detail.contains("timed out after 1s in the container (killed there at the deadline)"),
+                "{tier}: {detail}"
+            );
+        }
+        // The container itself lives on: only its probe was ended.
+        assert!(
+            !processes_in(&container, "sleep 600").is_empty(),
+            "{tier}: the task runs on"
         );
         up.down();
     }

@@ -48,6 +48,11 @@ pub struct SendBody {
     /// Its lifetime, ms (default `[bus] message_ttl`).
     #[serde(default)]
     pub ttl_ms: Option<u64>,
+    /// When the mailbox is full, wait up to this many ms for room (in turn
+    /// with other waiting senders; default 0: refused at once; at most 1 s
+    /// under `[http] request_timeout`).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
 }
 
 /// A message to a topic.
@@ -61,6 +66,10 @@ pub struct PublishBody {
     pub topic: String,
     /// The payload (text).
     pub message: String,
+    /// When a subscriber's mailbox is full, wait up to this many ms for
+    /// room (as for a send).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
 }
 
 /// A request that waits for its response.
@@ -118,6 +127,19 @@ fn bus_error(e: &anyhow::Error) -> ApiError {
     ApiError::new(status, code, message)
 }
 
+/// A `wait_ms` checked against the request timeout: the send must be
+/// decided before the HTTP request itself times out.
+fn wait_ms(s: &AppState, wait_ms: Option<u64>) -> ApiResult<Option<u64>> {
+    let ceiling = s.request_timeout.saturating_sub(Duration::from_secs(1));
+    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    match wait_ms {
+        Some(w) if w > ceiling_ms => Err(ApiError::bad_request(format!(
+            "wait_ms is {w}; it must be at most {ceiling_ms} (1 s under [http] request_timeout)"
+        ))),
+        w => Ok(w),
+    }
+}
+
 /// Hands `request` to the bus's own handler, in a task of its own (a
 /// request timeout must not drop a send half done).
 async fn call(bus: Bus, request: Request) -> ApiResult<Json<Value>> {
@@ -148,6 +170,7 @@ pub async fn send(State(s): State<AppState>, JsonBody(b): JsonBody<SendBody>) ->
             to: b.to,
             message: b.message,
             ttl_ms: b.ttl_ms,
+            wait_ms: wait_ms(&s, b.wait_ms)?,
         },
     )
     .await
@@ -175,6 +198,7 @@ pub async fn publish(
             from: b.from,
             topic: b.topic,
             message: b.message,
+            wait_ms: wait_ms(&s, b.wait_ms)?,
         },
     )
     .await

@@ -22,7 +22,10 @@
 //!   once; returns the first answer, and the others' waits end as
 //!   `MessageExpired` (`race lost`).
 //!
-//! Agents on a peer instance are addressed `agent@instance`.
+//! Agents on a peer instance are addressed `agent@instance`. A message to a
+//! full mailbox here waits up to [`BUILTIN_SEND_WAIT`] (5 s) for room
+//! before the call fails with `mailbox_full`; a request's `timeout_ms`
+//! counts from when it is sent.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,7 +37,7 @@ use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
 
 use super::service::{Bus, Outgoing};
-use super::{BusError, MAX_FANOUT, Pattern, RequestId};
+use super::{BUILTIN_SEND_WAIT, BusError, MAX_FANOUT, Pattern, RequestId};
 use crate::llm::{ToolCall, ToolSpec};
 use crate::orga::ToolOutcome;
 use crate::tools::{ToolResult, ToolRunner};
@@ -226,13 +229,23 @@ impl BusTools {
             "send_to" => {
                 let mut msg = self.outgoing(call, "send_to", text(&args, "agent")?, text(&args, "message")?);
                 msg.pattern = Pattern::Direct;
-                let sent = self.bus.send(msg).await.map_err(err)?;
+                let sent = self.bus.send_wait(msg, BUILTIN_SEND_WAIT).await.map_err(err)?;
                 Ok(format!("sent {} (journal seq {})", sent.id, sent.seq))
             }
             "ask" | "delegate" => {
                 let key = if call.name == "ask" { "question" } else { "task" };
-                let msg = self.outgoing(call, &call.name, text(&args, "agent")?, text(&args, key)?);
-                let answer = self.bus.request(msg, timeout_of(&args)?).await.map_err(err)?;
+                let mut msg = self.outgoing(call, &call.name, text(&args, "agent")?, text(&args, key)?);
+                let timeout = timeout_of(&args)?;
+                let (id, rx) = self
+                    .bus
+                    .start_request(&mut msg, timeout, BUILTIN_SEND_WAIT)
+                    .await
+                    .map_err(err)?;
+                let answer = self
+                    .bus
+                    .wait_response(id, rx, timeout, "request timed out")
+                    .await
+                    .map_err(err)?;
                 Ok(answer.text)
             }
             "parallel" => {
@@ -241,10 +254,12 @@ impl BusTools {
                 let mut waits = Vec::new();
                 for (agent, question) in &requests {
                     let mut msg = self.outgoing(call, "parallel", agent.clone(), question.clone());
-                    waits.push(match self.bus.start_request(&mut msg, timeout).await {
-                        Ok(started) => Ok(started),
-                        Err(e) => Err(e.to_string()),
-                    });
+                    waits.push(
+                        match self.bus.start_request(&mut msg, timeout, BUILTIN_SEND_WAIT).await {
+                            Ok(started) => Ok(started),
+                            Err(e) => Err(e.to_string()),
+                        },
+                    );
                 }
                 let results = futures::future::join_all(requests.iter().zip(waits).map(|((agent, _), w)| {
                     let bus = self.bus.clone();
@@ -279,7 +294,7 @@ impl BusTools {
         let mut waits = FuturesUnordered::new();
         for (agent, question) in &requests {
             let mut msg = self.outgoing(call, "race", agent.clone(), question.clone());
-            match self.bus.start_request(&mut msg, timeout).await {
+            match self.bus.start_request(&mut msg, timeout, BUILTIN_SEND_WAIT).await {
                 Ok((id, rx)) => {
                     open.push((agent.clone(), id.clone()));
                     let agent = agent.clone();

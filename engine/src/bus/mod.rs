@@ -6,7 +6,8 @@
 //! - [`service`]: [`Bus`], the handle, and the task that owns the bus's
 //!   state. Every send goes through the Cedar gate (point `message_send`,
 //!   the decision journaled) before a message exists, then through the
-//!   sender's rate limit and the recipient's bounded mailbox; the message
+//!   sender's rate limit and the recipient's bounded mailbox (a sender
+//!   may wait, to a deadline, for room: [`Bus::send_wait`]); the message
 //!   is sealed (AES-256-GCM) and signed (Ed25519), and `MessageSent` plus
 //!   its deliveries are appended in one atomic batch. Refusals are
 //!   `MessageRejected` events that say why.
@@ -21,7 +22,9 @@
 //!
 //! Mailboxes, subscriptions, open requests and nonce counters are the
 //! `bus` projection (`stele_projections::bus`): a restarted bus loses
-//! nothing delivered and redelivers nothing acknowledged.
+//! nothing delivered and redelivers nothing acknowledged. It starts from
+//! the view's newest usable snapshot (`<data>/snapshots/bus`, written every
+//! `[journal] snapshot_every` events) plus the events after it.
 //!
 //! This is an effect runner: it reads the clock (expiry, rate limits) and
 //! the OS random source (the node secret, once). Nothing here is a decider
@@ -60,6 +63,12 @@ pub const MAX_RECEIVE: usize = 256;
 pub const EXPIRY_TICK: Duration = Duration::from_millis(200);
 /// Requests in one `parallel` or `race`.
 pub const MAX_FANOUT: usize = 16;
+/// Sends waiting for room in full mailboxes at most; beyond, a send to a
+/// full mailbox is refused at once even when it may wait.
+pub const MAX_WAITING: usize = 4096;
+/// How long the builtins (`send_to`, `ask`, `delegate`, `parallel`,
+/// `race`) wait for room in a full mailbox before the send is refused.
+pub const BUILTIN_SEND_WAIT: Duration = Duration::from_secs(5);
 
 /// A request's id: the message id of the request.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -201,6 +210,10 @@ pub enum BusError {
         /// What went wrong.
         reason: String,
     },
+    /// The bus view could not be restored from, or written to, its
+    /// snapshots.
+    #[error("bus view: {0}")]
+    View(String),
     /// The bus task has stopped.
     #[error("the bus has stopped")]
     Stopped,

@@ -16,7 +16,7 @@
 //! journal's group commit, which signs each event again and fsyncs once per
 //! batch — most of the cost (BENCHMARKS.md, `## Bus`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,14 +24,15 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use stele_journal::event::BusEnvelope;
 use stele_journal::{Append, ArchivedEventBody, EventBody, EventRef, Journal, Reader, Seq, StreamId};
-use stele_projections::{AgentRegistry, BusView, Projection};
+use stele_projections::{AgentRegistry, BusView, Projection, SnapshotStore, maintain_snapshots, state_at};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::crypto::{self, BusKeys, ContentKey, Header};
 use super::rate::{Bucket, RateLimit};
 use super::remote::{Frame, RemoteLink};
 use super::{
-    BusError, COMMAND_QUEUE, EXPIRY_TICK, MAX_BATCH, MAX_RECEIVE, Pattern, RejectCode, RequestId, topic,
+    BusError, COMMAND_QUEUE, EXPIRY_TICK, MAX_BATCH, MAX_RECEIVE, MAX_WAITING, Pattern, RejectCode,
+    RequestId, topic,
 };
 use crate::config::BusConfig;
 use crate::policy::{AuthzRequest, Entity, Point, PolicyGate};
@@ -94,11 +95,17 @@ pub type BusStats = Value;
 
 type Reply<T> = oneshot::Sender<Result<T, BusError>>;
 
+/// Snapshots of the bus view kept.
+const SNAPSHOTS_KEPT: usize = 3;
+
 pub(crate) enum Command {
     Send {
         msg: Outgoing,
         response: Option<oneshot::Sender<Received>>,
         reply: Reply<Sent>,
+        /// Until when (ms since the Unix epoch) it may wait for room in a
+        /// full mailbox here; `None`: refused at once.
+        wait_until: Option<u64>,
     },
     Respond {
         from: String,
@@ -175,6 +182,11 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The deadline of a wait for room (none for a zero wait).
+fn deadline(wait: Duration) -> Option<u64> {
+    (!wait.is_zero()).then(|| now_ms().saturating_add(ms(wait)))
+}
+
 /// A stream id for bus events about `name` (an agent, `agent@peer` or a
 /// topic): characters a stream id does not allow become `_`.
 fn stream(name: &str) -> StreamId {
@@ -206,8 +218,34 @@ impl Bus {
         gate: Arc<PolicyGate>,
         config: BusConfig,
     ) -> Result<(Bus, tokio::task::JoinHandle<()>), BusError> {
+        let every = crate::config::JournalConfig::default().snapshot_every;
+        Bus::start_snapshotted(journal, data, gate, config, every).await
+    }
+
+    /// [`Bus::start`] with the bus view restored from its newest usable
+    /// snapshot in `<data>/snapshots/bus` plus the events after it (the
+    /// agent registry likewise, from `snapshots/registry`), and a snapshot
+    /// of the view written every `every` events (`[journal]
+    /// snapshot_every`; 0: none written).
+    ///
+    /// # Errors
+    /// As [`Bus::start`]; a snapshot that cannot be written.
+    pub async fn start_snapshotted(
+        journal: Journal,
+        data: &Path,
+        gate: Arc<PolicyGate>,
+        config: BusConfig,
+        every: u64,
+    ) -> Result<(Bus, tokio::task::JoinHandle<()>), BusError> {
         let keys = BusKeys::open(data)?;
-        Bus::start_with_keys(journal, keys, gate, config).await
+        Bus::start_inner(
+            journal,
+            keys,
+            gate,
+            config,
+            Some((SnapshotStore::new(data), every)),
+        )
+        .await
     }
 
     /// [`Bus::start`] with given keys (benches, tests).
@@ -220,15 +258,37 @@ impl Bus {
         gate: Arc<PolicyGate>,
         config: BusConfig,
     ) -> Result<(Bus, tokio::task::JoinHandle<()>), BusError> {
+        Bus::start_inner(journal, keys, gate, config, None).await
+    }
+
+    async fn start_inner(
+        journal: Journal,
+        keys: BusKeys,
+        gate: Arc<PolicyGate>,
+        config: BusConfig,
+        snapshots: Option<(SnapshotStore, u64)>,
+    ) -> Result<(Bus, tokio::task::JoinHandle<()>), BusError> {
         let reader = journal.reader();
-        let mut view = BusView::default();
-        let mut registry = AgentRegistry::default();
-        let head = reader.head().seq;
-        for e in reader.range(Seq(1), head) {
-            let e = e?;
-            view.apply(&e);
-            registry.apply(&e);
-        }
+        let view_err = |e: stele_projections::Error| BusError::View(e.to_string());
+        let (mut view, mut registry, head, from_snapshot) = match &snapshots {
+            Some((store, every)) => {
+                let v = maintain_snapshots::<BusView>(&reader, store, *every, SNAPSHOTS_KEPT)
+                    .map_err(view_err)?;
+                let r = state_at::<AgentRegistry>(&reader, store, v.seq).map_err(view_err)?;
+                (v.state, r.state, v.seq, v.from_snapshot)
+            }
+            None => {
+                let mut view = BusView::default();
+                let mut registry = AgentRegistry::default();
+                let head = reader.head().seq;
+                for e in reader.range(Seq(1), head) {
+                    let e = e?;
+                    view.apply(&e);
+                    registry.apply(&e);
+                }
+                (view, registry, head, None)
+            }
+        };
         let mut follow = reader.follow(head.next());
         let mut pins = Vec::new();
         for (peer, key) in &config.peers {
@@ -283,6 +343,10 @@ impl Bus {
             defs: BTreeMap::new(),
             notify,
             link: None,
+            parked: VecDeque::new(),
+            retry_now: false,
+            snapshots,
+            from_snapshot,
         };
         let handle = tokio::spawn(task.run(rx));
         Ok((bus, handle))
@@ -312,16 +376,30 @@ impl Bus {
     /// # Errors
     /// [`BusError::Rejected`] (journaled), [`BusError::Invalid`], a stopped bus.
     pub async fn send(&self, msg: Outgoing) -> Result<Sent, BusError> {
+        self.send_wait(msg, Duration::ZERO).await
+    }
+
+    /// [`Bus::send`] that, when a recipient's mailbox here is full, waits
+    /// up to `wait` for room (senders to one mailbox go in the order they
+    /// came) instead of being refused at once; at the deadline it is
+    /// refused (`mailbox_full`, journaled) as without waiting. The bus
+    /// goes on with other traffic meanwhile.
+    ///
+    /// # Errors
+    /// As [`Bus::send`].
+    pub async fn send_wait(&self, msg: Outgoing, wait: Duration) -> Result<Sent, BusError> {
         if msg.pattern == Pattern::Response || msg.pattern == Pattern::Request {
             return Err(BusError::Invalid(format!(
                 "use request/respond for a {} message",
                 msg.pattern.name()
             )));
         }
+        let wait_until = deadline(wait);
         self.call(|reply| Command::Send {
             msg,
             response: None,
             reply,
+            wait_until,
         })
         .await
     }
@@ -333,15 +411,19 @@ impl Bus {
     /// # Errors
     /// [`BusError::Timeout`], [`BusError::Rejected`], [`BusError::Invalid`].
     pub async fn request(&self, mut msg: Outgoing, timeout: Duration) -> Result<Received, BusError> {
-        let (id, rx) = self.start_request(&mut msg, timeout).await?;
+        let (id, rx) = self.start_request(&mut msg, timeout, Duration::ZERO).await?;
         self.wait_response(id, rx, timeout, "request timed out").await
     }
 
+    /// Sends a request (waiting up to `wait` for room in a full mailbox
+    /// here, as [`Bus::send_wait`]); the receiver gets its response.
     pub(crate) async fn start_request(
         &self,
         msg: &mut Outgoing,
         timeout: Duration,
+        wait: Duration,
     ) -> Result<(RequestId, oneshot::Receiver<Received>), BusError> {
+        let wait_until = deadline(wait);
         msg.pattern = Pattern::Request;
         msg.ttl = Some(timeout);
         let (tx, rx) = oneshot::channel();
@@ -350,6 +432,7 @@ impl Bus {
                 msg: msg.clone(),
                 response: Some(tx),
                 reply,
+                wait_until,
             })
             .await?;
         Ok((RequestId(sent.id), rx))
@@ -598,6 +681,24 @@ struct Task {
     defs: BTreeMap<String, (String, String, RateLimit)>,
     notify: Arc<Notify>,
     link: Option<RemoteLink>,
+    /// Sends waiting for room in a full mailbox, in the order they came.
+    parked: VecDeque<Parked>,
+    /// Room was made (acks, expiries) while sends wait: decide again at
+    /// once rather than at the next tick.
+    retry_now: bool,
+    /// Where the view's snapshots go, and every how many events.
+    snapshots: Option<(SnapshotStore, u64)>,
+    /// The snapshot the view was restored from at start.
+    from_snapshot: Option<Seq>,
+}
+
+/// A send waiting for room in a full mailbox.
+struct Parked {
+    msg: Outgoing,
+    response: Option<oneshot::Sender<Received>>,
+    reply: Reply<Sent>,
+    /// Ms since the Unix epoch.
+    until: u64,
 }
 
 /// What one batch accumulates.
@@ -613,6 +714,8 @@ struct Batch {
     seal: Vec<(usize, Plan)>,
     /// Mailbox entries this batch removes (acks, expiries).
     taken: BTreeSet<(String, String)>,
+    /// Mailboxes with senders waiting for room: later senders queue behind.
+    blocked: BTreeSet<String>,
 }
 
 impl Task {
@@ -621,12 +724,14 @@ impl Task {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut commands = Vec::new();
-            tokio::select! {
-                c = rx.recv() => match c {
-                    Some(c) => commands.push(c),
-                    None => return,
-                },
-                _ = tick.tick() => {}
+            if !std::mem::take(&mut self.retry_now) {
+                tokio::select! {
+                    c = rx.recv() => match c {
+                        Some(c) => commands.push(c),
+                        None => return,
+                    },
+                    _ = tick.tick() => {}
+                }
             }
             while commands.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -650,10 +755,12 @@ impl Task {
         }
         let now = now_ms();
         let mut b = Batch::default();
+        self.retry_parked(now, &mut b);
         for c in commands {
             self.decide(c, now, &mut b);
         }
         self.expire_due(now, &mut b);
+        self.retry_now = !self.parked.is_empty() && !b.taken.is_empty();
         if b.appends.is_empty() && b.after.iter().all(|a| matches!(a, After::None)) {
             return Ok(());
         }
@@ -744,6 +851,15 @@ impl Task {
                     self.view.apply(&e);
                     self.registry.apply(&e);
                     self.folded = seq;
+                    if let Some((store, every)) = &self.snapshots
+                        && *every > 0
+                        && seq.0.is_multiple_of(*every)
+                    {
+                        store
+                            .save(seq, e.hash(), &self.view)
+                            .and_then(|_| store.prune::<BusView>(SNAPSHOTS_KEPT))
+                            .map_err(|e| BusError::View(e.to_string()))?;
+                    }
                     if seq >= to {
                         return Ok(());
                     }
@@ -756,21 +872,28 @@ impl Task {
 
     fn decide(&mut self, c: Command, now: u64, b: &mut Batch) {
         match c {
-            Command::Send { msg, response, reply } => match self.decide_send(&msg, now, b) {
-                Ok((at, id, delivered, forward)) => {
-                    if let Some(w) = response {
-                        self.waiters.insert(id.clone(), w);
-                    }
-                    b.after.push(After::Sent {
+            Command::Send {
+                msg,
+                response,
+                reply,
+                wait_until,
+            } => {
+                if let Some(until) = wait_until
+                    && until > now
+                    && self.parked.len() < MAX_WAITING
+                    && let Some(recipients) = self.must_wait(&msg, b)
+                {
+                    b.blocked.extend(recipients);
+                    self.parked.push_back(Parked {
+                        msg,
+                        response,
                         reply,
-                        id,
-                        at,
-                        delivered,
-                        forward,
+                        until,
                     });
+                    return;
                 }
-                Err(e) => b.after.push(After::Fail(reply, e)),
-            },
+                self.decide_send_now(msg, response, reply, now, b);
+            }
             Command::Respond {
                 from,
                 request,
@@ -906,6 +1029,102 @@ impl Task {
             Command::Stats { reply } => {
                 let _ = reply.send(Ok(self.stats()));
             }
+        }
+    }
+
+    fn decide_send_now(
+        &mut self,
+        msg: Outgoing,
+        response: Option<oneshot::Sender<Received>>,
+        reply: Reply<Sent>,
+        now: u64,
+        b: &mut Batch,
+    ) {
+        match self.decide_send(&msg, now, b) {
+            Ok((at, id, delivered, forward)) => {
+                if let Some(w) = response {
+                    self.waiters.insert(id.clone(), w);
+                }
+                b.after.push(After::Sent {
+                    reply,
+                    id,
+                    at,
+                    delivered,
+                    forward,
+                });
+            }
+            Err(e) => b.after.push(After::Fail(reply, e)),
+        }
+    }
+
+    /// The mailboxes here a send would go to.
+    fn recipients_of(&self, msg: &Outgoing) -> Vec<String> {
+        let name = match msg.to.split_once('@') {
+            Some((_, peer)) if peer != self.config.name => return Vec::new(),
+            Some((name, _)) => name,
+            None => msg.to.as_str(),
+        };
+        if msg.pattern == Pattern::Publish {
+            self.local_recipients(Some(name), None)
+        } else {
+            self.local_recipients(None, Some(name))
+        }
+    }
+
+    /// Whether a recipient's mailbox has no room for one more (counting
+    /// what this batch delivers).
+    fn any_full(&self, recipients: &[String], b: &Batch) -> bool {
+        let capacity = self.config.mailbox_capacity as usize;
+        recipients
+            .iter()
+            .any(|r| self.view.depth(r) + b.depth.get(r).copied().unwrap_or(0) >= capacity)
+    }
+
+    /// The recipients a send that may wait must wait for: some mailbox is
+    /// full, or others already wait for it (first come, first served). A
+    /// send the gate would refuse anyway does not wait (nothing is
+    /// journaled here; the send's own decision is).
+    fn must_wait(&mut self, msg: &Outgoing, b: &Batch) -> Option<Vec<String>> {
+        let recipients = self.recipients_of(msg);
+        if recipients.is_empty()
+            || !(recipients.iter().any(|r| b.blocked.contains(r)) || self.any_full(&recipients, b))
+        {
+            return None;
+        }
+        let (priority, _) = self.profile(&msg.from)?;
+        let allowed = self
+            .gate(
+                &mut Batch::default(),
+                &msg.from,
+                &priority,
+                &msg.to,
+                msg.pattern,
+                &msg.builtin,
+                &msg.context,
+                msg.payload.len(),
+            )
+            .is_ok();
+        allowed.then_some(recipients)
+    }
+
+    /// Decides the waiting sends again, oldest first: those with room (and
+    /// nobody waiting ahead of them) go; those past their deadline are
+    /// decided as any send (refused, journaled, while still full); the
+    /// others wait on.
+    fn retry_parked(&mut self, now: u64, b: &mut Batch) {
+        for p in std::mem::take(&mut self.parked) {
+            if p.reply.is_closed() {
+                continue; // its caller gave up
+            }
+            if p.until > now {
+                let recipients = self.recipients_of(&p.msg);
+                if recipients.iter().any(|r| b.blocked.contains(r)) || self.any_full(&recipients, b) {
+                    b.blocked.extend(recipients);
+                    self.parked.push_back(p);
+                    continue;
+                }
+            }
+            self.decide_send_now(p.msg, p.response, p.reply, now, b);
         }
     }
 
@@ -1117,29 +1336,36 @@ impl Task {
             ))
         })?;
         // Where does it go?
-        let (remote_peer, local_target) = match msg.pattern {
-            Pattern::Publish => {
-                topic::check_topic(&msg.to)?;
-                (None, None)
-            }
-            _ => match msg.to.split_once('@') {
-                Some((agent, peer)) if peer != self.config.name => {
-                    if self.link.is_none() {
-                        return Err(BusError::Invalid(format!(
-                            "{} is on instance {peer:?}, and this bus has no NATS link (`[bus] nats = true`)",
-                            msg.to
-                        )));
-                    }
-                    if !self.view.peers.contains_key(peer) {
-                        return Err(BusError::Invalid(format!(
-                            "instance {peer:?} is not a pinned peer (add it to [bus.peers])"
-                        )));
-                    }
-                    (Some((agent.to_owned(), peer.to_owned())), None)
+        // `agent@peer` and `topic@peer` go over the NATS link; the peer
+        // delivers to its agent, or to its subscribers of the topic.
+        let (remote_peer, local_target) = match msg.to.split_once('@') {
+            Some((name, peer)) if peer != self.config.name => {
+                if msg.pattern == Pattern::Publish {
+                    topic::check_topic(name)?;
                 }
-                Some((agent, _)) => (None, Some(agent.to_owned())),
-                None => (None, Some(msg.to.clone())),
-            },
+                if self.link.is_none() {
+                    return Err(BusError::Invalid(format!(
+                        "{} is on instance {peer:?}, and this bus has no NATS link (`[bus] nats = true`)",
+                        msg.to
+                    )));
+                }
+                if !self.view.peers.contains_key(peer) {
+                    return Err(BusError::Invalid(format!(
+                        "instance {peer:?} is not a pinned peer (add it to [bus.peers])"
+                    )));
+                }
+                (Some((name.to_owned(), peer.to_owned())), None)
+            }
+            Some((name, _)) => (None, Some(name.to_owned())),
+            None => (None, Some(msg.to.clone())),
+        };
+        // A topic published here has subscribers, not one target agent.
+        let (local_topic, local_target) = match (msg.pattern, local_target) {
+            (Pattern::Publish, Some(t)) => {
+                topic::check_topic(&t)?;
+                (Some(t), None)
+            }
+            (_, t) => (None, t),
         };
         let max = usize::try_from(self.config.max_payload_bytes).unwrap_or(usize::MAX);
         let claimed = format!("(unsent):{}", msg.from);
@@ -1201,19 +1427,7 @@ impl Task {
             ));
         }
         // Recipients here.
-        let recipients: Vec<String> = match (&local_target, msg.pattern) {
-            (_, Pattern::Publish) => {
-                let mut set = BTreeSet::new();
-                for (pattern, agents) in &self.view.subscriptions {
-                    if topic::matches(pattern, &msg.to) {
-                        set.extend(agents.iter().cloned());
-                    }
-                }
-                set.into_iter().collect()
-            }
-            (Some(t), _) => vec![t.clone()],
-            (None, _) => Vec::new(),
-        };
+        let recipients = self.local_recipients(local_topic.as_deref(), local_target.as_deref());
         let capacity = self.config.mailbox_capacity as usize;
         let full: Vec<&String> = recipients
             .iter()
@@ -1235,8 +1449,11 @@ impl Task {
         let ttl = msg.ttl.map_or_else(|| ms(self.config.message_ttl), ms);
         let expires = now.saturating_add(ttl);
         let addressed = match &remote_peer {
-            Some((agent, peer)) => format!("{agent}@{peer}"),
-            None => local_target.clone().unwrap_or_else(|| msg.to.clone()),
+            Some((name, peer)) => format!("{name}@{peer}"),
+            None => local_target
+                .clone()
+                .or(local_topic)
+                .unwrap_or_else(|| msg.to.clone()),
         };
         let header = self.next_header(&msg.from, &addressed, msg.pattern, None, expires);
         let key = match &remote_peer {
@@ -1270,6 +1487,24 @@ impl Task {
         }
         let forward = remote_peer.map(|(_, peer)| peer);
         Ok((at, id, recipients, forward))
+    }
+
+    /// The mailboxes here a message goes to: the subscribers of `topic`,
+    /// or `target`, or none (a message for a peer).
+    fn local_recipients(&self, topic: Option<&str>, target: Option<&str>) -> Vec<String> {
+        match (topic, target) {
+            (Some(t), _) => {
+                let mut set = BTreeSet::new();
+                for (pattern, agents) in &self.view.subscriptions {
+                    if topic::matches(pattern, t) {
+                        set.extend(agents.iter().cloned());
+                    }
+                }
+                set.into_iter().collect()
+            }
+            (None, Some(t)) => vec![t.to_owned()],
+            (None, None) => Vec::new(),
+        }
     }
 
     fn peer_key(&self, peer: &str, origin: &str, agent: &str, epoch: u32) -> Result<ContentKey, BusError> {
@@ -1663,13 +1898,10 @@ impl Task {
         }
         // 7. The recipients and the gate.
         let recipients: Vec<String> = if pattern == Pattern::Publish {
-            let mut set = BTreeSet::new();
-            for (p, agents) in &self.view.subscriptions {
-                if topic::matches(p, &target) {
-                    set.extend(agents.iter().cloned());
-                }
+            if let Err(e) = topic::check_topic(&target) {
+                return Err(rej(self, b, RejectCode::Misaddressed, e.to_string()));
             }
-            set.into_iter().collect()
+            self.local_recipients(Some(&target), None)
         } else {
             if self.known(&target).is_err() {
                 return Err(rej(
@@ -1894,6 +2126,8 @@ impl Task {
             "subscriptions": subscriptions,
             "open_requests": v.requests.len(),
             "peers": v.peers,
+            "waiting": self.parked.len(),
+            "view_from_snapshot": self.from_snapshot.map(|s| s.0),
             "nats": self.link.is_some(),
         })
     }

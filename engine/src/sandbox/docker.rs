@@ -781,13 +781,30 @@ pub struct ExecReport {
     pub code: Option<i64>,
     /// Its stdout then stderr, at most the limit given.
     pub output: String,
+    /// It did not end within the timeout and was still running
+    /// [`EXEC_KILL_GRACE`] later: the `timeout` of the image did not end it
+    /// (e.g. the image has none).
+    pub still_running: bool,
 }
+
+/// How long [`exec_in`] waits, after the deadline, for the `timeout` inside
+/// the container to have killed a command that overran it.
+pub const EXEC_KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs `command` inside the running container `container` (a Docker
 /// exec: same namespaces, limits, user and read-only root as the task
 /// itself; under gVisor, inside its sandbox), waits at most `timeout` for
 /// it to end, and keeps at most `output_limit` bytes of its output. What
 /// health probes of container-tier agents run through.
+///
+/// Docker cannot kill an exec, so the deadline is enforced inside the
+/// container: the command runs as `timeout -s KILL <timeout> command…`
+/// (the image's `timeout`, busybox's in the images `stele sandbox image
+/// build` makes), which SIGKILLs it at the deadline. One that did not end
+/// by then is reported with `code: None`; when it is still running
+/// [`EXEC_KILL_GRACE`] after the deadline, `still_running` says so. Only
+/// the command's own process is killed: descendants it started and left
+/// behind are the container's (its init adopts them).
 ///
 /// # Errors
 /// dockerd is unreachable or refuses the exec (e.g. the container has
@@ -801,8 +818,20 @@ pub async fn exec_in(
 ) -> Result<ExecReport, SandboxError> {
     use bollard::exec::{StartExecOptions, StartExecResults};
     use bollard::models::ExecConfig;
-    let docker = host.client().await?;
     let short = &container[..container.len().min(12)];
+    if timeout.is_zero() {
+        return Err(SandboxError::InvalidSpec {
+            task: format!("exec in container {short}"),
+            reason: "its timeout is 0".into(),
+        });
+    }
+    let docker = host.client().await?;
+    let cmd: Vec<String> = ["timeout", "-s", "KILL"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(std::iter::once(format!("{:.3}", timeout.as_secs_f64())))
+        .chain(command)
+        .collect();
     let created = docker
         .create_exec(
             container,
@@ -811,14 +840,15 @@ pub async fn exec_in(
                 attach_stderr: Some(true),
                 attach_stdin: Some(false),
                 tty: Some(false),
-                cmd: Some(command),
+                cmd: Some(cmd),
                 ..ExecConfig::default()
             },
         )
         .await
         .map_err(|e| docker_error(format!("creating an exec in container {short}"), &e))?;
+    let started_at = tokio::time::Instant::now();
+    let mut out = Captured::default();
     let run = async {
-        let mut out = Captured::default();
         match docker
             .start_exec(&created.id, None::<StartExecOptions>)
             .await
@@ -836,26 +866,31 @@ pub async fn exec_in(
             }
             StartExecResults::Detached => {}
         }
-        Ok::<_, SandboxError>(String::from_utf8_lossy(&out.kept).into_owned())
+        Ok::<_, SandboxError>(())
     };
-    let Ok(output) = tokio::time::timeout(timeout, run).await else {
-        return Ok(ExecReport {
-            code: None,
-            output: String::new(),
-        });
+    // The stream ends when the command does: at the latest when the
+    // `timeout` inside kills it at the deadline.
+    let ended = match tokio::time::timeout(timeout + EXEC_KILL_GRACE, run).await {
+        Ok(r) => {
+            r?;
+            true
+        }
+        Err(_) => false,
     };
-    let output = output?;
+    let output = String::from_utf8_lossy(&out.kept).into_owned();
     let inspected = docker
         .inspect_exec(&created.id)
         .await
         .map_err(|e| docker_error(format!("inspecting an exec in container {short}"), &e))?;
+    let still_running = inspected.running == Some(true);
+    // Killed by the `timeout` inside: SIGKILL (128 + 9) once the deadline
+    // passed.
+    let killed = inspected.exit_code == Some(137) && started_at.elapsed() >= timeout;
+    let overran = !ended || still_running || killed;
     Ok(ExecReport {
-        code: if inspected.running == Some(true) {
-            None
-        } else {
-            inspected.exit_code
-        },
+        code: if overran { None } else { inspected.exit_code },
         output,
+        still_running,
     })
 }
 
