@@ -18,11 +18,15 @@ use stele_journal::{Reader, verify};
 /// User + system CPU time of this process so far, in seconds.
 fn cpu_s() -> f64 {
     let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are
-    // the 12th and 13th of them, in clock ticks (100 per second on Linux).
+    // The fields after the command's closing parenthesis, from the 3rd
+    // (state): utime and stime are the 14th and 15th, in clock ticks (100
+    // per second on Linux).
     let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    match (f.get(11), f.get(12)) {
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    match (
+        f.get(11).and_then(|u| u.parse::<f64>().ok()),
+        f.get(12).and_then(|s| s.parse::<f64>().ok()),
+    ) {
         (Some(u), Some(s)) => (u + s) / 100.0,
         _ => f64::NAN,
     }

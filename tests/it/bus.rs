@@ -7,8 +7,11 @@
 //! Delivery across a restart of the receiver, request timeout, policy deny
 //! of each builtin, tampered / wrongly signed / replayed / mis-addressed /
 //! oversize / rate-limited messages (each rejected and journaled),
-//! `parallel` and `race`, topic wildcards, and two instances exchanging
-//! signed, encrypted messages with both journals verifying.
+//! `parallel` and `race`, topic wildcards, senders waiting for room in a
+//! full mailbox (first come, first served; refused at the deadline), the
+//! bus view restored from its snapshot plus the tail, and two instances
+//! exchanging signed, encrypted messages (direct, request, and a publish
+//! to the peer's topic) with both journals verifying.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -605,6 +608,190 @@ fn topics_deliver_by_wildcard() {
     });
 }
 
+/// Polls the bus's stats until `key` is `n`.
+async fn until_stat(bus: &Bus, key: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = bus.stats().await.expect("stats");
+        if s[key].as_u64() == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never became {n}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_sender_waits_for_room_in_a_full_mailbox_first_come_first_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = open(dir.path());
+    rt().block_on(async {
+        register(
+            &journal,
+            &[("alice", ""), ("carol", ""), ("bob", ""), ("dave", "")],
+        )
+        .await;
+        let cfg = BusConfig {
+            mailbox_capacity: 1,
+            ..config("one")
+        };
+        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), cfg)
+            .await
+            .expect("start");
+        let first = bus
+            .send(out("alice", "bob", Pattern::Direct, "1"))
+            .await
+            .expect("send");
+        // Without a wait: refused at once, as before.
+        let e = bus
+            .send(out("alice", "bob", Pattern::Direct, "refused"))
+            .await
+            .expect_err("full");
+        assert!(
+            matches!(
+                e,
+                BusError::Rejected {
+                    code: RejectCode::MailboxFull,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Two waiting senders, alice's first.
+        let wait = Duration::from_secs(60);
+        let b2 = bus.clone();
+        let second = tokio::spawn(async move {
+            b2.send_wait(out("alice", "bob", Pattern::Direct, "2"), wait)
+                .await
+        });
+        until_stat(&bus, "waiting", 1).await;
+        let b3 = bus.clone();
+        let third = tokio::spawn(async move {
+            b3.send_wait(out("carol", "bob", Pattern::Direct, "3"), wait)
+                .await
+        });
+        until_stat(&bus, "waiting", 2).await;
+        // The bus goes on with other traffic meanwhile.
+        bus.send(out("alice", "dave", Pattern::Direct, "other"))
+            .await
+            .expect("a send to another mailbox is not held up");
+        // An ack makes room: the first waiting sender gets it, not the second.
+        bus.ack("bob", vec![first.id.clone()]).await.expect("ack");
+        let sent = second
+            .await
+            .expect("join")
+            .expect("the waiting send went through");
+        assert_eq!(sent.delivered, ["bob"]);
+        until_stat(&bus, "waiting", 1).await;
+        let got = bus.receive("bob", 10).await.expect("receive");
+        let texts: Vec<&str> = got.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["2"], "first come, first served");
+        assert!(!third.is_finished(), "carol still waits for room");
+        bus.ack("bob", vec![got[0].id.clone()]).await.expect("ack");
+        third.await.expect("join").expect("carol's send went through");
+        // A deadline that passes while the mailbox stays full: refused and journaled.
+        let e = bus
+            .send_wait(
+                out("alice", "bob", Pattern::Direct, "late"),
+                Duration::from_millis(300),
+            )
+            .await
+            .expect_err("still full at the deadline");
+        assert!(
+            matches!(
+                e,
+                BusError::Rejected {
+                    code: RejectCode::MailboxFull,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let s = bus.stats().await.expect("stats");
+        assert_eq!(s["waiting"], 0, "{s}");
+        stop(bus, task).await;
+        let codes = rejected_codes(&journal.reader());
+        assert_eq!(
+            codes,
+            ["mailbox_full", "mailbox_full"],
+            "both refusals are journaled"
+        );
+    });
+    drop(journal);
+    verify(dir.path());
+}
+
+#[test]
+fn the_bus_view_restarts_from_its_snapshot_plus_the_tail() {
+    use stele_projections::{BusView, Projection, SnapshotStore, state_at};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let journal = open(dir.path());
+    let keys = BusKeys::open(dir.path()).expect("keys");
+    rt.block_on(async {
+        register(&journal, &[("alice", ""), ("bob", "")]).await;
+        let (bus, task) = Bus::start_snapshotted(journal.clone(), dir.path(), gate(), config("one"), 7)
+            .await
+            .expect("start");
+        bus.subscribe("bob", "t.*", true).await.expect("subscribe");
+        for i in 0..12 {
+            let s = bus
+                .send(out("alice", "bob", Pattern::Direct, &format!("m{i}")))
+                .await
+                .expect("send");
+            if i % 3 == 0 {
+                bus.ack("bob", vec![s.id]).await.expect("ack");
+            }
+        }
+        bus.send(out("alice", "t.x", Pattern::Publish, "p"))
+            .await
+            .expect("publish");
+        stop(bus, task).await;
+    });
+    let reader = journal.reader();
+    let store = SnapshotStore::new(dir.path());
+    assert!(
+        !store.list::<BusView>().expect("list").is_empty(),
+        "the bus wrote snapshots of its view"
+    );
+    // Snapshot + tail equals the full fold.
+    let head = reader.head().seq;
+    let restored = state_at::<BusView>(&reader, &store, head).expect("state_at");
+    assert!(restored.from_snapshot.is_some(), "restored from a snapshot");
+    let mut full = BusView::default();
+    for e in reader.range(Seq(1), head) {
+        full.apply(&e.expect("read"));
+    }
+    assert_eq!(restored.state, full);
+    // A restarted bus starts from the snapshot and holds what the full fold holds.
+    rt.block_on(async {
+        let (bus, task) = Bus::start_snapshotted(journal.clone(), dir.path(), gate(), config("one"), 7)
+            .await
+            .expect("restart");
+        let mut from_snapshot = bus.stats().await.expect("stats");
+        assert!(from_snapshot["view_from_snapshot"].is_u64(), "{from_snapshot}");
+        let got_snap = bus.receive("bob", 100).await.expect("receive");
+        stop(bus, task).await;
+        let (bus, task) = Bus::start_with_keys(journal.clone(), keys.clone(), gate(), config("one"))
+            .await
+            .expect("full fold");
+        let mut folded = bus.stats().await.expect("stats");
+        assert!(folded["view_from_snapshot"].is_null(), "{folded}");
+        let got_full = bus.receive("bob", 100).await.expect("receive");
+        stop(bus, task).await;
+        from_snapshot["view_from_snapshot"] = serde_json::Value::Null;
+        folded["view_from_snapshot"] = serde_json::Value::Null;
+        assert_eq!(from_snapshot, folded);
+        assert_eq!(got_snap, got_full);
+        assert_eq!(got_snap.len(), 9, "12 sent, 4 acknowledged, 1 published");
+    });
+    drop(journal);
+    verify(dir.path());
+}
+
 // ----------------------------------------------------------- two instances
 
 fn nats_url() -> String {
@@ -785,12 +972,50 @@ fn two_instances_exchange_signed_encrypted_messages_over_nats() {
     let answer: serde_json::Value = serde_json::from_str(&asked.stdout).expect("json");
     assert_eq!(answer["text"], "noon");
 
+    // A publish to b's topic: b verifies it, gates it, and delivers it to
+    // its subscribers.
+    let r = cli(
+        &b.data,
+        &cfg_b,
+        &["bus", "subscribe", "--agent", "bob", "orders.*"],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let topic = format!("orders.eu@{nb}");
+    let r = cli(
+        &a.data,
+        &cfg_a,
+        &[
+            "bus", "publish", "--from", "alice", "--topic", &topic, "--wait", "2s", "order 42", "--json",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let r = cli(
+        &b.data,
+        &cfg_b,
+        &[
+            "bus", "recv", "--agent", "bob", "--wait", "15s", "--ack", "--json",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let published = got
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["pattern"] == "publish")
+        .unwrap_or_else(|| panic!("b's subscriber got the publish: {got}"))
+        .clone();
+    assert_eq!(published["text"], "order 42", "{published}");
+    assert_eq!(published["from"], format!("alice@{na}"));
+    assert_eq!(published["to"], topic);
+    let publish_hash = published["remote_hash"].as_str().expect("hash").to_owned();
+
     // The receipt of the direct message reaches a (its MessageDelivered names b's event).
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let r = cli(&a.data, &cfg_a, &["bus", "stats", "--json"]);
         let s: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
-        if s["delivered"].as_u64().unwrap_or(0) >= 2 {
+        if s["delivered"].as_u64().unwrap_or(0) >= 3 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "no receipt from {nb}: {s}");
@@ -821,6 +1046,25 @@ fn two_instances_exchange_signed_encrypted_messages_over_nats() {
         .hash()
         .to_hex();
     assert_eq!(remote_hash, sent_hash, "b journaled the hash of a's MessageSent");
+    let published_hash = ra
+        .range(Seq(1), ra.head().seq)
+        .filter_map(Result::ok)
+        .find(|e| matches!(e.body(), ArchivedEventBody::MessageSent { envelope, .. } if envelope.pattern == "publish"))
+        .expect("a journaled its publish")
+        .hash()
+        .to_hex();
+    assert_eq!(
+        publish_hash, published_hash,
+        "b journaled the hash of a's publish"
+    );
+    let rb = Reader::open(root.path().join(&nb)).expect("reader b");
+    let gated = events(&rb).into_iter().any(|(k, v)| {
+        k == "policy_decided"
+            && v["request"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("alice@{na}")) && r.contains("orders.eu"))
+    });
+    assert!(gated, "b's gate decided on the publish from a");
     let delivered_remote = events(&ra).into_iter().any(|(k, v)| {
         k == "message_delivered"
             && v["remote"]

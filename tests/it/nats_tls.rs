@@ -812,6 +812,14 @@ fn the_bus_links_two_instances_over_mutual_tls_with_nkey_and_password() {
     }
 }
 
+/// A `[nats]` sign-in the server refuses, and what `stele up` must say.
+struct Refused {
+    name: &'static str,
+    auth: String,
+    env: &'static [(&'static str, &'static str)],
+    want: String,
+}
+
 #[test]
 fn the_bus_link_with_refused_credentials_stops_stele_up_and_says_why() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -821,34 +829,39 @@ fn the_bus_link_with_refused_credentials_stops_stele_up_and_says_why() {
     std::fs::write(&stranger, nkeys::KeyPair::new_user().seed().expect("seed")).expect("seed file");
     let peer_key = bus_key(&root.join("peer"));
     let url = server.url();
-    let cases: [(&str, String, &[(&str, &str)], Vec<String>); 3] = [
-        (
-            "stranger",
-            format!("nkey = \"{}\"", stranger.display()),
-            &[],
-            vec![format!(
+    let alice = format!("user = \"alice\"\npassword_env = \"{PASSWORD_VAR}\"");
+    let cases = [
+        Refused {
+            name: "stranger",
+            auth: format!("nkey = \"{}\"", stranger.display()),
+            env: &[],
+            want: format!(
                 "NATS at {url} refused to authorize the NKey seed in {}",
                 stranger.display()
-            )],
-        ),
-        (
-            "wrongpw",
-            format!("user = \"alice\"\npassword_env = \"{PASSWORD_VAR}\""),
-            &[(PASSWORD_VAR, "not-the-password")],
-            vec![format!(
+            ),
+        },
+        Refused {
+            name: "wrongpw",
+            auth: alice.clone(),
+            env: &[(PASSWORD_VAR, "not-the-password")],
+            want: format!(
                 "NATS at {url} refused to authorize user \"alice\" (password from ${PASSWORD_VAR})"
-            )],
-        ),
-        (
-            "nopw",
-            format!("user = \"alice\"\npassword_env = \"{PASSWORD_VAR}\""),
-            &[],
-            vec![format!(
-                "[nats] password_env: the environment variable {PASSWORD_VAR} is not set"
-            )],
-        ),
+            ),
+        },
+        Refused {
+            name: "nopw",
+            auth: alice,
+            env: &[],
+            want: format!("[nats] password_env: the environment variable {PASSWORD_VAR} is not set"),
+        },
     ];
-    for (name, auth, env, want) in cases {
+    for Refused {
+        name,
+        auth,
+        env,
+        want,
+    } in cases
+    {
         let config = bus_config(root, &server, name, &auth, "peer", &peer_key);
         let mut up = bus_up(root, name, &config, env, "alice");
         let t = Instant::now();
@@ -870,9 +883,7 @@ fn the_bus_link_with_refused_credentials_stops_stele_up_and_says_why() {
             err.contains(&format!("[bus] nats = true: linking the bus to NATS at {url}")),
             "{name}: {err}"
         );
-        for w in &want {
-            assert!(err.contains(w.as_str()), "{name}: want {w:?} in: {err}");
-        }
+        assert!(err.contains(&want), "{name}: want {want:?} in: {err}");
         assert!(!err.contains(&server.password), "no secret in the error");
         assert!(
             !root.join(name).join("bus.sock").exists(),

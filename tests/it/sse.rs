@@ -6,7 +6,7 @@
 //! stops reading while the shared feed's buffer is one message (`[http]
 //! sse_buffer = 1`) falls behind, is counted in `stele_sse_lagged_total`,
 //! and still gets every event from the journal; `stream` and `kind`
-//! filters hold throughout.
+//! filters hold throughout; `[http] sse_buffer` is read and range-checked.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -473,4 +473,26 @@ fn raw(addr: &str, request: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
+}
+
+#[test]
+fn sse_buffer_is_read_and_checked() {
+    use stele_engine::Config;
+    assert_eq!(Config::default().http.sse_buffer, 512);
+    let c =
+        Config::parse(Path::new("stele.toml"), "[http]\nsse_buffer = 64\n", &[]).expect("sse_buffer = 64");
+    assert_eq!(c.http.sse_buffer, 64);
+    for bad in ["0", "65537"] {
+        let e = Config::parse(
+            Path::new("stele.toml"),
+            &format!("[http]\nsse_buffer = {bad}\n"),
+            &[],
+        )
+        .expect_err(bad)
+        .to_string();
+        assert!(
+            e.contains(&format!("[http] sse_buffer must be 1-65536, not {bad}")),
+            "{e}"
+        );
+    }
 }
