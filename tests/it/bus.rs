@@ -725,6 +725,51 @@ fn a_sender_waits_for_room_in_a_full_mailbox_first_come_first_served() {
 }
 
 #[test]
+fn the_cli_waits_for_room_until_its_deadline_then_the_refusal_is_journaled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let journal = open(&data);
+    rt().block_on(register(&journal, &[("alice", ""), ("bob", "")]));
+    drop(journal);
+    let cfg = dir.path().join("stele.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[bus]\nmailbox_capacity = 1\npolicies = \"{}\"\n",
+            policies().display()
+        ),
+    )
+    .expect("write config");
+    let send = |wait: &str| {
+        cli(
+            &data,
+            &cfg,
+            &[
+                "bus", "send", "--from", "alice", "--to", "bob", "--wait", wait, "hi",
+            ],
+        )
+    };
+    let r = send("1s");
+    assert_eq!(r.code, Some(0), "room for one: {r:?}");
+    let r = send("1s");
+    assert_ne!(r.code, Some(0), "still full at the deadline: {r:?}");
+    assert!(r.stderr.contains("mailbox_full"), "{r:?}");
+    let r = cli(
+        &data,
+        &cfg,
+        &[
+            "bus", "send", "--from", "alice", "--to", "bob", "--wait", "soon", "hi",
+        ],
+    );
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("--wait"), "the bad duration is named: {r:?}");
+    let reader = Reader::open(&data).expect("reader");
+    assert_eq!(rejected_codes(&reader), ["mailbox_full"]);
+    drop(reader);
+    verify(&data);
+}
+
+#[test]
 fn the_bus_view_restarts_from_its_snapshot_plus_the_tail() {
     use stele_projections::{BusView, Projection, SnapshotStore, state_at};
     let dir = tempfile::tempdir().expect("tempdir");
@@ -788,6 +833,7 @@ fn the_bus_view_restarts_from_its_snapshot_plus_the_tail() {
         assert_eq!(got_snap, got_full);
         assert_eq!(got_snap.len(), 9, "12 sent, 4 acknowledged, 1 published");
     });
+    drop(reader);
     drop(journal);
     verify(dir.path());
 }

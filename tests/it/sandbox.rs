@@ -753,6 +753,11 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
             !ws.join("out.txt").exists(),
             "{tier}: the replay ran the command again"
         );
+        assert_eq!(
+            kind(&events(&data), "sandbox_started").len(),
+            1,
+            "{tier}: the replay started no container"
+        );
     }
     drop(listener);
 }
@@ -905,15 +910,16 @@ fn a_container_agents_health_probe_runs_inside_its_container() {
 }
 
 /// The processes of container `id` whose command line contains `needle`,
-/// as `docker top` lists them (runc: the host's ps; runsc: gVisor's).
+/// as the container's own `ps` lists them (`docker top` cannot: under
+/// runsc it maps gVisor's pids onto the host's).
 fn processes_in(id: &str, needle: &str) -> Vec<String> {
     let o = std::process::Command::new("docker")
-        .args(["top", id])
+        .args(["exec", id, "ps", "-o", "pid,ppid,args"])
         .output()
-        .expect("run docker top");
+        .expect("run docker exec ps");
     assert!(
         o.status.success(),
-        "docker top {id}: {}",
+        "docker exec {id} ps: {}",
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout)

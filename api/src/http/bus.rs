@@ -3,7 +3,9 @@
 //! handler as its unix socket (`crate::bus_cmd::handle`):
 //!
 //! - `POST /v1/bus/send`: a direct message (to `agent` or `agent@instance`);
-//! - `POST /v1/bus/publish`: a message to a topic's subscribers;
+//! - `POST /v1/bus/publish`: a message to a topic's subscribers (here, or
+//!   a peer's with `topic@instance`); send and publish may wait `wait_ms`
+//!   for room in a full mailbox;
 //! - `POST /v1/bus/ask`: a request, answered with its response (or 504 when
 //!   none comes within `timeout_ms`, which is at most `[http]
 //!   request_timeout`);
@@ -61,8 +63,8 @@ pub struct SendBody {
 pub struct PublishBody {
     /// The sending agent.
     pub from: String,
-    /// The topic (`a.b.c`); every agent subscribed to a matching pattern
-    /// gets it.
+    /// The topic (`a.b.c`, or `a.b.c@instance` for a peer's); every agent
+    /// subscribed to a matching pattern gets it.
     pub topic: String,
     /// The payload (text).
     pub message: String,
