@@ -682,3 +682,60 @@ impl Drop for StopOnDrop {
         self.0.stop(DROPPED_CALL_GRACE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copying_back_mirrors_the_scratch_copy_without_writing_through_symlinks() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (scratch, ws, outside) = (tmp.path().join("s"), tmp.path().join("w"), tmp.path().join("o"));
+        for d in [&scratch, &ws, &outside] {
+            std::fs::create_dir(d).expect("dir");
+        }
+        // The workspace: a symlink pointing out, a file to keep, one to
+        // change, one deleted in the container, a FIFO never copied in.
+        std::os::unix::fs::symlink(&outside, ws.join("link")).expect("symlink");
+        std::fs::write(ws.join("same"), "same").expect("same");
+        std::fs::write(ws.join("changed"), "old").expect("changed");
+        std::fs::write(ws.join("deleted"), "x").expect("deleted");
+        nix::unistd::mkfifo(&ws.join("fifo"), nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        // The container replaced the symlink by a directory with a file.
+        std::fs::create_dir(scratch.join("link")).expect("link dir");
+        std::fs::write(scratch.join("link/f"), "inside").expect("link/f");
+        std::fs::write(scratch.join("same"), "same").expect("same");
+        std::fs::write(scratch.join("changed"), "new").expect("changed");
+        std::fs::write(scratch.join("new"), "made").expect("new");
+        copy_out(&scratch, &ws).expect("copy back");
+        assert!(!outside.join("f").exists(), "written through the symlink");
+        assert!(std::fs::symlink_metadata(ws.join("link")).expect("link").is_dir());
+        assert_eq!(std::fs::read_to_string(ws.join("link/f")).expect("f"), "inside");
+        assert_eq!(
+            std::fs::read_to_string(ws.join("changed")).expect("changed"),
+            "new"
+        );
+        assert_eq!(std::fs::read_to_string(ws.join("new")).expect("new"), "made");
+        assert_eq!(std::fs::read_to_string(ws.join("same")).expect("same"), "same");
+        assert!(!ws.join("deleted").exists());
+        assert!(ws.join("fifo").exists(), "what was never copied in stays");
+    }
+
+    #[test]
+    fn set_id_bits_are_not_copied_back() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (scratch, ws) = (tmp.path().join("s"), tmp.path().join("w"));
+        std::fs::create_dir(&scratch).expect("s");
+        std::fs::create_dir(&ws).expect("w");
+        std::fs::write(scratch.join("suid"), "x").expect("suid");
+        std::fs::set_permissions(scratch.join("suid"), std::fs::Permissions::from_mode(0o4755))
+            .expect("chmod");
+        copy_out(&scratch, &ws).expect("copy back");
+        let mode = std::fs::metadata(ws.join("suid"))
+            .expect("suid")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+    }
+}

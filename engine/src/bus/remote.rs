@@ -1,12 +1,13 @@
 //! The link between the buses of two instances over NATS — the remote bus
-//! behind the same [`Bus`] handle: an address `agent@peer` routes through
-//! it, and agent code or builtins do not change.
+//! behind the same [`Bus`] handle: an address `agent@peer` (or, for a
+//! publish, `topic@peer`: the peer delivers to its subscribers) routes
+//! through it, and agent code or builtins do not change.
 //!
 //! Subjects (`stele-bus.` is its own token, so the stream never overlaps
 //! the journal feed's `stele.>`):
 //!
 //! - `stele-bus.msg.<instance>` — JetStream stream `STELE_BUS`: direct
-//!   messages and late responses for an instance, published with
+//!   messages, publishes and late responses for an instance, published with
 //!   `Nats-Msg-Id` = message id (the server drops duplicates) and consumed
 //!   by the durable consumer `bus-<instance>`, acknowledged only after the
 //!   receiving bus journaled it (or journaled why it refused it), so a

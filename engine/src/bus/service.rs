@@ -42,7 +42,8 @@ use crate::policy::{AuthzRequest, Entity, Point, PolicyGate};
 pub struct Outgoing {
     /// The sending agent (registered here).
     pub from: String,
-    /// An agent, `agent@peer`, or (for [`Pattern::Publish`]) a topic.
+    /// An agent, `agent@peer`, or (for [`Pattern::Publish`]) a topic or
+    /// `topic@peer`.
     pub to: String,
     /// How it travels (`Response` goes through [`Bus::respond`]).
     pub pattern: Pattern,
