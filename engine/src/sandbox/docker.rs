@@ -840,7 +840,7 @@ pub async fn exec_in(
                 attach_stderr: Some(true),
                 attach_stdin: Some(false),
                 tty: Some(false),
-                cmd: Some(cmd[4..].to_vec()),
+                cmd: Some(cmd),
                 ..ExecConfig::default()
             },
         )
