@@ -129,14 +129,16 @@ mod tests {
         };
         // Only every 50th row is allowed: 2 hits need 51+ rows.
         let mut allow = |k: &str| k[1..].parse::<u32>().unwrap() % 50 == 0;
-        let hits = merged_search(&[1.0], 3, &[], &waiting, &|_| false, &mut fetch, &mut allow).unwrap();
-        let keys: Vec<&str> = hits.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["r000", "r050", "r100"]);
-        assert_eq!(asked, vec![20, 80, 320]);
+        // k = 0 asks nothing.
         assert!(
             merged_search(&[1.0], 0, &[], &waiting, &|_| false, &mut fetch, &mut allow)
                 .unwrap()
                 .is_empty()
         );
+        let hits = merged_search(&[1.0], 3, &[], &waiting, &|_| false, &mut fetch, &mut allow).unwrap();
+        let keys: Vec<&str> = hits.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["r000", "r050", "r100"]);
+        drop(fetch);
+        assert_eq!(asked, vec![20, 80, 320]);
     }
 }
