@@ -18,7 +18,12 @@ need_pkgs=()
 # else scripts/blake3_pure.py).
 # docker.io (dockerd, runc), runsc (gVisor) and busybox-static (the sandbox
 # image's root fs) for the sandbox tests (tests/it/sandbox.rs).
-for pkg in ${STELE_TEST_PKGS:-} nats-server python3 python3-cryptography docker.io runsc busybox-static; do
+# STELE_TEST_LANCEDB=1 also builds and tests the LanceDB vector index
+# (feature `lancedb`; needs protobuf-compiler; ~600 more crates, so it is
+# opt-in: a cold build of it alone takes longer than the rest together).
+lance_pkgs=""
+[ "${STELE_TEST_LANCEDB:-0}" = "1" ] && lance_pkgs="protobuf-compiler"
+for pkg in ${STELE_TEST_PKGS:-} $lance_pkgs nats-server python3 python3-cryptography docker.io runsc busybox-static; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -136,4 +141,10 @@ cargo build -q -p stele --locked
 "$CARGO_TARGET_DIR/debug/stele" sandbox image build
 echo "== cargo test"
 cargo test --workspace --locked
+if [ "${STELE_TEST_LANCEDB:-0}" = "1" ]; then
+  echo "== LanceDB (feature lancedb)"
+  cargo clippy -p stele-vectors -p stele --features stele/lancedb,stele-vectors/lancedb --all-targets --locked -- -D warnings
+  cargo test -p stele-vectors --features lancedb --locked
+  cargo test -p stele --features lancedb --locked --test it vectors::
+fi
 echo "== all tests passed"
