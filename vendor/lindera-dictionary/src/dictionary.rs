@@ -5,7 +5,6 @@ pub mod prefix_dictionary;
 pub mod schema;
 pub mod unknown_dictionary;
 
-use std::fs;
 use std::path::Path;
 use std::str;
 
@@ -140,13 +139,12 @@ impl Dictionary {
 
     /// Save dictionary to a directory
     pub fn save_to_path(&self, dict_path: &Path) -> LinderaResult<()> {
-        // Create directory if it doesn't exist
-        fs::create_dir_all(dict_path)
-            .map_err(|err| LinderaErrorKind::Io.with_error(anyhow::anyhow!(err)))?;
-
-        // For now, we'll implement this as needed
-        // This would require implementing save methods for each component
-        todo!("Dictionary saving will be implemented when needed")
+        // Upstream left this unimplemented (a `todo!`); stele never saves a
+        // dictionary, so it is an error here rather than a panic.
+        Err(LinderaErrorKind::Io.with_error(anyhow::anyhow!(
+            "saving a dictionary to {} is not supported",
+            dict_path.display()
+        )))
     }
 }
 
