@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use stele_engine::bus::{Bus, Outgoing, RequestId, builtins::BusTools};
 use stele_engine::bus::{Pattern, remote};
-use stele_engine::policy::PolicyGate;
+use stele_engine::policy::{LiveGate, PolicyGate};
 use stele_journal::Journal;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -595,6 +595,7 @@ impl stele_engine::tools::ToolRunner for NoTools {
     fn run<'a>(
         &'a self,
         call: &'a stele_engine::llm::ToolCall,
+        _ctx: &'a stele_engine::tools::CallContext,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = stele_engine::orga::ToolOutcome> + Send + 'a>>
     {
         Box::pin(async move {
@@ -633,25 +634,27 @@ impl Drop for Daemon {
 }
 
 /// Starts the bus for `stele up` when `[bus] policies` is set: the bus
-/// task, the NATS link when `[bus] nats`, and `<data>/bus.sock`.
+/// task, the NATS link when `[bus] nats`, and `<data>/bus.sock`. The bus
+/// decides with `gate`, the daemon's live policy set (what `stele policy
+/// reload` swaps), or why the daemon has none.
 ///
 /// # Errors
-/// Policies that do not load, the bus key, NATS unreachable with `[bus]
-/// nats = true`, the socket.
+/// No policy set, the bus key, NATS unreachable with `[bus] nats = true`,
+/// the socket.
 pub async fn start_daemon(
     data: &Path,
     journal: Journal,
     config: &stele_engine::Config,
+    gate: Result<LiveGate>,
 ) -> Result<Option<Daemon>> {
-    let Some(policies) = config.bus.policies.clone() else {
+    if config.bus.policies.is_none() {
         return Ok(None);
-    };
-    let gate = PolicyGate::load(&policies)
-        .with_context(|| format!("[bus] policies: loading {}", policies.display()))?;
+    }
+    let gate = gate.context("[bus] policies is set, so the bus runs")?;
     let (bus, task) = Bus::start_snapshotted(
         journal,
         data,
-        Arc::new(gate),
+        gate,
         config.bus.clone(),
         config.journal.snapshot_every,
     )

@@ -17,7 +17,7 @@ use stele_engine::context::ops::Requester;
 use stele_engine::context::score::Scoring;
 use stele_engine::context::vector::{ExactIndex, VectorIndex};
 use stele_engine::context::{ContextService, embed};
-use stele_engine::policy::PolicyGate;
+use stele_engine::policy::{LiveGate, PolicyGate};
 
 use crate::client::Daemon;
 use crate::context_ops::{
@@ -253,8 +253,14 @@ fn lancedb_index(dir: &Path) -> Result<Box<dyn VectorIndex>> {
 /// The context service of `journal` with the gate of `policies`: shared by
 /// everything in this process that uses it at the same time (the daemon's
 /// concurrent runs see one folded store and one vector index), opened again
-/// once none does.
-pub fn service(journal: stele_journal::Journal, policies: &Path) -> Result<Arc<ContextService>> {
+/// once none does. `gate`: the live set the service decides with (the
+/// daemon's, which a policy reload swaps; a run's driver gate); `None`
+/// loads `policies`. The first opener's gate serves the others.
+pub fn service(
+    journal: stele_journal::Journal,
+    policies: &Path,
+    gate: Option<LiveGate>,
+) -> Result<Arc<ContextService>> {
     type Services = Vec<((PathBuf, PathBuf), std::sync::Weak<ContextService>)>;
     static SERVICES: std::sync::Mutex<Services> = std::sync::Mutex::new(Vec::new());
     let key = (journal.reader().dir().to_owned(), policies.to_owned());
@@ -268,9 +274,12 @@ pub fn service(journal: stele_journal::Journal, policies: &Path) -> Result<Arc<C
         return Ok(s);
     }
     let config = &crate::cli::config().context;
-    let gate = Arc::new(
-        PolicyGate::load(policies).with_context(|| format!("loading policies {}", policies.display()))?,
-    );
+    let gate = match gate {
+        Some(g) => g,
+        None => PolicyGate::load(policies)
+            .with_context(|| format!("loading policies {}", policies.display()))?
+            .into(),
+    };
     let scoring = Scoring::from_config(config)?;
     let embedder: Arc<dyn embed::Embedder> = Arc::from(embed::from_config(config)?);
     let vectors = vector_index(journal.reader().dir())?;
@@ -466,7 +475,7 @@ pub fn run(data: &Path, cmd: ContextCmd) -> Result<ExitCode> {
         } else {
             None
         };
-        let svc = service(journal, &common.policies)?;
+        let svc = service(journal, &common.policies, None)?;
         let v = rt.block_on(context_ops::execute(&svc, &agent, requester.as_ref(), op.clone()))?;
         let text = v.to_string();
         (v, text)
@@ -508,7 +517,7 @@ pub fn step_recall(
     driver: &stele_engine::reasoning::Driver,
 ) -> Result<Arc<dyn stele_engine::reasoning::StepKnowledge>> {
     Ok(Arc::new(stele_engine::context::rag::StepRecall {
-        service: service(journal.clone(), policies)?,
+        service: service(journal.clone(), policies, Some(driver.gate.clone()))?,
         requester: Requester {
             agent: driver.agent.clone(),
             priority: driver.priority.clone(),
@@ -531,7 +540,7 @@ pub fn bridge(
     Bridge,
 )> {
     use stele_engine::context::rag;
-    let service = service(journal.clone(), policies)?;
+    let service = service(journal.clone(), policies, Some(driver.gate.clone()))?;
     let requester = Requester {
         agent: driver.agent.clone(),
         priority: driver.priority.clone(),

@@ -324,6 +324,12 @@ fn summary(e: &EventRef) -> String {
             let ids: Vec<&str> = policies.iter().map(|p| p.as_str()).collect();
             format!("{point}: {verdict} [{}] {detail}", ids.join(", "))
         }
+        ArchivedEventBody::ToolsOffered { run, step, offered } => offered_line(
+            run,
+            step.to_native(),
+            &hex::encode(offered.list_hash),
+            offered.tools.iter().map(|t| t.name.as_str()),
+        ),
         _ => match e.to_event() {
             // Every other fact: its fields as compact JSON.
             Ok(ev) => {
@@ -336,6 +342,24 @@ fn summary(e: &EventRef) -> String {
             Err(err) => format!("(undecodable: {err})"),
         },
     }
+}
+
+/// A `ToolsOffered` in one line: the run, the step, how many tools, the
+/// list hash (its first 12 hex digits) and the tools' names in order.
+fn offered_line<'a>(
+    run: &str,
+    step: u32,
+    list_hash_hex: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> String {
+    let names: Vec<&str> = names.collect();
+    format!(
+        "{run} step {step}: {} tool{} offered (list {}): {}",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        list_hash_hex.get(..12).unwrap_or(list_hash_hex),
+        names.join(", ")
+    )
 }
 
 pub fn print_event(out: &mut impl Write, e: &EventRef, json: bool) -> Result<()> {
@@ -371,6 +395,19 @@ fn print_event_json(out: &mut impl Write, line: &str, json: bool) -> Result<()> 
             Some(r) => format!("[run {r}] {t}"),
             None => t.to_owned(),
         },
+        None if body["kind"] == "tools_offered" => offered_line(
+            body["run"].as_str().unwrap_or("?"),
+            body["step"]
+                .as_u64()
+                .and_then(|s| u32::try_from(s).ok())
+                .unwrap_or(0),
+            body["list_hash"].as_str().unwrap_or("?"),
+            body["tools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["name"].as_str()),
+        ),
         None => {
             let mut b = body.clone();
             if let Some(o) = b.as_object_mut() {

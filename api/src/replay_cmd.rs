@@ -116,12 +116,25 @@ pub struct BenchAtArgs {
 
 /// The configuration's part of a run's spec.
 pub fn settings() -> Settings {
-    let cfg = &crate::cli::config().inference;
+    let config = crate::cli::config();
+    let cfg = &config.inference;
     Settings {
         default_model: cfg.model.clone(),
         max_tokens: cfg.max_tokens,
         max_attempts: cfg.max_retries + 1,
+        bus_builtins: config.bus.policies.is_some(),
     }
+}
+
+/// The configured MCP servers (`[mcp] servers`), whose journaled discovery
+/// gives a replayed run its MCP tools (`RecordedRun::load_mcp`).
+pub fn mcp_servers() -> Vec<String> {
+    crate::cli::config()
+        .mcp
+        .servers
+        .iter()
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 fn load_gate(dir: &Path) -> Result<Arc<PolicyGate>> {
@@ -133,7 +146,8 @@ fn load_gate(dir: &Path) -> Result<Arc<PolicyGate>> {
 /// `stele replay RUN`.
 pub fn replay(data: &Path, args: &ReplayArgs) -> Result<ExitCode> {
     let reader = open_reader(data)?;
-    let recorded = stele_replay::load_run(&reader, &SnapshotStore::new(data), &args.run)?;
+    let mut recorded = stele_replay::load_run(&reader, &SnapshotStore::new(data), &args.run)?;
+    recorded.load_mcp(&reader, &mcp_servers())?;
     let gates = args
         .policies
         .iter()

@@ -28,9 +28,9 @@ use stele_engine::policy::{LiveGate, PolicyGate};
 use stele_engine::reasoning::{self, Driver, JournalSink, Resumed, Sink, Stop};
 use stele_engine::sandbox::{ContainerExecutor, DockerHost};
 use stele_engine::scripted::ScriptedProvider;
-use stele_engine::tools::{CommandSandbox, SandboxJournal, ToolBox};
+use stele_engine::tools::{CallContext, CommandSandbox, SandboxJournal, ToolBox};
 use stele_engine::{LifecycleCommand, Runs, agent_stream};
-use stele_journal::{Append, EventRef, Journal, RunId, Seq};
+use stele_journal::{Append, EventRef, Journal, RunId, Seq, StreamId};
 use stele_projections::{AgentRegistry, RunsView, SnapshotStore, state_at};
 
 use crate::client::Daemon;
@@ -100,17 +100,18 @@ pub(crate) fn driver_with(
             },
             owner: crate::sandbox_cmd::journal_owner(journal)?,
             agent: def.name.clone(),
+            // A call's container facts go to its run's stream, caused by
+            // the call's `ToolCalled`.
             journal: {
-                let (journal, stream) = (journal.clone(), agent_stream(&def.name));
-                SandboxJournal::new(move |body| {
-                    let (journal, stream) = (journal.clone(), stream.clone());
+                let journal = journal.clone();
+                SandboxJournal::new(move |ctx: &CallContext, body| {
+                    let journal = journal.clone();
+                    let stream = StreamId::new(format!("run:{}", ctx.run));
+                    let cause = ctx.cause;
                     async move {
+                        let stream = stream.map_err(|e| e.to_string())?;
                         journal
-                            .append(Append {
-                                stream,
-                                cause: None,
-                                body,
-                            })
+                            .append(Append { stream, cause, body })
                             .await
                             .map(drop)
                             .map_err(|e| e.to_string())

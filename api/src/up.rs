@@ -20,7 +20,10 @@
 //! SIGTERM/SIGINT or `POST /v1/shutdown`) runs the six steps of
 //! `stele_engine::runtime::SHUTDOWN_STEPS`, each an event; a second signal
 //! kills what is still running at once; SIGHUP reloads the policy
-//! directory (`crate::up_runs::Desk::reload_dir`).
+//! directory (`crate::up_runs::Desk::reload_dir`). The daemon has one
+//! policy set, a `LiveGate` every decision point asks per decision: the
+//! runs, the bus (`[bus] policies` turns it on), the context store and
+//! `join_network`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -44,7 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::journal_cmd::{open_writer, runtime};
-use crate::up_runs::{Cancel, Desk, TaskEnd};
+use crate::up_runs::{Cancel, Desk, Lease, TaskEnd};
 use crate::views;
 
 /// The file that tells clients where the daemon listens.
@@ -61,10 +64,22 @@ const IN_PROCESS: &str = "in-process (a reasoning run driven by stele up)";
 /// Largest batch of commands decided and appended together.
 const MAX_BATCH: usize = 4096;
 
+/// Most requests (runs started over HTTP, continuations) waiting for a slot
+/// at once; one more is refused (503) rather than queued.
+pub const MAX_WAITING_REQUESTS: usize = 1024;
+
 type Reply = oneshot::Sender<Result<Vec<Receipt>, RuntimeRejection>>;
 
 enum Input {
     Command(RuntimeCommand, Option<Reply>),
+    /// Queue a task of `agent` for a request; `lease` gets the task once
+    /// it is placed (dropped if it ends unplaced).
+    Request {
+        agent: String,
+        what: String,
+        lease: oneshot::Sender<Lease>,
+        reply: Reply,
+    },
     Exited(String, ProcessExit),
     /// A sandbox could not start its task (after its handle was kept).
     SpawnFailed(String, String),
@@ -113,13 +128,24 @@ pub fn up(
     })?;
     let launcher = Launcher::current().context("finding the stele binary (the process launcher)")?;
     let confinement = process::detect_confinement();
-    // The policy set of reasoning runs, compiled once: a directory given
-    // with --policies must load; the default one may be absent (then
-    // reasoning runs are refused, naming why).
-    let policy_dir = policies.unwrap_or(Path::new(DEFAULT_POLICIES));
+    // The daemon's one policy set (reasoning runs, the bus, the context
+    // store, join_network), compiled once: --policies, else [bus] policies,
+    // else the default. A directory named must load; the default one may
+    // be absent (then reasoning runs are refused, naming why).
+    let named = policies.or(config.bus.policies.as_deref());
+    let policy_dir = named.unwrap_or(Path::new(DEFAULT_POLICIES));
+    if let (Some(given), Some(bus)) = (policies, config.bus.policies.as_deref())
+        && !same_dir(given, bus)
+    {
+        eprintln!(
+            "stele up: the bus decides with the daemon's policy set ({}), not [bus] policies ({}): one set, reloaded as one",
+            given.display(),
+            bus.display()
+        );
+    }
     let gate = match crate::run_cmd::load_gate(policy_dir) {
         Ok(g) => Ok(g),
-        Err(e) if policies.is_some() => return Err(e),
+        Err(e) if named.is_some() => return Err(e),
         Err(e) => {
             eprintln!("stele up: reasoning runs are off: {e:#}");
             Err(format!("{e:#}"))
@@ -143,6 +169,8 @@ pub fn up(
             (tx.clone(), rx),
             desk.clone(),
         )?;
+        // Runs begun by requests and continuations take scheduler slots.
+        desk.attach(Handle(tx.clone()));
         // The set in force from here on, journaled before anything (an
         // approval timer armed at start) can decide with it.
         desk.announce().await?;
@@ -168,7 +196,8 @@ pub fn up(
             core.register_from_dir(&file, def, source).await?;
         }
         let _control = crate::control::Server::start(data, core.journal.clone())?;
-        let bus_daemon = crate::bus_cmd::start_daemon(data, core.journal.clone(), &core.config).await?;
+        let bus_daemon =
+            crate::bus_cmd::start_daemon(data, core.journal.clone(), &core.config, desk.live()).await?;
         // Runs are offered the bus builtins only when the bus runs.
         if let Some(b) = &bus_daemon {
             desk.offer_bus(b.bus().clone());
@@ -213,6 +242,15 @@ pub fn up(
     });
     drop(rt);
     code
+}
+
+/// Whether two paths name one directory (as given when either cannot be
+/// resolved).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 fn write_up_file(data: &Path, addr: std::net::SocketAddr, scheme: &str) -> Result<()> {
@@ -385,6 +423,9 @@ struct Core {
     reasoning: HashMap<String, Cancel>,
     /// What queued each task of a reasoning agent not yet started.
     triggers: HashMap<String, String>,
+    /// Requests waiting for their task's placement, by agent (one task
+    /// per agent, so at most one each).
+    leases: HashMap<String, oneshot::Sender<Lease>>,
 }
 
 impl Core {
@@ -455,6 +496,7 @@ impl Core {
             desk,
             reasoning: HashMap::new(),
             triggers: HashMap::new(),
+            leases: HashMap::new(),
         })
     }
 
@@ -471,7 +513,14 @@ impl Core {
                 Ok(reaped) => {
                     for r in reaped {
                         eprintln!("stele up: {} (task {})", r.detail, r.task);
-                        orphans.insert(r.task, r.detail);
+                        // A run's calls may leave several containers.
+                        orphans
+                            .entry(r.task)
+                            .and_modify(|d: &mut String| {
+                                d.push_str("; ");
+                                d.push_str(&r.detail);
+                            })
+                            .or_insert(r.detail);
                     }
                 }
                 Err(e) => eprintln!("stele up: sandbox containers of a predecessor not checked: {e:#}"),
@@ -589,6 +638,19 @@ impl Core {
     fn take(&mut self, input: Input, batch: &mut Vec<(RuntimeCommand, Option<Reply>)>) -> bool {
         match input {
             Input::Command(c, reply) => batch.push((c, reply)),
+            Input::Request {
+                agent,
+                what,
+                lease,
+                reply,
+            } => {
+                if let Some(e) = self.refuse_request(&agent) {
+                    let _ = reply.send(Err(e));
+                } else {
+                    self.leases.insert(agent.clone(), lease);
+                    batch.push((RuntimeCommand::Requested { agent, what }, Some(reply)));
+                }
+            }
             Input::SpawnFailed(task, error) => {
                 self.procs.remove(&task);
                 self.reasoning.remove(&task);
@@ -622,6 +684,18 @@ impl Core {
         if e.seq() <= self.applied {
             return Ok(());
         }
+        // A requested task that ends before it was started (cancelled in
+        // the queue): its requester hears so (the lease is dropped).
+        if let stele_journal::ArchivedEventBody::TaskFinished { task, .. } = e.body()
+            && matches!(
+                self.state.scheduler.tasks.get(task.as_str()).map(|t| t.state),
+                Some(TaskState::Queued)
+            )
+            && let Some(live) = self.state.execution.live.get(task.as_str())
+            && live.requested
+        {
+            self.leases.remove(&live.agent);
+        }
         self.state.apply(&e);
         if let stele_journal::ArchivedEventBody::TaskQueued {
             task, agent, trigger, ..
@@ -654,13 +728,32 @@ impl Core {
 
     /// Decides a batch, appends its facts, folds them, answers, performs.
     async fn decide_batch(&mut self, commands: Vec<(RuntimeCommand, Option<Reply>)>) -> Result<()> {
+        // A request may name an agent its requester registered a moment
+        // ago through the journal: fold up to the head first.
+        if commands
+            .iter()
+            .any(|(c, _)| matches!(c, RuntimeCommand::Requested { .. }))
+        {
+            let head = self.reader.head().seq;
+            while self.applied < head {
+                let e = self.follow.next().await;
+                self.fold(e)?;
+            }
+        }
         let mut batch = Batch::new(&self.state);
         let mut answers = Vec::with_capacity(commands.len());
         for (command, reply) in commands {
             let what = format!("{command:?}");
+            let requested = match &command {
+                RuntimeCommand::Requested { agent, .. } => Some(agent.clone()),
+                _ => None,
+            };
             match batch.decide(command) {
                 Ok(range) => answers.push((reply, Ok(range))),
                 Err(e) => {
+                    if let Some(agent) = requested {
+                        self.leases.remove(&agent);
+                    }
                     if reply.is_none() {
                         tracing::debug!(command = %what.chars().take(200).collect::<String>(), error = %e, "refused");
                     }
@@ -790,6 +883,10 @@ impl Core {
             });
             return;
         };
+        if self.state.execution.live.get(&task).is_some_and(|t| t.requested) {
+            self.spawn_requested(task, &def);
+            return;
+        }
         if matches!(def.runs, Runs::Reasoning { .. }) {
             self.spawn_reasoning(task, (*def).clone());
             return;
@@ -1061,6 +1158,88 @@ impl Core {
             policy_set,
         };
         (joined, fact)
+    }
+
+    /// Why a request for a slot of `agent` is refused before it is
+    /// decided: one already waits for that agent, or too many wait.
+    fn refuse_request(&self, agent: &str) -> Option<RuntimeRejection> {
+        if self.leases.contains_key(agent) {
+            let task = self
+                .state
+                .execution
+                .agents
+                .get(agent)
+                .and_then(|a| a.active_task.clone())
+                .unwrap_or_else(|| "a queued request".into());
+            return Some(RuntimeRejection::Busy {
+                agent: agent.to_owned(),
+                task,
+            });
+        }
+        (self.leases.len() >= MAX_WAITING_REQUESTS).then_some(RuntimeRejection::TooManyRequests {
+            limit: MAX_WAITING_REQUESTS,
+        })
+    }
+
+    /// Hands a placed requested task to the request waiting for it (the
+    /// desk drives its run while the task holds the slot, and reports the
+    /// end, which comes back as the task's exit like a reasoning task's).
+    fn spawn_requested(&mut self, task: String, def: &AgentDefinition) {
+        let Some(waiter) = self.leases.remove(&def.name) else {
+            self.internal.push_back(RuntimeCommand::SpawnFailed {
+                task,
+                error: "the request that queued it is gone (the runtime restarted, or it was withdrawn)"
+                    .into(),
+            });
+            return;
+        };
+        let cancel = crate::up_runs::cancel_signal();
+        let (done, ended) = oneshot::channel();
+        let lease = Lease {
+            task: task.clone(),
+            cancel: cancel.clone(),
+            done,
+        };
+        if waiter.send(lease).is_err() {
+            self.internal.push_back(RuntimeCommand::SpawnFailed {
+                task,
+                error: "the request that queued it was withdrawn".into(),
+            });
+            return;
+        }
+        self.reasoning.insert(task.clone(), cancel.clone());
+        // No process of its own: a restart never reaps it.
+        self.internal.push_back(RuntimeCommand::ProcessStarted {
+            task: task.clone(),
+            pid: std::process::id(),
+            start_ticks: 0,
+            confinement: IN_PROCESS.into(),
+        });
+        let (tx, timeout) = (self.tx.clone(), def.limits.execution_timeout);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let timed_out = Arc::new(AtomicBool::new(false));
+            let watchdog = {
+                let (cancel, timed_out, task) = (cancel.clone(), Arc::clone(&timed_out), task.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    timed_out.store(true, Ordering::SeqCst);
+                    cancel.send_replace(Some(format!(
+                        "{task} ran past its execution_timeout of {}",
+                        humantime::format_duration(timeout)
+                    )));
+                })
+            };
+            let end = ended
+                .await
+                .unwrap_or_else(|_| TaskEnd::Failed("the request's drive ended without a report".into()));
+            watchdog.abort();
+            let timed_out = timed_out.load(Ordering::SeqCst);
+            let asked = cancel.borrow().is_some();
+            let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let exit = reasoning_exit(&end, asked && !timed_out, timed_out, wall_ms);
+            let _ = tx.send(Input::Exited(task, exit));
+        });
     }
 
     fn spawn_reasoning(&mut self, task: String, def: AgentDefinition) {
@@ -1496,6 +1675,29 @@ impl Handle {
             .send(Input::Command(c, Some(reply)))
             .map_err(|_| anyhow::anyhow!("the runtime core stopped"))?;
         answer.await.context("the runtime core stopped")
+    }
+
+    /// Queues a task of `agent` for a request (`what`: `run …`,
+    /// `continue …`, journaled in its `TaskQueued` trigger); once its
+    /// `TaskQueued` is durable the answer holds where its [`Lease`] comes
+    /// when it is placed (an error there: it ended unplaced). The outer
+    /// error is the core gone.
+    pub(crate) async fn request(
+        &self,
+        agent: &str,
+        what: String,
+    ) -> Result<Result<oneshot::Receiver<Lease>, RuntimeRejection>> {
+        let (reply, answer) = oneshot::channel();
+        let (lease, placed) = oneshot::channel();
+        self.0
+            .send(Input::Request {
+                agent: agent.to_owned(),
+                what,
+                lease,
+                reply,
+            })
+            .map_err(|_| anyhow::anyhow!("the runtime core stopped"))?;
+        Ok(answer.await.context("the runtime core stopped")?.map(|_| placed))
     }
 
     /// Begins the graceful shutdown.

@@ -8,12 +8,20 @@
 //! - A scheduler task of a `[runs] kind = "reasoning"` agent begins a run
 //!   (its input says what triggered it) and ends when the run finishes or
 //!   parks on an approval; the core hears that as the task's exit.
-//! - `POST /v1/runs` begins a run outside the scheduler (as `stele run`
-//!   does without a daemon); approvals and rejections (`POST
-//!   /v1/runs/{id}/approve|reject`) continue a parked run here too.
+//! - `POST /v1/runs` ([`Desk::start_requested`]) queues a scheduler task
+//!   for the agent (`RuntimeCommand::Requested`: `TaskQueued` with trigger
+//!   `request run over HTTP: <input>`), and the run begins once the task is
+//!   placed: it holds the slot while it drives and gives it back when it
+//!   finishes or parks (the task's exit). An agent with an active task is
+//!   refused (one task per agent), as is a request beyond
+//!   `crate::up::MAX_WAITING_REQUESTS` waiting ones.
+//! - Approvals and rejections (`POST /v1/runs/{id}/approve|reject`) are
+//!   checked at once; the continuation then queues a task the same way
+//!   (`request continue <run> …`, waiting while the agent is busy) and
+//!   drives when it is placed.
 //! - Every parked run with an approval timeout has a timer; when it fires
 //!   the approval is rejected by the timeout (approver `expired`), as the
-//!   CLI does on touch.
+//!   CLI does on touch, and the continuation takes a slot likewise.
 //! - A stop cancels a drive: the drive is dropped, the append it had in
 //!   flight completes, and the run is rebuilt from the journal and ended
 //!   `cancelled` (its saga rolled back), so the cancellation is journaled.
@@ -33,7 +41,7 @@ use anyhow::{Context, Result, bail};
 use stele_engine::AgentDefinition;
 use stele_engine::policy::{LiveGate, PolicyGate};
 use stele_engine::reasoning::{self, Driver, Resumed, Sink, Stop};
-use stele_journal::{Append, EventBody, Journal, StreamId};
+use stele_journal::{Append, EventBody, Journal, Seq, StreamId};
 use stele_projections::{RunsView, SnapshotStore, state_at};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -196,10 +204,10 @@ impl Sink for DaemonSink {
     fn record<'a>(
         &'a mut self,
         facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Seq>, String>> + Send + 'a>> {
         Box::pin(async move {
             if facts.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let guard = Arc::clone(&self.write).lock_owned().await;
             let appends: Vec<Append> = facts
@@ -217,7 +225,7 @@ impl Sink for DaemonSink {
                 r
             });
             match append.await {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(receipts)) => Ok(receipts.iter().map(|r| r.seq).collect()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(format!("the append task failed: {e}")),
             }
@@ -254,6 +262,9 @@ struct Inner {
     /// The bus, when it runs (`[bus] policies`): runs are then offered
     /// its builtins.
     bus: std::sync::OnceLock<stele_engine::bus::service::Bus>,
+    /// The runtime core, where requests queue their tasks (set once at
+    /// start).
+    runtime: std::sync::OnceLock<crate::up::Handle>,
 }
 
 /// The daemon's reasoning runs (cheap to clone).
@@ -296,7 +307,61 @@ impl Desk {
             timers: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             bus: std::sync::OnceLock::new(),
+            runtime: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Connects the desk to the runtime core: from now on runs begun by
+    /// requests and continuations queue scheduler tasks there.
+    pub fn attach(&self, runtime: crate::up::Handle) {
+        let _ = self.0.runtime.set(runtime);
+    }
+
+    /// A scheduler slot for work of `agent` (`what` is journaled in its
+    /// `TaskQueued`): waits for the task's placement.
+    ///
+    /// # Errors
+    /// [`SlotError::Refused`] (the agent has an active task, too many
+    /// requests wait, the runtime is shutting down, no such agent), or the
+    /// task ended before it was placed.
+    async fn slot(&self, agent: &str, what: String) -> Result<Lease, SlotError> {
+        let runtime = self
+            .0
+            .runtime
+            .get()
+            .ok_or_else(|| SlotError::Gone("the runtime core is not running".into()))?;
+        let placed = runtime
+            .request(agent, what)
+            .await
+            .map_err(|e| SlotError::Gone(format!("{e:#}")))?
+            .map_err(SlotError::Refused)?;
+        placed.await.map_err(|_| {
+            SlotError::Gone(format!(
+                "the task queued for {agent} ended before it was placed (the runtime is shutting down, or it was cancelled)"
+            ))
+        })
+    }
+
+    /// [`Desk::slot`], waiting while the agent has an active task (a
+    /// continuation: nobody waits on it, and it must run when it can).
+    async fn slot_when_free(&self, agent: &str, what: String) -> Result<Lease, SlotError> {
+        loop {
+            match self.slot(agent, what.clone()).await {
+                Err(SlotError::Refused(stele_engine::runtime::RuntimeRejection::Busy { .. }))
+                    if !self.0.closed.load(std::sync::atomic::Ordering::SeqCst) =>
+                {
+                    tokio::time::sleep(EXPIRY_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Returns once the desk is closed (a shutdown began).
+    async fn closing(&self) {
+        while !self.0.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(EXPIRY_RETRY).await;
+        }
     }
 
     /// Offers every run begun or continued from now on the bus builtins,
@@ -474,8 +539,8 @@ impl Desk {
         lock(&self.0.claimed).contains_key(run)
     }
 
-    /// Runs being driven that no scheduler task owns (HTTP starts,
-    /// continuations after a decision).
+    /// Runs being driven, or waiting for a slot, that no scheduler task
+    /// owns (forks; continuations until their task is placed).
     #[must_use]
     pub fn detached(&self) -> usize {
         lock(&self.0.claimed).values().filter(|c| !c.task).count()
@@ -509,6 +574,53 @@ impl Desk {
     pub async fn definition(&self, agent: &str, source: Option<&str>) -> Result<AgentDefinition> {
         let path = Path::new("(request definition)");
         run_cmd::definition_async(&self.0.data, &self.0.journal, agent, source.map(|s| (path, s))).await
+    }
+
+    /// Begins a run of `def` on `input` for a request (`POST /v1/runs`):
+    /// queues a scheduler task for the agent and, once it is placed, begins
+    /// the run in it (its slot held until the run finishes or parks);
+    /// returns the run id once `RunStarted` is durable.
+    ///
+    /// # Errors
+    /// [`StartError::Slot`]: no task could be queued or placed (the agent
+    /// is busy, too many requests wait, the runtime is shutting down);
+    /// [`StartError::Run`]: the run could not begin (not a reasoning agent,
+    /// no policy set, its provider or tools).
+    pub async fn start_requested(&self, def: AgentDefinition, input: String) -> Result<String, StartError> {
+        if self.0.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StartError::Slot(SlotError::Gone(
+                "the runtime is shutting down; no run begins".into(),
+            )));
+        }
+        if !matches!(def.runs, stele_engine::Runs::Reasoning { .. }) {
+            return Err(StartError::Run(anyhow::anyhow!(
+                "agent {} does not run a reasoning loop (its [runs] kind is not \"reasoning\")",
+                def.name
+            )));
+        }
+        // Checked before a slot is taken: a run that cannot begin queues nothing.
+        self.live().map_err(StartError::Run)?;
+        let Lease { task, cancel, done } = self
+            .slot(&def.name, format!("run over HTTP: {input}"))
+            .await
+            .map_err(StartError::Slot)?;
+        match self.start(def, input, cancel, true).await {
+            Ok((run, handle)) => {
+                tokio::spawn(async move {
+                    let end = match handle.await {
+                        Ok(Ok(s)) => TaskEnd::Settled(s),
+                        Ok(Err(e)) => TaskEnd::Failed(format!("{e:#}")),
+                        Err(e) => TaskEnd::Failed(format!("the run's task failed: {e}")),
+                    };
+                    let _ = done.send(end);
+                });
+                Ok(run)
+            }
+            Err(e) => {
+                let _ = done.send(TaskEnd::Failed(format!("{task}: {e:#}")));
+                Err(StartError::Run(e))
+            }
+        }
     }
 
     /// Begins a run of `def` on `input` and drives it in a tokio task; the
@@ -660,6 +772,46 @@ impl Desk {
         lock(&self.0.claimed).remove(run);
     }
 
+    /// Hands the claim of `run` to the scheduler task now driving it: its
+    /// stop signal is the task's.
+    fn claim_for_task(&self, run: &str, cancel: Cancel) {
+        lock(&self.0.claimed).insert(run.to_owned(), Claim { cancel, task: true });
+    }
+
+    /// A continuation of `run` (claimed) waits for a slot of `agent`, then
+    /// drives `work` with the task's stop signal and reports its end to the
+    /// task; without a slot the run stays parked and the claim is released.
+    async fn continue_in_slot<W, F>(&self, run: &str, agent: &str, what: String, work: W)
+    where
+        W: FnOnce(Cancel) -> F,
+        F: Future<Output = Result<Settled>>,
+    {
+        // A shutdown ends the wait (the queued task is cancelled with the
+        // queue); the run stays parked.
+        let waited = tokio::select! {
+            l = self.slot_when_free(agent, what) => l,
+            () = self.closing() => Err(SlotError::Gone("the runtime is shutting down".into())),
+        };
+        let Lease { cancel, done, .. } = match waited {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("stele up: {run}: not continued (it stays parked): {e}");
+                self.release(run);
+                self.arm(run);
+                return;
+            }
+        };
+        self.claim_for_task(run, cancel.clone());
+        let end = match work(cancel).await {
+            Ok(s) => TaskEnd::Settled(s),
+            Err(e) => {
+                eprintln!("stele up: {run}: {e:#}");
+                TaskEnd::Failed(format!("{e:#}"))
+            }
+        };
+        let _ = done.send(end);
+    }
+
     /// Drives `work` until it settles or `cancel` fires; a cancelled run is
     /// ended `cancelled` from its journaled facts. Releases the claim and
     /// arms the approval timer of a parked run.
@@ -770,8 +922,8 @@ impl Desk {
         approver: &str,
         reason: &str,
     ) -> Result<(), DecideError> {
-        let cancel = cancel_signal();
-        self.claim(run, cancel.clone(), false)?;
+        // Until its slot: a shutdown cancels the wait (`close`).
+        self.claim(run, cancel_signal(), false)?;
         let prepared = async {
             let prepared = run_cmd::prepare_decision(
                 &self.0.data,
@@ -818,27 +970,35 @@ impl Desk {
             approver.to_owned(),
             reason.to_owned(),
         );
+        // The continuation takes a scheduler slot of the run's agent first.
+        let agent = def.name.clone();
+        let what = format!(
+            "continue {run}: {call} {} by {approver}",
+            if approved { "approved" } else { "rejected" }
+        );
         tokio::spawn(async move {
-            let write = Arc::new(tokio::sync::Mutex::new(()));
-            let mut sink = match desk.sink(&run, &write) {
-                Ok(s) => s,
-                Err(e) => {
-                    desk.release(&run);
-                    eprintln!("stele up: {run}: {e:#}");
-                    return;
-                }
-            };
-            let work = async {
-                let stop = driver
-                    .decide(parked, &call, approved, &approver, &reason, &mut sink)
-                    .await?;
-                // It went on to its end: what it learned is stored.
-                crate::context_cmd::learned_async(&knowledge, &stop, &input).await;
-                Ok(stop)
-            };
-            if let Err(e) = desk.guarded(&run, &def, &driver, &write, cancel, work).await {
-                eprintln!("stele up: {run}: {e:#}");
-            }
+            let d = desk.clone();
+            let id = run.clone();
+            desk.continue_in_slot(&id, &agent, what, |cancel| async move {
+                let write = Arc::new(tokio::sync::Mutex::new(()));
+                let mut sink = match d.sink(&run, &write) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        d.release(&run);
+                        return Err(e);
+                    }
+                };
+                let work = async {
+                    let stop = driver
+                        .decide(parked, &call, approved, &approver, &reason, &mut sink)
+                        .await?;
+                    // It went on to its end: what it learned is stored.
+                    crate::context_cmd::learned_async(&knowledge, &stop, &input).await;
+                    Ok(stop)
+                };
+                d.guarded(&run, &def, &driver, &write, cancel, work).await
+            })
+            .await;
         });
         Ok(())
     }
@@ -885,9 +1045,8 @@ impl Desk {
     /// go on in a detached drive.
     async fn expire(&self, run: &str) {
         loop {
-            let cancel = cancel_signal();
-            if self.claim(run, cancel.clone(), false).is_ok() {
-                if let Err(e) = self.expire_claimed(run, cancel).await {
+            if self.claim(run, cancel_signal(), false).is_ok() {
+                if let Err(e) = self.expire_claimed(run).await {
                     eprintln!("stele up: {run}: resolving timed-out approvals: {e:#}");
                     self.release(run);
                 }
@@ -897,7 +1056,7 @@ impl Desk {
         }
     }
 
-    async fn expire_claimed(&self, run: &str, cancel: Cancel) -> Result<()> {
+    async fn expire_claimed(&self, run: &str) -> Result<()> {
         {
             let reader = self.0.journal.reader();
             let events = run_cmd::run_events(&reader, run)?;
@@ -939,35 +1098,84 @@ impl Desk {
             let input = run_cmd::run_input(&events);
             let desk = self.clone();
             let run = run.to_owned();
+            let what = format!("continue {run}: timed-out approvals rejected");
             tokio::spawn(async move {
-                let write = Arc::new(tokio::sync::Mutex::new(()));
-                let Ok(mut sink) = desk.sink(&run, &write) else {
-                    desk.release(&run);
-                    return;
-                };
-                let work = async {
-                    for (call, why) in expired {
-                        eprintln!("stele up: {run}: {call} {why}");
-                        match driver
-                            .decide(parked, &call, false, "expired", &why, &mut sink)
-                            .await?
-                        {
-                            Stop::Parked(p) => parked = p,
-                            other => {
-                                crate::context_cmd::learned_async(&knowledge, &other, &input).await;
-                                return Ok(other);
+                let d = desk.clone();
+                let id = run.clone();
+                desk.continue_in_slot(&id, &agent, what, |cancel| async move {
+                    let write = Arc::new(tokio::sync::Mutex::new(()));
+                    let mut sink = match d.sink(&run, &write) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            d.release(&run);
+                            return Err(e);
+                        }
+                    };
+                    let work = async {
+                        for (call, why) in expired {
+                            eprintln!("stele up: {run}: {call} {why}");
+                            match driver
+                                .decide(parked, &call, false, "expired", &why, &mut sink)
+                                .await?
+                            {
+                                Stop::Parked(p) => parked = p,
+                                other => {
+                                    crate::context_cmd::learned_async(&knowledge, &other, &input).await;
+                                    return Ok(other);
+                                }
                             }
                         }
-                    }
-                    Ok(Stop::Parked(parked))
-                };
-                if let Err(e) = desk.guarded(&run, &def, &driver, &write, cancel, work).await {
-                    eprintln!("stele up: {run}: {e:#}");
-                }
+                        Ok(Stop::Parked(parked))
+                    };
+                    d.guarded(&run, &def, &driver, &write, cancel, work).await
+                })
+                .await;
             });
             Ok(())
         }
     }
+}
+
+/// A scheduler slot a request holds: the task placed for it. The work
+/// done in it reports its end through `done` (the core records it as the
+/// task's exit and frees the slot); `cancel` fires when the task is
+/// stopped (`stele agent stop`, `execution_timeout`, preemption, shutdown).
+#[derive(Debug)]
+pub struct Lease {
+    /// The task.
+    pub task: String,
+    /// Its stop signal.
+    pub cancel: Cancel,
+    /// Where its end goes.
+    pub done: tokio::sync::oneshot::Sender<TaskEnd>,
+}
+
+/// Why a request got no slot.
+#[derive(Debug)]
+pub enum SlotError {
+    /// The runtime refused to queue it (busy agent, too many waiting, no
+    /// such agent, shutting down).
+    Refused(stele_engine::runtime::RuntimeRejection),
+    /// The core is gone, or the task ended before it was placed.
+    Gone(String),
+}
+
+impl std::fmt::Display for SlotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotError::Refused(r) => write!(f, "no scheduler slot: {r}"),
+            SlotError::Gone(m) => write!(f, "no scheduler slot: {m}"),
+        }
+    }
+}
+
+/// Why [`Desk::start_requested`] began no run.
+#[derive(Debug)]
+pub enum StartError {
+    /// No slot (nothing began; nothing of the run is journaled).
+    Slot(SlotError),
+    /// The run could not begin.
+    Run(anyhow::Error),
 }
 
 /// Where a scheduler task of a reasoning agent stands, for the core.

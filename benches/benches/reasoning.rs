@@ -33,15 +33,19 @@ use stele_engine::orga::{AgentLoop, RunSpec, ToolOutcome};
 use stele_engine::policy::PolicyGate;
 use stele_engine::reasoning::{self, Driver, Sink, Stop};
 use stele_engine::scripted::ScriptedProvider;
-use stele_engine::tools::{ToolRunner, builtin};
-use stele_journal::{Append, Durability, EventBody, Journal, Options, StreamId};
+use stele_engine::tools::{CallContext, ToolRunner, builtin};
+use stele_journal::{Append, Durability, EventBody, Journal, Options, Seq, StreamId};
 
 /// A tool that does nothing: the loop's overhead without a tool's.
 #[derive(Debug)]
 struct NoOp;
 
 impl ToolRunner for NoOp {
-    fn run<'a>(&'a self, call: &'a ToolCall) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
+    fn run<'a>(
+        &'a self,
+        call: &'a ToolCall,
+        _ctx: &'a CallContext,
+    ) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
         Box::pin(async move {
             ToolOutcome {
                 call_id: call.id.clone(),
@@ -65,9 +69,9 @@ impl Sink for Count {
     fn record<'a>(
         &'a mut self,
         facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Seq>, String>> + Send + 'a>> {
         self.0 += facts.len();
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 

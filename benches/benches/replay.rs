@@ -47,6 +47,7 @@ fn settings() -> Settings {
         default_model: "scripted".into(),
         max_tokens: 0,
         max_attempts: 4,
+        bus_builtins: false,
     }
 }
 

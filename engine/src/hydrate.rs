@@ -23,7 +23,7 @@ use crate::llm::ToolCall;
 use crate::orga::{Gate, bounded};
 use crate::policy::PolicyGate;
 use crate::reasoning::check;
-use crate::tools::ToolBox;
+use crate::tools::{CallContext, ToolBox};
 
 /// Most references loaded for one task.
 pub const MAX_REFERENCES: usize = 4;
@@ -96,7 +96,12 @@ pub async fn hydrate(
         let Gate::Allow { arguments } = checked.gate else {
             continue;
         };
-        let Ok(content) = tools.call("read_file", &arguments).await else {
+        // Read before the run's first step: no `ToolCalled` to point at.
+        let ctx = CallContext {
+            run: run.to_owned(),
+            cause: None,
+        };
+        let Ok(content) = tools.call(&ctx, &call.id, "read_file", &arguments).await else {
             continue;
         };
         let Ok(bytes) = tokio::fs::read(&full).await else {

@@ -13,6 +13,8 @@
 //!   call, typed failures);
 //! - [`scripted`]: the scripted provider answering from a JSON fixture (demo,
 //!   deterministic tests);
+//! - [`offered`]: the tool list offered to a model as the journal records
+//!   it (names, schema hashes, a list hash) and the words for a change;
 //! - [`orga`]: the reasoning loop (Observe–Reason–Gate–Act) as a typestate
 //!   machine whose transitions record their facts;
 //! - [`policy`]: the Cedar policy gate (policy sets validated against a
@@ -57,6 +59,7 @@ pub mod llm;
 pub mod mcp;
 pub mod nats;
 pub mod openai;
+pub mod offered;
 pub mod orga;
 pub mod policy;
 pub mod process;

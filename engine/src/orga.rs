@@ -10,6 +10,13 @@
 //!              └──────────────────────────────► Finished (also: provider gave up)
 //! ```
 //!
+//! Right after entering a reasoning phase the loop records the tools the
+//! step's completions are offered (`ToolsOffered`: each tool's name and
+//! schema hash, see `crate::offered`): at the first step, and at a later
+//! one only when the list differs from the one recorded last — a run
+//! rebuilt by a process that offers other tools (a rebuild tells the loop
+//! what its journal holds with [`AgentLoop::offered_was`]).
+//!
 //! Between an observation and the next reasoning step the driver may hand
 //! in knowledge recalled for what the run is now working on
 //! ([`AgentLoop::observe_with`]): it is recorded as a `ContextHydrated`
@@ -41,7 +48,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stele_journal::EventBody;
+use stele_journal::{EventBody, ToolList};
 
 use crate::breaker::{Admission, BreakerConfig, Breakers, Transition};
 use crate::llm::{Completion, CompletionRequest, Message, ProviderError, Role, ToolCall, ToolSpec};
@@ -190,6 +197,10 @@ pub struct SagaStep {
 #[derive(Clone, Debug)]
 struct State {
     spec: Arc<RunSpec>,
+    /// The list `spec.tools` makes (what the model is offered).
+    offer: Arc<ToolList>,
+    /// The hash of the list last recorded (`ToolsOffered`) for this run.
+    offered: Option<[u8; 32]>,
     step: u32,
     messages: Vec<Message>,
     /// Calls proposed this step, in order.
@@ -254,6 +265,29 @@ impl<P> AgentLoop<P> {
             phase: phase.to_owned(),
         };
         self.s.facts.push(body);
+    }
+
+    /// Records the tools the step's completions will be offered
+    /// (`ToolsOffered`), unless the run last recorded this same list.
+    fn offer_tools(&mut self) {
+        let s = &mut self.s;
+        if s.offered == Some(s.offer.list_hash) {
+            return;
+        }
+        s.offered = Some(s.offer.list_hash);
+        s.facts.push(EventBody::ToolsOffered {
+            run: s.spec.run.clone(),
+            step: s.step,
+            offered: Box::new((*s.offer).clone()),
+        });
+    }
+
+    /// Takes note that the run's journal last recorded the list with hash
+    /// `list_hash` (`None`: none yet). A rebuild says so after each phase
+    /// it feeds, so the next live step records its list only when it
+    /// differs from the journaled one.
+    pub fn offered_was(&mut self, list_hash: Option<[u8; 32]>) {
+        self.s.offered = list_hash;
     }
 
     fn breaker_fact(&mut self, t: Transition) {
@@ -372,9 +406,12 @@ impl AgentLoop<Reasoning> {
         }];
         facts.extend(hydration);
         let breakers = Breakers::new(spec.breakers);
+        let offer = Arc::new(crate::offered::list(&spec.tools));
         let mut lp = AgentLoop {
             s: State {
                 spec: Arc::new(spec),
+                offer,
+                offered: None,
                 step: 1,
                 messages,
                 proposed: Vec::new(),
@@ -390,6 +427,7 @@ impl AgentLoop<Reasoning> {
             _phase: PhantomData,
         };
         lp.phase("reasoning");
+        lp.offer_tools();
         lp
     }
 
@@ -867,6 +905,7 @@ impl AgentLoop<Observing> {
         }
         let mut r: AgentLoop<Reasoning> = self.into();
         r.phase("reasoning");
+        r.offer_tools();
         Observed::Next(r)
     }
 }

@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use stele_journal::{ArchivedEventBody, EventBody, EventRef};
+use stele_journal::{ArchivedEventBody, EventBody, EventRef, Seq};
 use tracing::Instrument as _;
 
 use crate::agent::{AgentDefinition, Runs};
@@ -44,11 +44,15 @@ use crate::tools::{self, ToolRunner};
 
 /// Where the loop's facts go (the journal, or a replay's comparison).
 pub trait Sink: Send {
-    /// Records facts in order; returns once they are durable.
+    /// Records facts in order; returns once they are durable, with the seq
+    /// of each, in order (a replay's comparison: the seqs of the journaled
+    /// facts they matched), or no seqs at all when it has none to give (a
+    /// test's memory; a fact passed over): the driver then ties no effect
+    /// fact to its call.
     fn record<'a>(
         &'a mut self,
         facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Seq>, String>> + Send + 'a>>;
 }
 
 /// The sink of a live run: appends its facts, in order and in one batch
@@ -76,10 +80,10 @@ impl Sink for JournalSink {
     fn record<'a>(
         &'a mut self,
         facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Seq>, String>> + Send + 'a>> {
         Box::pin(async move {
             if facts.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let appends = facts
                 .into_iter()
@@ -92,7 +96,7 @@ impl Sink for JournalSink {
             self.journal
                 .append_many(appends)
                 .await
-                .map(|_| ())
+                .map(|receipts| receipts.iter().map(|r| r.seq).collect())
                 .map_err(|e| e.to_string())
         })
     }
@@ -561,15 +565,42 @@ impl Driver {
                 }),
             }
         }
-        // The intent is durable before any tool runs.
-        sink.record(d.take_facts()).await?;
-        let mut results = futures::future::join_all(runnable.iter().map(|c| self.run_tool(c))).await;
+        // The intent is durable before any tool runs; each call's effect
+        // facts (a container's) name its run and are caused by its
+        // `ToolCalled`.
+        let facts = d.take_facts();
+        let called: BTreeMap<String, usize> = facts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match f {
+                EventBody::ToolCalled { call_id, .. } => Some((call_id.clone(), i)),
+                _ => None,
+            })
+            .collect();
+        let recorded = facts.len();
+        let seqs = sink.record(facts).await?;
+        // A seq per fact, or none at all (a sink that gives none).
+        let seqs = if seqs.len() == recorded { seqs } else { Vec::new() };
+        let contexts: Vec<tools::CallContext> = runnable
+            .iter()
+            .map(|c| tools::CallContext {
+                run: d.run().to_owned(),
+                cause: called.get(&c.id).and_then(|i| seqs.get(*i)).copied(),
+            })
+            .collect();
+        let mut results = futures::future::join_all(
+            runnable
+                .iter()
+                .zip(&contexts)
+                .map(|(c, ctx)| self.run_tool(c, ctx)),
+        )
+        .await;
         results.extend(failed);
         Ok((d, results))
     }
 
-    async fn run_tool(&self, call: &ToolCall) -> ToolOutcome {
-        self.tools.run(call).await
+    async fn run_tool(&self, call: &ToolCall, ctx: &tools::CallContext) -> ToolOutcome {
+        self.tools.run(call, ctx).await
     }
 }
 
@@ -603,7 +634,7 @@ pub fn resume(spec: RunSpec, events: &[EventRef]) -> Result<Resumed, String> {
 }
 
 /// [`resume`], also returning every fact the rebuild produced, in order:
-/// the loop's own (phases, proposals, verdicts, calls, results, breaker
+/// the loop's own (phases, the tools offered, proposals, verdicts, calls, results, breaker
 /// changes, saga steps, hydration, knowledge between steps, the end) and, where the loop only takes
 /// a journaled input without producing it (`CompletionFailed`,
 /// `RunForked`, a `RunFinished` after the provider gave up), that input.
@@ -622,7 +653,8 @@ pub fn refold(spec: RunSpec, events: &[EventRef]) -> Result<(Resumed, Vec<EventB
             .map(|ev| ev.body)
             .map_err(|err| bad(e, &err.to_string()))
     };
-    let mut it = events.iter().peekable();
+    // A call's container facts are its effect's, not the loop's.
+    let mut it = events.iter().filter(|e| !is_effect_fact(e.body())).peekable();
     let first = it.next().ok_or("the run has no events")?;
     let ArchivedEventBody::RunStarted { input, parent, .. } = first.body() else {
         return Err(bad(first, "a run starts with RunStarted"));
@@ -649,6 +681,9 @@ pub fn refold(spec: RunSpec, events: &[EventRef]) -> Result<(Resumed, Vec<EventB
         parent.as_ref().map(|p| p.to_string()),
         hydration,
     );
+    // The tool list the journal last recorded for the run (the loop records
+    // its own where its spec's differs; a live step compares with this one).
+    let mut journaled_offer = None;
     // RunStarted, then what a fork journaled right after it.
     let mut started = lp.take_facts();
     let rest = started.split_off(1);
@@ -664,6 +699,11 @@ pub fn refold(spec: RunSpec, events: &[EventRef]) -> Result<(Resumed, Vec<EventB
             };
             match e.body() {
                 ArchivedEventBody::PhaseEntered { .. } => {}
+                // The list the journal holds is what a later step compares with.
+                ArchivedEventBody::ToolsOffered { offered, .. } => {
+                    journaled_offer = Some(offered.list_hash);
+                    lp.offered_was(journaled_offer);
+                }
                 ArchivedEventBody::CompletionFailed { .. } | ArchivedEventBody::RunForked { .. } => {
                     out.push(fact(e)?);
                 }
@@ -852,13 +892,30 @@ pub fn refold(spec: RunSpec, events: &[EventRef]) -> Result<(Resumed, Vec<EventB
             it.next();
         }
         match observing.observe_with(knowledge) {
-            Observed::Next(next) => lp = next,
+            Observed::Next(next) => {
+                lp = next;
+                lp.offered_was(journaled_offer);
+            }
             Observed::Done(f) => {
                 out.extend(f.facts);
                 return Ok((Resumed::Finished, out));
             }
         }
     }
+}
+
+/// Whether a run's event is a fact its tools' effects journaled (a
+/// `run_command` container's `SandboxStarted`, `SandboxExited`, or the
+/// `SandboxReaped` of its orphan), not one of the loop's: a rebuild and a
+/// replay pass over them; the tool's result is what the loop took.
+#[must_use]
+pub fn is_effect_fact(body: &ArchivedEventBody) -> bool {
+    matches!(
+        body,
+        ArchivedEventBody::SandboxStarted { .. }
+            | ArchivedEventBody::SandboxExited { .. }
+            | ArchivedEventBody::SandboxReaped { .. }
+    )
 }
 
 /// Conditions as `Verdict::detail` writes them (`k=v; k=v`).

@@ -22,6 +22,9 @@
 //! - placing a task moves its agent to Running, preempting it to Suspended,
 //!   finishing it back to Ready (a Suspended agent whose queued task is
 //!   cancelled stays Suspended until it is placed again);
+//! - a request (a run started over HTTP, a parked run's continuation)
+//!   queues a task like any other ([`RuntimeCommand::Requested`]); after
+//!   it ends only a stop request applies to its agent;
 //! - after a task ends: an agent asked to stop terminates; an ephemeral
 //!   agent terminates; a persistent one is restarted after a backoff of
 //!   1 s × 2^failures (at most 60 s); scheduled and event-driven agents wait
@@ -270,6 +273,19 @@ pub enum RuntimeCommand {
         /// The event.
         by: Seq,
     },
+    /// Queue a task of `agent` on behalf of a request (a run started over
+    /// HTTP, a parked run's continuation): its trigger is `request <what>`
+    /// ([`stele_projections::execution::REQUEST_TRIGGER`]). It takes a slot
+    /// like any task (priority, limits, placement, preemption); the agent
+    /// may be in any state but must have no active task; its end applies
+    /// no execution-mode rule (an ephemeral agent is not terminated by it,
+    /// a persistent one not restarted).
+    Requested {
+        /// The agent.
+        agent: String,
+        /// What is asked (`run …`, `continue …`).
+        what: String,
+    },
     /// A task's process started.
     ProcessStarted {
         /// The task.
@@ -342,6 +358,20 @@ pub enum RuntimeRejection {
     Terminated {
         /// The agent.
         agent: String,
+    },
+    /// The agent has an active task (one task per agent at a time).
+    #[error("agent {agent} has an active task ({task}); one task per agent runs at a time")]
+    Busy {
+        /// The agent.
+        agent: String,
+        /// Its active task.
+        task: String,
+    },
+    /// Too many requests wait for a slot already (the daemon's bound).
+    #[error("{limit} requests already wait for a slot; try again when some have run")]
+    TooManyRequests {
+        /// The bound.
+        limit: usize,
     },
     /// A report about a task that has no live process.
     #[error("task {task} has no live process")]
@@ -672,12 +702,37 @@ impl<'a> Batch<'a> {
         )
     }
 
-    /// What happens to an agent after its task ended.
+    /// Whether `task` was queued by a request ([`RuntimeCommand::Requested`]).
+    fn requested_task(&self, task: &str) -> bool {
+        self.exec.live.get(task).is_some_and(|t| t.requested)
+    }
+
+    /// Queues a task of `agent` for a request (see [`RuntimeCommand::Requested`]).
+    fn requested(&mut self, agent: &str, what: &str) -> Result<(), RuntimeRejection> {
+        if self.exec.admission_closed {
+            return Err(RuntimeRejection::ShuttingDown);
+        }
+        if self.definition(agent).is_none() {
+            return Err(crate::lifecycle::Rejection::UnknownAgent { agent: agent.into() }.into());
+        }
+        if let Some(task) = self.exec.agents.get(agent).and_then(|a| a.active_task.clone()) {
+            return Err(RuntimeRejection::Busy {
+                agent: agent.to_owned(),
+                task,
+            });
+        }
+        let trigger = format!("{}{what}", stele_projections::execution::REQUEST_TRIGGER);
+        self.enqueue(agent, trigger, None)
+    }
+
+    /// What happens to an agent after its task ended; after a requested
+    /// task only a stop request applies.
     fn after_run(
         &mut self,
         agent: &str,
         outcome: TaskOutcome,
         summary: &str,
+        requested: bool,
     ) -> Result<(), RuntimeRejection> {
         let Some(def) = self.definition(agent) else {
             return Ok(());
@@ -689,6 +744,9 @@ impl<'a> Batch<'a> {
         }
         if stop_requested {
             return self.transition(agent, AgentState::Terminated, "stopped by request".into());
+        }
+        if requested {
+            return Ok(());
         }
         match def.mode {
             ExecutionMode::Ephemeral if outcome != TaskOutcome::Cancelled || !self.exec.admission_closed => {
@@ -737,6 +795,7 @@ impl<'a> Batch<'a> {
                 }
                 Ok(())
             }
+            RuntimeCommand::Requested { agent, what } => self.requested(&agent, &what),
             RuntimeCommand::ProcessStarted {
                 task,
                 pid,
@@ -782,8 +841,9 @@ impl<'a> Batch<'a> {
                 if !running {
                     return Err(RuntimeRejection::NoProcess { task });
                 }
+                let requested = self.requested_task(&task);
                 self.finish_task(&task, TaskOutcome::Failed, format!("cannot start: {error}"))?;
-                self.after_run(&agent, TaskOutcome::Failed, "cannot start")
+                self.after_run(&agent, TaskOutcome::Failed, "cannot start", requested)
             }
             RuntimeCommand::ProcessExited { task, exit } => self.exited(task, exit),
             RuntimeCommand::HealthProbe { task, ok, detail } => self.probed(task, ok, detail),
@@ -856,11 +916,15 @@ impl<'a> Batch<'a> {
             if !running {
                 continue; // preempted and queued: it runs again when placed
             }
+            let requested = self.requested_task(&task);
             self.finish_task(
                 &task,
                 TaskOutcome::Failed,
                 "interrupted: the runtime ended".into(),
             )?;
+            if requested {
+                continue; // its request ended with the runtime
+            }
             if self.exec.agents.get(&agent).is_some_and(|a| a.stop_requested) {
                 if self.agent_state(&agent) == Some(AgentState::Ready) {
                     self.transition(&agent, AgentState::Terminated, "stopped by request".into())?;
@@ -1106,8 +1170,9 @@ impl<'a> Batch<'a> {
         if !running || stale {
             return Ok(());
         }
+        let requested = self.requested_task(&task);
         self.finish_task(&task, outcome, summary.clone())?;
-        self.after_run(&agent, outcome, &summary)
+        self.after_run(&agent, outcome, &summary, requested)
     }
 
     fn shutdown(&mut self, step: u32, detail: String) -> Result<(), RuntimeRejection> {

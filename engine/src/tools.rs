@@ -15,8 +15,10 @@
 //!   with the workspace at `/work`, never run as uid 0 (see
 //!   [`CommandSandbox::Container`]); its `SandboxStarted` and
 //!   `SandboxExited` (container, runtime, image hash, …) are journaled as
-//!   they happen. Exit status and output come back; the driver journals
-//!   them and a replay serves them.
+//!   they happen, as facts of the run that made the call (their `task` is
+//!   the run id, their `cause` the seq of the call's `ToolCalled`: see
+//!   [`CallContext`]). Exit status and output come back; the driver
+//!   journals them and a replay serves them.
 //!
 //! A path that leaves the workspace (`..`, an absolute path elsewhere, a
 //! symlink pointing out) is refused.
@@ -26,7 +28,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stele_journal::EventBody;
+use stele_journal::{EventBody, Seq};
 
 use serde_json::Value;
 
@@ -162,6 +164,20 @@ pub enum CommandSandbox {
     },
 }
 
+/// Where a call comes from: what the facts its effect journals (a
+/// `run_command` container's `SandboxStarted` and `SandboxExited`) are
+/// tied to. The driver hands it to [`ToolRunner::run`] with each call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    /// The run that made the call: the `task` (and so the run) of its
+    /// container's facts, and its `stele.task` label.
+    pub run: String,
+    /// The seq of the call's `ToolCalled`: the `cause` of its container's
+    /// facts (`None`: the sink gave no seqs, e.g. a test's memory, or the
+    /// call was not journaled as one, e.g. a pre-hydration read).
+    pub cause: Option<Seq>,
+}
+
 /// Who a `run_command` on a scratch copy of a root-owned workspace runs as
 /// (`nobody`).
 pub const SCRATCH_USER: (u32, u32) = (65534, 65534);
@@ -170,23 +186,25 @@ pub const SCRATCH_USER: (u32, u32) = (65534, 65534);
 pub type JournalFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// Journals the facts of a `run_command` container (`SandboxStarted`,
-/// `SandboxExited`): each append is durable before the call goes on, and
-/// one that fails stops the command and fails the call.
+/// `SandboxExited`, whose `task` is the call's run), each with the call's
+/// [`CallContext`] (its run's stream, its `cause`): each append is durable
+/// before the call goes on, and one that fails stops the command and fails
+/// the call.
 #[derive(Clone)]
-pub struct SandboxJournal(Arc<dyn Fn(EventBody) -> JournalFuture + Send + Sync>);
+pub struct SandboxJournal(Arc<dyn Fn(&CallContext, EventBody) -> JournalFuture + Send + Sync>);
 
 impl SandboxJournal {
     /// A journal appending through `append`.
     pub fn new<F, Fut>(append: F) -> SandboxJournal
     where
-        F: Fn(EventBody) -> Fut + Send + Sync + 'static,
+        F: Fn(&CallContext, EventBody) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        SandboxJournal(Arc::new(move |body| Box::pin(append(body))))
+        SandboxJournal(Arc::new(move |ctx, body| Box::pin(append(ctx, body))))
     }
 
-    async fn record(&self, body: EventBody) -> Result<(), String> {
-        (self.0)(body).await
+    async fn record(&self, ctx: &CallContext, body: EventBody) -> Result<(), String> {
+        (self.0)(ctx, body).await
     }
 }
 
@@ -214,8 +232,14 @@ pub type CompensationFuture<'a> = Pin<Box<dyn Future<Output = Option<Result<Stri
 /// compensation (`SagaCompensated`), and the clock readings the circuit
 /// breakers decide with (`RunBreakerChanged.at_ms`).
 pub trait ToolRunner: Send + Sync + std::fmt::Debug {
-    /// Runs one allowed call (its arguments as the gate allowed them).
-    fn run<'a>(&'a self, call: &'a ToolCall) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>>;
+    /// Runs one allowed call (its arguments as the gate allowed them), made
+    /// by `ctx.run` and journaled at `ctx.cause`: what the call's own facts
+    /// (a container's) are tied to.
+    fn run<'a>(
+        &'a self,
+        call: &'a ToolCall,
+        ctx: &'a CallContext,
+    ) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>>;
 
     /// What undoes `call`, captured now, before it runs (JSON `{tool,
     /// arguments}`): `None` when the tool has no compensation, an error
@@ -245,10 +269,14 @@ pub trait ToolRunner: Send + Sync + std::fmt::Debug {
 
 impl ToolRunner for ToolBox {
     #[allow(clippy::disallowed_methods)] // an effect runner measures how long the effect took
-    fn run<'a>(&'a self, call: &'a ToolCall) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
+    fn run<'a>(
+        &'a self,
+        call: &'a ToolCall,
+        ctx: &'a CallContext,
+    ) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
         Box::pin(async move {
             let started = std::time::Instant::now();
-            let result = self.call(&call.name, &call.arguments).await;
+            let result = self.call(ctx, &call.id, &call.name, &call.arguments).await;
             let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let (ok, output) = match result {
                 Ok(o) => (true, o),
@@ -296,8 +324,9 @@ impl ToolBox {
         Ok(full)
     }
 
-    /// Runs tool `name` with JSON `arguments`.
-    pub async fn call(&self, name: &str, arguments: &str) -> ToolResult {
+    /// Runs tool `name` with JSON `arguments` as call `call_id` of
+    /// `ctx.run` (a container names both).
+    pub async fn call(&self, ctx: &CallContext, call_id: &str, name: &str, arguments: &str) -> ToolResult {
         let args: Value =
             serde_json::from_str(arguments).map_err(|e| format!("arguments are not JSON: {e}"))?;
         let Some(args) = args.as_object() else {
@@ -376,18 +405,23 @@ impl ToolBox {
                         .collect::<Result<_, _>>()?,
                     Some(_) => return Err("args must be an array of strings".into()),
                 };
-                self.run(command, argv).await
+                self.run(ctx, call_id, command, argv).await
             }
             other => Err(format!("no tool named {other:?}")),
         }
     }
 
-    async fn run(&self, command: String, args: Vec<String>) -> ToolResult {
+    async fn run(&self, ctx: &CallContext, call_id: &str, command: String, args: Vec<String>) -> ToolResult {
         // A root-owned workspace is worked on in a scratch copy (see
         // `CommandSandbox::Container`), removed when this call ends.
         let mut scratch: Option<Scratch> = None;
-        let (agent, container, task) = match &self.sandbox {
-            CommandSandbox::Native => (String::new(), ContainerOptions::default(), "tool".to_owned()),
+        // The call's facts belong to its run: its container's `stele.task`
+        // label and journaled `task` are the run id, its `stele.call` label
+        // the call (a run's calls may run at once; each container has its
+        // own id).
+        let task = ctx.run.clone();
+        let (agent, container) = match &self.sandbox {
+            CommandSandbox::Native => (String::new(), ContainerOptions::default()),
             CommandSandbox::Container {
                 image, owner, agent, ..
             } => {
@@ -412,10 +446,9 @@ impl ToolBox {
                         owner: owner.clone(),
                         workspace: Some(mount),
                         user: Some(format!("{uid}:{gid}")),
+                        call: Some(call_id.to_owned()),
                         ..ContainerOptions::default()
                     },
-                    // Each call's container is its own task in the journal.
-                    format!("tool-{}", random_hex(8)),
                 )
             }
         };
@@ -460,23 +493,35 @@ impl ToolBox {
                 } => {
                     if let Some(journal) = journal {
                         journal
-                            .record(EventBody::SandboxStarted {
-                                task: task.clone(),
-                                sandbox,
-                            })
+                            .record(
+                                ctx,
+                                EventBody::SandboxStarted {
+                                    task: task.clone(),
+                                    sandbox,
+                                },
+                            )
                             .await
-                            .map_err(|e| format!("journaling the start of sandbox {task}: {e}"))?;
+                            .map_err(|e| {
+                                format!(
+                                    "journaling the start of the sandbox of call {call_id} of {task}: {e}"
+                                )
+                            })?;
                     }
                 }
                 ExecEvent::Exited { report: r, sandbox } => {
                     if let (Some(journal), Some(exit)) = (journal, sandbox) {
                         journal
-                            .record(EventBody::SandboxExited {
-                                task: task.clone(),
-                                exit,
-                            })
+                            .record(
+                                ctx,
+                                EventBody::SandboxExited {
+                                    task: task.clone(),
+                                    exit,
+                                },
+                            )
                             .await
-                            .map_err(|e| format!("journaling the exit of sandbox {task}: {e}"))?;
+                            .map_err(|e| {
+                                format!("journaling the exit of the sandbox of call {call_id} of {task}: {e}")
+                            })?;
                     }
                     if let Some(copy) = scratch.take() {
                         let workspace = self.workspace.clone();

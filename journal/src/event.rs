@@ -50,8 +50,9 @@ pub const CANONICAL_HEADER_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 2;
 pub use body::{
     AgentState, ArchivedAgentState, ArchivedBusEnvelope, ArchivedContextArchive, ArchivedContextItem,
     ArchivedEventBody, ArchivedProcessExit, ArchivedRuntimeHost, ArchivedSandboxExit, ArchivedSandboxStart,
-    ArchivedTaskOutcome, ArchivedTaskPriority, BusEnvelope, ContextArchive, ContextItem, EventBody,
-    ProcessExit, RuntimeHost, SandboxExit, SandboxStart, TaskOutcome, TaskPriority,
+    ArchivedTaskOutcome, ArchivedTaskPriority, ArchivedToolList, ArchivedToolOffer, BusEnvelope,
+    ContextArchive, ContextItem, EventBody, ProcessExit, RuntimeHost, SandboxExit, SandboxStart, TaskOutcome,
+    TaskPriority, ToolList, ToolOffer,
 };
 
 /// The size of the archived `EventBody` (the tag plus its largest
@@ -865,6 +866,65 @@ mod body {
             /// The fingerprints the document lists as revoked, comma-separated.
             revoked_keys: String,
         },
+        /// The tools a reasoning run's model is offered (stream `run:<id>`):
+        /// recorded before the completion request of the run's first step,
+        /// and before a later step's only when the list differs from the
+        /// one recorded before it (a run continued by a process that offers
+        /// other tools). Each tool by name and the BLAKE3 of its canonical
+        /// JSON schema, so a replay can tell which one changed.
+        ToolsOffered {
+            /// The run.
+            run: String,
+            /// The step whose completion requests carry this list.
+            step: u32,
+            /// The list (boxed: see [`ARCHIVED_BODY_BYTES`]).
+            #[serde(flatten)]
+            offered: Box<ToolList>,
+        },
+    }
+
+    /// The tools offered to a model, as `ToolsOffered` records them.
+    #[derive(
+        Clone,
+        Debug,
+        Default,
+        PartialEq,
+        Eq,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub struct ToolList {
+        /// BLAKE3 over every tool's name and schema hash, in the order
+        /// offered: equal lists, equal hashes.
+        #[serde(serialize_with = "ser_hex")]
+        pub list_hash: [u8; 32],
+        /// The tools, in the order offered.
+        pub tools: Vec<ToolOffer>,
+    }
+
+    /// One offered tool.
+    #[derive(
+        Clone,
+        Debug,
+        Default,
+        PartialEq,
+        Eq,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+        serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    pub struct ToolOffer {
+        /// The name the model calls it by.
+        pub name: String,
+        /// BLAKE3 of its canonical JSON schema (`{name, description,
+        /// parameters}`, keys sorted, compact).
+        #[serde(serialize_with = "ser_hex")]
+        pub schema_hash: [u8; 32],
     }
 
     /// A context item as `ContextStored` records it.
@@ -1370,6 +1430,7 @@ kinds! {
     McpToolReturned => "mcp_tool_returned",
     McpResourceRead => "mcp_resource_read",
     McpKeyDiscovered => "mcp_key_discovered",
+    ToolsOffered => "tools_offered",
 }
 
 /// Which facts belong to a run, and through which field: one list makes
@@ -1445,6 +1506,7 @@ run_fields! {
         SagaCompensating,
         SagaCompensated,
         ContextHydrated,
+        ToolsOffered,
     ],
     optional_run: [
         Annotated,

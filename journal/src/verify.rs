@@ -447,7 +447,8 @@ fn check_body(
         | ArchivedEventBody::McpToolCalled { .. }
         | ArchivedEventBody::McpToolReturned { .. }
         | ArchivedEventBody::McpResourceRead { .. }
-        | ArchivedEventBody::McpKeyDiscovered { .. } => {}
+        | ArchivedEventBody::McpKeyDiscovered { .. }
+        | ArchivedEventBody::ToolsOffered { .. } => {}
     }
     if seq.0 == 1 && !matches!(e.body(), ArchivedEventBody::JournalOpened { .. }) {
         return Err(bad("the first event is not JournalOpened".into()));

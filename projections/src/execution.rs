@@ -82,7 +82,16 @@ pub struct LiveTask {
     /// preempted, and its end does not end the task.
     #[serde(default)]
     pub process_placement: u32,
+    /// Queued by a request (its trigger starts with [`REQUEST_TRIGGER`]: a
+    /// run started over HTTP, or a parked run's continuation): its end
+    /// applies no execution-mode rule to its agent.
+    #[serde(default)]
+    pub requested: bool,
 }
+
+/// How the trigger of a task queued by a request begins (`request run …`,
+/// `request continue …`).
+pub const REQUEST_TRIGGER: &str = "request ";
 
 /// See the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -143,12 +152,15 @@ impl Projection for ExecutionView {
                 // A fresh registration (after termination) starts clean.
                 self.agents.insert(agent.to_string(), AgentRuns::default());
             }
-            ArchivedEventBody::TaskQueued { task, agent, .. } => {
+            ArchivedEventBody::TaskQueued {
+                task, agent, trigger, ..
+            } => {
                 self.agent_mut(agent.as_str()).active_task = Some(task.to_string());
                 self.live.insert(
                     task.to_string(),
                     LiveTask {
                         agent: agent.to_string(),
+                        requested: trigger.as_str().starts_with(REQUEST_TRIGGER),
                         ..LiveTask::default()
                     },
                 );

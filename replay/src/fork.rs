@@ -251,9 +251,12 @@ impl Sink for ForkSink {
     fn record<'a>(
         &'a mut self,
         facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Seq>, String>> + Send + 'a>> {
         Box::pin(async move {
             let mut appends = Vec::with_capacity(facts.len() + 1);
+            // Where the marker goes among the appends (its seq is not one
+            // of the facts').
+            let mut marker_at = None;
             for body in facts {
                 let started = matches!(body, EventBody::RunStarted { .. });
                 appends.push(Append {
@@ -262,6 +265,7 @@ impl Sink for ForkSink {
                     body,
                 });
                 if started && let Some((marker, at)) = self.marker.take() {
+                    marker_at = Some(appends.len());
                     appends.push(Append {
                         stream: self.stream.clone(),
                         cause: Some(at),
@@ -270,9 +274,10 @@ impl Sink for ForkSink {
                 }
             }
             if appends.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
-            self.journal
+            let receipts = self
+                .journal
                 .append_many(appends)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -281,7 +286,12 @@ impl Sink for ForkSink {
             {
                 started.notify_one();
             }
-            Ok(())
+            Ok(receipts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != marker_at)
+                .map(|(_, r)| r.seq)
+                .collect())
         })
     }
 }
@@ -326,7 +336,7 @@ pub async fn fork(
             reason: format!("it starts at seq {started}; fork at that seq or later, not {at}"),
         });
     }
-    let spec = origin.spec(new_run, settings)?;
+    let spec = origin.base_spec(new_run, settings)?;
     let prefix: Vec<&Event> = origin.facts().into_iter().filter(|e| e.seq <= at).collect();
     let mut answers = VecDeque::new();
     let mut approvals = VecDeque::new();

@@ -12,7 +12,13 @@
 //! Every fact the driver records goes to a comparing sink instead of the
 //! journal: fact k must equal the run's k-th recorded fact (its
 //! `Annotated` notes and `RunForked` marker are not the deciders' and are
-//! skipped). The first difference stops the replay and becomes a
+//! skipped). That includes the tools the model was offered
+//! (`ToolsOffered`): the replay offers what `stele run` would from the
+//! agent's profile as registered, the configured bus, and the MCP tools of
+//! the discovery journaled before the run ([`RecordedRun::load_mcp`]); a
+//! different list is reported naming the tools added, removed or changed.
+//! (A run recorded before tool lists were journaled has none to compare.)
+//! The first difference stops the replay and becomes a
 //! [`Divergence`]: the seq, both bodies, a field-level diff and the events
 //! that led there.
 //!
@@ -29,11 +35,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stele_engine::agent::AgentDefinition;
-use stele_engine::llm::{Completion, CompletionFuture, CompletionRequest, Provider, ProviderError, ToolCall};
+use stele_engine::llm::{
+    Completion, CompletionFuture, CompletionRequest, Provider, ProviderError, ToolCall, ToolSpec,
+};
 use stele_engine::orga::{AgentLoop, RunSpec, ToolOutcome};
 use stele_engine::policy::{LiveGate, PolicyGate};
 use stele_engine::reasoning::{Driver, KnowledgeFuture, KnowledgeRequest, Sink, StepKnowledge, Stop};
-use stele_engine::tools::{ToolResult, ToolRunner};
+use stele_engine::tools::{CallContext, ToolResult, ToolRunner};
 use stele_journal::{Event, EventBody, Reader, RunId, Seq};
 use stele_projections::{AgentRegistry, SnapshotStore, state_at};
 
@@ -53,6 +61,10 @@ pub struct Settings {
     pub max_tokens: u32,
     /// Attempts per completion.
     pub max_attempts: u32,
+    /// Whether the bus runs here (`[bus] policies`): its builtins are then
+    /// offered to runs whose profile matches them, as `stele run` offers
+    /// them.
+    pub bus_builtins: bool,
 }
 
 /// A run as the journal holds it.
@@ -70,6 +82,9 @@ pub struct RecordedRun {
     pub definition: AgentDefinition,
     /// Every event of the run, in seq order.
     pub events: Vec<Event>,
+    /// The MCP tools its start was offered, rebuilt from the journaled
+    /// discovery before it ([`RecordedRun::load_mcp`]; none until then).
+    pub mcp: Vec<ToolSpec>,
 }
 
 impl RecordedRun {
@@ -90,11 +105,44 @@ impl RecordedRun {
     }
 
     /// The spec the run is replayed with: the agent's definition as
-    /// registered, the model its completions recorded, `settings` for the rest.
+    /// registered, the model its completions recorded, `settings` for the
+    /// rest. Its tools are offered as `stele run` layers them, each source
+    /// filtered by the agent's tool profile: the built-in tools, the MCP
+    /// tools of [`RecordedRun::mcp`], the bus builtins (when
+    /// `settings.bus_builtins`), the knowledge tools.
     ///
     /// # Errors
     /// The agent does not run a reasoning loop.
     pub fn spec(&self, run: &str, settings: &Settings) -> Result<RunSpec> {
+        let mut spec = self.base_spec(run, settings)?;
+        let patterns = self.profile();
+        let offered = |t: &ToolSpec| {
+            patterns
+                .iter()
+                .any(|p| stele_engine::tools::glob_match(p, &t.name))
+        };
+        spec.tools.extend(self.mcp.iter().filter(|t| offered(t)).cloned());
+        if settings.bus_builtins {
+            spec.tools.extend(
+                stele_engine::bus::builtins::specs()
+                    .into_iter()
+                    .filter(|t| offered(t)),
+            );
+        }
+        spec.tools.extend(
+            stele_engine::context::rag::specs()
+                .into_iter()
+                .filter(|t| offered(t)),
+        );
+        Ok(spec)
+    }
+
+    /// [`RecordedRun::spec`] with the built-in tools only: what a fork
+    /// offers, whose live runners past its prefix are the agent's tool box.
+    ///
+    /// # Errors
+    /// The agent does not run a reasoning loop.
+    pub fn base_spec(&self, run: &str, settings: &Settings) -> Result<RunSpec> {
         let model = self.recorded_model().unwrap_or(&settings.default_model);
         let mut spec = stele_engine::reasoning::spec_for(&self.definition, run, model, settings.max_tokens)
             .map_err(|reason| Error::Run {
@@ -106,6 +154,38 @@ impl RecordedRun {
         }
         spec.max_attempts = settings.max_attempts;
         Ok(spec)
+    }
+
+    /// The agent's tool profile (`[runs] tools`; empty offers every tool).
+    fn profile(&self) -> Vec<String> {
+        match &self.definition.runs {
+            stele_engine::Runs::Reasoning { tools, .. } if !tools.is_empty() => tools.clone(),
+            _ => vec!["*".to_owned()],
+        }
+    }
+
+    /// Fills [`RecordedRun::mcp`]: for each of `servers` (the configured
+    /// MCP servers) the profile reaches, the accepted tools of its last
+    /// journaled discovery before the run started. No server is contacted.
+    ///
+    /// # Errors
+    /// The journal cannot be read, or a journaled listing is unreadable.
+    pub fn load_mcp(&mut self, reader: &Reader, servers: &[String]) -> Result<()> {
+        let start = self.events.first().map_or(Seq(1), |e| e.seq);
+        let patterns = self.profile();
+        let mut mcp = Vec::new();
+        for server in servers {
+            let specs =
+                stele_engine::mcp::hub::journaled_specs(reader, server, &patterns, start).map_err(|e| {
+                    Error::Run {
+                        run: self.run.clone(),
+                        reason: format!("the MCP tools its start was offered: {e}"),
+                    }
+                })?;
+            mcp.extend(specs);
+        }
+        self.mcp = mcp;
+        Ok(())
     }
 
     /// The provider its completions recorded (`replay` when none did).
@@ -143,9 +223,19 @@ impl RecordedRun {
     }
 }
 
-/// Whether a run event is a decider's fact (compared by replay).
+/// Whether a run event is a decider's fact (compared by replay): not an
+/// operator's note, the fork marker, or a fact a tool's effect journaled
+/// (a `run_command` container's: the replay serves the call's result and
+/// starts no container).
 fn is_decided(body: &EventBody) -> bool {
-    !matches!(body, EventBody::Annotated { .. } | EventBody::RunForked { .. })
+    !matches!(
+        body,
+        EventBody::Annotated { .. }
+            | EventBody::RunForked { .. }
+            | EventBody::SandboxStarted { .. }
+            | EventBody::SandboxExited { .. }
+            | EventBody::SandboxReaped { .. }
+    )
 }
 
 /// Reads run `run` and the definition of its agent as registered when it
@@ -200,6 +290,7 @@ pub fn load_run(reader: &Reader, store: &SnapshotStore, run: &str) -> Result<Rec
         parent: parent.clone(),
         definition,
         events,
+        mcp: Vec::new(),
     })
 }
 
@@ -356,7 +447,11 @@ impl ServedTools {
 }
 
 impl ToolRunner for ServedTools {
-    fn run<'a>(&'a self, call: &'a ToolCall) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
+    fn run<'a>(
+        &'a self,
+        call: &'a ToolCall,
+        ctx: &'a CallContext,
+    ) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
         let served = self
             .results
             .lock()
@@ -369,7 +464,7 @@ impl ToolRunner for ServedTools {
                     r.output = unbounded(&r.output, self.max_output);
                     r
                 }
-                (None, Some(live)) => live.run(call).await,
+                (None, Some(live)) => live.run(call, ctx).await,
                 (None, None) => ToolOutcome {
                     call_id: call.id.clone(),
                     ok: false,
@@ -908,6 +1003,9 @@ struct Compare<'a, 'p> {
     mismatch: Option<(usize, Option<EventBody>)>,
     /// The sets the next step's decisions are made under.
     sets: &'a Sets,
+    /// Whether the run journaled its tool lists: one recorded before
+    /// `ToolsOffered` existed has none, and the replay's are not compared.
+    offers_recorded: bool,
 }
 
 const DIVERGED: &str = "replay diverged";
@@ -916,28 +1014,34 @@ impl Sink for Compare<'_, '_> {
     fn record<'s>(
         &'s mut self,
         facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 's>> {
-        let mut result = Ok(());
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Seq>, String>> + Send + 's>> {
+        let given = facts.len();
+        let mut seqs = Vec::with_capacity(given);
         for mut fact in facts {
+            if !self.offers_recorded && matches!(fact, EventBody::ToolsOffered { .. }) {
+                continue;
+            }
             if let Some(p) = self.perturb.as_mut() {
                 p(self.pos, &mut fact);
             }
             match self.expected.get(self.pos) {
                 Some(e) if e.body == fact => {
+                    seqs.push(e.seq);
                     self.pos += 1;
                     self.clock.set(self.pos);
                 }
                 _ => {
                     self.mismatch = Some((self.pos, Some(fact)));
-                    result = Err(DIVERGED.to_owned());
-                    break;
+                    return Box::pin(async { Err(DIVERGED.to_owned()) });
                 }
             }
         }
-        if result.is_ok() {
-            self.sets.follow(self.expected.get(self.pos).copied());
+        self.sets.follow(self.expected.get(self.pos).copied());
+        // A fact passed over has no seq: then none at all (see `Sink::record`).
+        if seqs.len() != given {
+            seqs.clear();
         }
-        Box::pin(async move { result })
+        Box::pin(async move { Ok(seqs) })
     }
 }
 
@@ -1089,6 +1193,15 @@ pub fn summary(body: &EventBody) -> String {
             format!("{outcome} after {steps} steps: {}", cut(answer))
         }
         EventBody::Annotated { text, .. } => cut(text),
+        EventBody::ToolsOffered { step, offered, .. } => format!(
+            "step {step}: offers {}",
+            cut(&offered
+                .tools
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+        ),
         other => cut(&serde_json::to_string(other).unwrap_or_default()),
     }
 }
@@ -1208,6 +1321,9 @@ pub fn replay_under(
         perturb,
         mismatch: None,
         sets: &sets,
+        offers_recorded: facts
+            .iter()
+            .any(|e| matches!(e.body, EventBody::ToolsOffered { .. })),
     };
     let rt = paused_runtime()?;
     let ended = rt.block_on(drive_from_start(
@@ -1221,17 +1337,7 @@ pub fn replay_under(
     ));
     let (index, replayed, note, awaiting) = match (ended, sink.mismatch.take()) {
         (_, Some((index, replayed))) => {
-            let note = match facts.get(index) {
-                Some(e) => format!(
-                    "the replay produced a different {} than seq {}",
-                    kind_of(replayed.as_ref()),
-                    e.seq
-                ),
-                None => format!(
-                    "the replay produced a {} after the run's last recorded fact",
-                    kind_of(replayed.as_ref())
-                ),
-            };
+            let note = mismatch_note(facts.get(index).copied(), replayed.as_ref());
             (index, replayed, note, Vec::new())
         }
         (Ok(ended), None) if sink.pos == facts.len() => {
@@ -1304,6 +1410,57 @@ pub fn replay_under(
             path_omitted: omitted,
         }),
     })
+}
+
+/// What a mismatch between the recorded fact (`None`: the run recorded
+/// no more) and the replayed one (`None`: the replay produced none) is, in a
+/// sentence; a tool list that differs names the tools.
+fn mismatch_note(recorded: Option<&Event>, replayed: Option<&EventBody>) -> String {
+    let Some(e) = recorded else {
+        return format!(
+            "the replay produced a {} after the run's last recorded fact",
+            kind_of(replayed)
+        );
+    };
+    if let Some(why) = replayed.and_then(|r| offered_change(&e.body, r)) {
+        return format!(
+            "the replay offers the model other tools than seq {} recorded: {why}",
+            e.seq
+        );
+    }
+    if let EventBody::ToolsOffered { step, offered, .. } = &e.body {
+        let names: Vec<&str> = offered.tools.iter().map(|t| t.name.as_str()).collect();
+        return format!(
+            "the run recorded the tools offered at step {step} ({}), but the replay {} there",
+            names.join(", "),
+            if replayed.is_some() {
+                "offers the same tools as before"
+            } else {
+                "produced nothing"
+            }
+        );
+    }
+    format!(
+        "the replay produced a different {} than seq {}",
+        kind_of(replayed),
+        e.seq
+    )
+}
+
+/// What differs between a recorded and a replayed `ToolsOffered`, naming
+/// the tools (`None`: they are not both tool lists, or the lists are equal).
+fn offered_change(recorded: &EventBody, replayed: &EventBody) -> Option<String> {
+    let (
+        EventBody::ToolsOffered {
+            step, offered: was, ..
+        },
+        EventBody::ToolsOffered { offered: now, .. },
+    ) = (recorded, replayed)
+    else {
+        return None;
+    };
+    let why = stele_engine::offered::change(was, now);
+    (!why.is_empty()).then(|| format!("at step {step}, {why}"))
 }
 
 fn kind_of(b: Option<&EventBody>) -> &'static str {

@@ -142,20 +142,23 @@ impl Op {
     }
 }
 
-/// The scope an operation needs: the document marks the public ones
-/// (`security: [{}]`); of the rest, reads need `read` and changes `operate`
-/// (as the document's description says), but for the exceptions listed
-/// here. A new route that needs another scope than the rule gives fails the
-/// fuzz's 403 cases until it is listed.
-fn scope_of(method: &str, path: &str, public: bool) -> Scope {
-    if public {
+/// The scope an operation needs, as the document declares it: `security:
+/// [{}]` public, `[{"bearer": [scope]}]` that scope (the router enforces
+/// the same table; `http::every_operation_declares_the_scope_the_router_enforces`).
+fn scope_of(method: &str, path: &str, op: &Value) -> Scope {
+    let req = op["security"]
+        .as_array()
+        .and_then(|s| s.first())
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| panic!("{method} {path} declares no security"));
+    if req.is_empty() {
         return Scope::Public;
     }
-    match (method, path) {
-        ("post", "/v1/shutdown" | "/v1/policy/reload") => Scope::Admin,
-        // Reads that take a body or compute.
-        ("post", "/v1/runs/{id}/replay" | "/v1/context/{agent}/search") | ("get", _) => Scope::Read,
-        _ => Scope::Operate,
+    match req["bearer"][0].as_str() {
+        Some("read") => Scope::Read,
+        Some("operate") => Scope::Operate,
+        Some("admin") => Scope::Admin,
+        other => panic!("{method} {path}: unknown scope {other:?}"),
     }
 }
 
@@ -175,10 +178,6 @@ fn operations(doc: &Value) -> Vec<Op> {
     for (path, item) in doc["paths"].as_object().expect("paths") {
         let methods: Vec<String> = item.as_object().expect("path item").keys().cloned().collect();
         for (method, op) in item.as_object().expect("path item") {
-            let public = op["security"].as_array().is_some_and(|s| {
-                s.iter()
-                    .any(|r| r.as_object().is_some_and(serde_json::Map::is_empty))
-            });
             let params = op["parameters"]
                 .as_array()
                 .map(|ps| {
@@ -230,7 +229,7 @@ fn operations(doc: &Value) -> Vec<Op> {
                 path: path.clone(),
                 params,
                 body,
-                scope: scope_of(method, path, public),
+                scope: scope_of(method, path, op),
                 siblings: methods.clone(),
             });
         }

@@ -27,10 +27,10 @@ impl Sink for JournalSink {
     fn record<'a>(
         &'a mut self,
         facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Seq>, String>> + Send + 'a>> {
         Box::pin(async move {
             if facts.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let appends = facts
                 .into_iter()
@@ -43,7 +43,7 @@ impl Sink for JournalSink {
             self.0
                 .append_many(appends)
                 .await
-                .map(|_| ())
+                .map(|receipts| receipts.iter().map(|r| r.seq).collect())
                 .map_err(|e| e.to_string())
         })
     }

@@ -11,7 +11,9 @@
 //! full mailbox (first come, first served; refused at the deadline), the
 //! bus view restored from its snapshot plus the tail, and two instances
 //! exchanging signed, encrypted messages (direct, request, and a publish
-//! to the peer's topic) with both journals verifying.
+//! to the peer's topic) with both journals verifying, and a peer's messages
+//! to a full mailbox held back on NATS and delivered in order as room
+//! appears (refused, journaled, only when they would expire).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,6 +121,7 @@ impl stele_engine::tools::ToolRunner for NoTools {
     fn run<'a>(
         &'a self,
         call: &'a ToolCall,
+        _ctx: &'a stele_engine::tools::CallContext,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = stele_engine::orga::ToolOutcome> + Send + 'a>>
     {
         Box::pin(async move {
@@ -868,6 +871,18 @@ fn cli(data: &Path, cfg: &Path, args: &[&str]) -> crate::Run {
 }
 
 fn start_up(root: &Path, name: &str, peer: &str, peer_key: &str, agent: &str) -> (Daemon, PathBuf) {
+    start_up_with(root, name, peer, peer_key, agent, "")
+}
+
+/// [`start_up`] with more `[bus]` settings (`bus_extra`, TOML lines).
+fn start_up_with(
+    root: &Path,
+    name: &str,
+    peer: &str,
+    peer_key: &str,
+    agent: &str,
+    bus_extra: &str,
+) -> (Daemon, PathBuf) {
     let data = root.join(name);
     let agents = root.join(format!("{name}-agents"));
     std::fs::create_dir_all(&agents).expect("mkdir");
@@ -876,7 +891,7 @@ fn start_up(root: &Path, name: &str, peer: &str, peer_key: &str, agent: &str) ->
     std::fs::write(
         &cfg,
         format!(
-            "[nats]\nurl = \"{}\"\n\n[bus]\nname = \"{name}\"\nnats = true\npolicies = \"{}\"\n\n[bus.peers]\n{peer} = \"{peer_key}\"\n",
+            "[nats]\nurl = \"{}\"\n\n[bus]\nname = \"{name}\"\nnats = true\npolicies = \"{}\"\n{bus_extra}\n[bus.peers]\n{peer} = \"{peer_key}\"\n",
             nats_url(),
             policies().display()
         ),
@@ -1118,6 +1133,154 @@ fn two_instances_exchange_signed_encrypted_messages_over_nats() {
                 .is_some_and(|r| r.starts_with(&format!("{nb}:")))
     });
     assert!(delivered_remote, "a journaled b's receipt");
+}
+
+/// `stele bus stats --json` of a daemon.
+fn bus_stats(d: &Daemon, cfg: &Path) -> serde_json::Value {
+    let r = cli(&d.data, cfg, &["bus", "stats", "--json"]);
+    assert_eq!(r.code, Some(0), "bus stats: {r:?}");
+    serde_json::from_str(&r.stdout).expect("stats JSON")
+}
+
+/// Waits until `pick` of a daemon's bus stats is `n`.
+fn until_stats(d: &Daemon, cfg: &Path, what: &str, pick: impl Fn(&serde_json::Value) -> u64, n: u64) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = bus_stats(d, cfg);
+        if pick(&s) == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never became {n}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_full_mailbox_holds_back_messages_from_a_peer_in_order_until_there_is_room() {
+    let url = nats_url();
+    if std::net::TcpStream::connect(url.trim_start_matches("nats://")).is_err() {
+        panic!(
+            "NATS at {url} is unreachable: this test needs `nats-server -js` \
+             (scripts/test.sh starts one; or set STELE_TEST_NATS)"
+        );
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    // Names of their own: the other two-instance test runs in this process.
+    let (na, nb) = (
+        format!("fulla{}", std::process::id()),
+        format!("fullb{}", std::process::id()),
+    );
+    let key_of = |name: &str| {
+        let r = run_bounded(&[
+            "--data",
+            root.path().join(name).to_str().expect("utf-8"),
+            "bus",
+            "key",
+        ]);
+        assert_eq!(r.code, Some(0), "bus key: {r:?}");
+        r.stdout.trim().to_owned()
+    };
+    let (ka, kb) = (key_of(&na), key_of(&nb));
+    let (a, cfg_a) = start_up(root.path(), &na, &nb, &kb, "alice");
+    let (b, cfg_b) = start_up_with(root.path(), &nb, &na, &ka, "bob", "mailbox_capacity = 1\n");
+    let bob = format!("bob@{nb}");
+    let send = |text: &str, ttl: Option<&str>| {
+        let mut args = vec!["bus", "send", "--from", "alice", "--to", &bob, text, "--json"];
+        if let Some(t) = ttl {
+            args.extend(["--ttl", t]);
+        }
+        let r = cli(&a.data, &cfg_a, &args);
+        assert_eq!(r.code, Some(0), "send {text}: {r:?}");
+    };
+    let depth = |s: &serde_json::Value| s["mailboxes"]["bob"].as_u64().unwrap_or(0);
+    let field = |k: &'static str| move |s: &serde_json::Value| s[k].as_u64().unwrap_or(0);
+    // Refusals by code: their sum.
+    let rejected = |s: &serde_json::Value| {
+        s["rejected"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(serde_json::Value::as_u64).sum())
+    };
+
+    // Three messages for a mailbox of one: b takes the first and holds the
+    // others back on NATS — refusing none.
+    for text in ["one", "two", "three"] {
+        send(text, None);
+    }
+    until_stats(&b, &cfg_b, "bob's mailbox on b", depth, 1);
+    until_stats(&a, &cfg_a, "a's receipts", field("delivered"), 1);
+    let (sa, sb) = (bus_stats(&a, &cfg_a), bus_stats(&b, &cfg_b));
+    assert_eq!(depth(&sb), 1, "b holds the others back: {sb}");
+    assert_eq!(sb["received_remote"], 1, "{sb}");
+    assert_eq!(rejected(&sb), 0, "nothing is refused for a full mailbox: {sb}");
+    // a shows them sent, one delivered: the others have no receipt yet.
+    assert_eq!(sa["delivered"], 1, "{sa}");
+    // As bob acknowledges, the next one comes, in the order they were sent.
+    for text in ["one", "two", "three"] {
+        let r = cli(
+            &b.data,
+            &cfg_b,
+            &[
+                "bus", "recv", "--agent", "bob", "--wait", "15s", "--ack", "--json",
+            ],
+        );
+        assert_eq!(r.code, Some(0), "{r:?}");
+        let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+        let texts: Vec<&str> = got
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|m| m["text"].as_str())
+            .collect();
+        assert_eq!(texts, [text], "{got}");
+    }
+    until_stats(&a, &cfg_a, "a's receipts", field("delivered"), 3);
+    assert_eq!(rejected(&bus_stats(&b, &cfg_b)), 0);
+
+    // The bound: a message that would expire before its next delivery is
+    // refused then, journaled as mailbox_full, saying it was held back.
+    send("four", None);
+    until_stats(&b, &cfg_b, "bob's mailbox on b", depth, 1);
+    send("five", Some("2s"));
+    until_stats(&b, &cfg_b, "refusals on b", rejected, 1);
+    assert_eq!(depth(&bus_stats(&b, &cfg_b)), 1);
+
+    for (d, cfg) in [(&a, &cfg_a), (&b, &cfg_b)] {
+        let r = cli(&d.data, cfg, &["down"]);
+        assert_eq!(r.code, Some(0), "down: {r:?}");
+    }
+    drop(a);
+    drop(b);
+    for name in [&na, &nb] {
+        let r = run_bounded(&[
+            "--data",
+            root.path().join(name).to_str().expect("utf-8"),
+            "journal",
+            "verify",
+        ]);
+        assert_eq!(r.code, Some(0), "verify {name}: {r:?}");
+    }
+    let rb = Reader::open(root.path().join(&nb)).expect("reader b");
+    let refusals: Vec<serde_json::Value> = events(&rb)
+        .into_iter()
+        .filter(|(k, _)| k == "message_rejected")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["code"], "mailbox_full", "{refusals:?}");
+    assert!(
+        refusals[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("held back")),
+        "{refusals:?}"
+    );
+    let ra = Reader::open(root.path().join(&na)).expect("reader a");
+    assert!(
+        !events(&ra).iter().any(|(k, _)| k == "message_rejected"),
+        "a refused nothing"
+    );
 }
 
 /// Policies of `fixtures/policies` plus one that lets reasoning runs call

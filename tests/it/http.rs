@@ -4,7 +4,8 @@
 //! `Last-Event-ID` (no gap, no duplicate), `/metrics` after appends,
 //! `/health` and `/ready`, proofs and audit bundles checked by the CLI, the
 //! refusal to listen beyond loopback without tokens, the checked-in OpenAPI
-//! document, and the deployment manifests.
+//! document and the scope each of its operations declares (checked against
+//! what the router enforces), and the deployment manifests.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -725,4 +726,124 @@ fn deployment_manifests_are_valid() {
         docker.contains("VOLUME") && docker.matches("FROM ").count() >= 2,
         "multi-stage, data volume"
     );
+}
+
+/// Every operation of the served OpenAPI document declares the least scope
+/// it needs, and the router enforces exactly that: without a token 401, with
+/// a token one scope lower 403, with a token of the declared scope past the
+/// check (whatever the handler then makes of a request with nothing in it);
+/// the public ones answer without a token. Shutdown (admin) goes last.
+#[test]
+fn every_operation_declares_the_scope_the_router_enforces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (read, l1) = token("reader", "read");
+    let (operate, l2) = token("operator", "operate");
+    let (admin, l3) = token("root", "admin");
+    let d = start(dir.path(), &format!("{l1}\n\n{l2}\n\n{l3}\n"));
+    let of = |scope: &str| match scope {
+        "read" => read.as_str(),
+        "operate" => operate.as_str(),
+        "admin" => admin.as_str(),
+        other => panic!("unknown scope {other:?} in the document"),
+    };
+    let below = |scope: &str| match scope {
+        "operate" => Some("read"),
+        "admin" => Some("operate"),
+        _ => None,
+    };
+
+    let doc = d.get("/v1/openapi.json", None);
+    assert_eq!(doc.status, 200, "{}", doc.text);
+    let doc = doc.json;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
+        "{doc}"
+    );
+    // (method, route, declared scope; None: public)
+    let mut ops: Vec<(String, String, Option<String>)> = Vec::new();
+    for (route, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let security = op["security"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {route} declares no security"));
+            assert_eq!(security.len(), 1, "{method} {route}: {security:?}");
+            let req = security[0].as_object().expect("a requirement");
+            let scope = if req.is_empty() {
+                None
+            } else {
+                let scopes = req["bearer"].as_array().expect("bearer scopes");
+                assert_eq!(scopes.len(), 1, "{method} {route}: {scopes:?}");
+                Some(scopes[0].as_str().expect("scope").to_owned())
+            };
+            ops.push((method.to_uppercase(), route.clone(), scope));
+        }
+    }
+    let public: Vec<&str> = ops
+        .iter()
+        .filter(|(_, _, s)| s.is_none())
+        .map(|(_, r, _)| r.as_str())
+        .collect();
+    assert_eq!(public, ["/health", "/ready", "/v1/openapi.json"]);
+    for scope in ["read", "operate", "admin"] {
+        assert!(
+            ops.iter().any(|(_, _, s)| s.as_deref() == Some(scope)),
+            "no operation needs {scope}"
+        );
+    }
+    ops.sort_by_key(|(m, r, _)| (m == "POST" && r == "/v1/shutdown", r.clone()));
+
+    for (method, route, scope) in &ops {
+        let path = route
+            .replace("{seq}", "1")
+            .replace("{name}", "nobody")
+            .replace("{agent}", "nobody")
+            .replace("{id}", "run-0")
+            .replace("{item}", "item-0");
+        let body = (method != "GET").then(|| ("application/json", b"{}".to_vec()));
+        let what = format!("{method} {route}");
+        let Some(scope) = scope else {
+            let r = d.call(method, &path, None, body);
+            assert!(
+                r.status != 401 && r.status != 403,
+                "{what} is public: {} {}",
+                r.status,
+                r.text
+            );
+            continue;
+        };
+        let r = d.call(method, &path, None, body.clone());
+        assert_eq!(r.status, 401, "{what} without a token: {}", r.text);
+        assert_eq!(r.json["error"]["code"], "unauthorized", "{what}: {}", r.text);
+        if let Some(lower) = below(scope) {
+            let r = d.call(method, &path, Some(of(lower)), body.clone());
+            assert_eq!(
+                r.status, 403,
+                "{what} declares {scope} but a {lower} token got: {}",
+                r.text
+            );
+            assert_eq!(r.json["error"]["code"], "forbidden", "{what}: {}", r.text);
+            assert!(
+                r.json["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&format!("this needs {scope}"))),
+                "{what}: {}",
+                r.text
+            );
+        }
+        if route == "/v1/events/stream" {
+            // An endless stream: one event through proves the token passed.
+            assert_eq!(sse(&d.addr, of(scope), "?from=1", None, 1).len(), 1);
+            continue;
+        }
+        let r = d.call(method, &path, Some(of(scope)), body);
+        assert!(
+            r.status != 401 && r.json["error"]["code"] != "forbidden",
+            "{what} declares {scope}, and a {scope} token was refused: {} {}",
+            r.status,
+            r.text
+        );
+        if route == "/v1/shutdown" {
+            assert_eq!(r.status, 202, "{}", r.text);
+        }
+    }
 }

@@ -23,9 +23,9 @@ impl Sink for Memory {
     fn record<'a>(
         &'a mut self,
         facts: Vec<EventBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<stele_journal::Seq>, String>> + Send + 'a>> {
         self.0.extend(facts);
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 

@@ -421,3 +421,206 @@ fn a_drive_in_flight_decides_its_next_step_under_the_reloaded_set() {
     drop(up);
     verify(&dir.path().join("data"));
 }
+
+/// Bus sends to bob are forbidden (the set a daemon starts with below).
+const NO_MAIL_FOR_BOB: &str = r#"@id("no-mail-for-bob")
+@reason("bob takes no mail")
+forbid (principal, action == Action::"send_message", resource == Agent::"bob");
+"#;
+
+/// Nothing may be shared.
+const NO_SHARING: &str = r#"@id("no-sharing")
+@reason("sharing is off")
+forbid (principal, action == Action::"write_data", resource)
+when { context has operation && context.operation == "share" };
+"#;
+
+/// `message_send` and `data_access` decisions after `from` (seq), in order:
+/// (point, verdict, determining policy ids, set hash).
+fn gate_decisions(ev: &[Value], from: u64) -> Vec<(String, String, Vec<String>, String)> {
+    ev.iter()
+        .filter(|e| e["seq"].as_u64().expect("seq") > from && e["body"]["kind"] == "policy_decided")
+        .filter(|e| e["body"]["point"] == "message_send" || e["body"]["point"] == "data_access")
+        .map(|e| {
+            let b = &e["body"];
+            (
+                b["point"].as_str().expect("point").to_owned(),
+                b["verdict"].as_str().expect("verdict").to_owned(),
+                b["policies"]
+                    .as_array()
+                    .expect("policies")
+                    .iter()
+                    .map(|p| p.as_str().expect("id").to_owned())
+                    .collect(),
+                b["policy_set"].as_str().expect("set").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// One reload reaches every decision point of the daemon: the bus (`[bus]
+/// policies` turns it on; it decides with the daemon's set) and the
+/// context store, not only the runs. A send to bob and a share, refused
+/// under the set the daemon starts with, are allowed from the next
+/// decision after a reload to a permitting set, and refused again after a
+/// reload back; each decision names the set in force and its policy ids.
+#[test]
+fn a_reload_reaches_the_bus_and_the_context_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let strict = policy_dir(
+        dir.path(),
+        "strict",
+        &[("zz-bob.cedar", NO_MAIL_FOR_BOB), ("zz-share.cedar", NO_SHARING)],
+    );
+    let open = policy_dir(dir.path(), "open", &[]);
+    let (hash_strict, _) = check(&strict);
+    let (hash_open, _) = check(&open);
+    let config = dir.path().join("stele.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[bus]\npolicies = {:?}\n",
+            crate::up::CONFIG,
+            strict.display().to_string()
+        ),
+    )
+    .expect("config");
+    for name in ["alice", "bob"] {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"{name}\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 32\ncpu_cores = 0.25\nexecution_timeout = \"10s\"\n[runs]\nkind = \"process\"\ntier = \"native\"\ncommand = \"/bin/true\"\n"
+            ),
+        )
+        .expect("agent file");
+        let out = crate::stele()
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .args(["agent", "register"])
+            .arg(&file)
+            .output()
+            .expect("register");
+        assert!(out.status.success(), "register {name}: {}", text(&out));
+    }
+    // No --policies: the daemon's set is [bus] policies, for everything.
+    let mut up = Up::start_with(dir.path(), None, &[]);
+    let ev = up.wait_for("the start's policy_set_loaded", |ev| !loaded(ev).is_empty());
+    assert_eq!(loaded(&ev)[0]["body"]["new"], hash_strict.as_str());
+    let start = ev.last().map_or(0, |e| e["seq"].as_u64().expect("seq"));
+
+    let send = |text: &str| {
+        post(
+            &up,
+            "/v1/bus/send",
+            Some(&json!({"from": "alice", "to": "bob", "message": text})),
+        )
+    };
+    let store = |content: &str| {
+        let (status, body) = post(
+            &up,
+            "/v1/context/alice/items",
+            Some(&json!({"content": content, "level": "restricted"})),
+        );
+        assert_eq!(status, 201, "store: {body}");
+        body["id"].as_str().expect("item id").to_owned()
+    };
+    let share = |item: &str| {
+        post(
+            &up,
+            &format!("/v1/context/alice/items/{item}/share"),
+            Some(&json!({"with": "bob", "level": "restricted"})),
+        )
+    };
+    let reload = |to: &Path| {
+        let out = up.cli(&[
+            "policy",
+            "reload",
+            "--policies",
+            to.to_str().expect("utf8"),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let r: Value = serde_json::from_slice(&out.stdout).expect("reload JSON");
+        assert_eq!(r["changed"], true, "{r}");
+        r
+    };
+    let (first, second) = (store("backups are kept thirty days"), store("the SLO is 99.9%"));
+
+    // Under the strict set: both refused, naming its policies.
+    let (status, body) = send("hello");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("policy_denied")),
+        "{body}"
+    );
+    let (status, body) = share(&first);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("sharing is off"),
+        "{body}"
+    );
+
+    // One reload to the open set: the next decision of each is allowed.
+    let r = reload(&open);
+    assert_eq!(
+        (r["old"].as_str(), r["new"].as_str()),
+        (Some(hash_strict.as_str()), Some(hash_open.as_str()))
+    );
+    let (status, body) = send("hello again");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = share(&first);
+    assert_eq!(status, 200, "{body}");
+
+    // And back: refused again.
+    reload(&strict);
+    let (status, body) = send("once more");
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = share(&second);
+    assert_eq!(status, 403, "{body}");
+
+    // The decisions, in order, each naming the set in force and its ids.
+    let got = gate_decisions(&up.events(), start);
+    let sends: Vec<_> = got.iter().filter(|d| d.0 == "message_send").collect();
+    assert_eq!(sends.len(), 3, "{got:?}");
+    assert_eq!(sends[0].1, "deny");
+    assert_eq!(sends[0].2, vec!["no-mail-for-bob".to_owned()]);
+    assert_eq!(sends[0].3, hash_strict);
+    assert_eq!(sends[1].1, "allow");
+    assert_eq!(sends[1].2, vec!["agents-message-agents".to_owned()]);
+    assert_eq!(sends[1].3, hash_open);
+    assert_eq!(
+        (sends[2].1.as_str(), sends[2].3.as_str()),
+        ("deny", hash_strict.as_str())
+    );
+    assert_eq!(sends[2].2, vec!["no-mail-for-bob".to_owned()]);
+    let shares: Vec<_> = got
+        .iter()
+        .filter(|d| d.0 == "data_access" && (d.2.contains(&"no-sharing".to_owned()) || d.3 == hash_open))
+        .collect();
+    assert!(
+        shares
+            .iter()
+            .any(|d| d.1 == "deny" && d.3 == hash_strict && d.2 == vec!["no-sharing".to_owned()]),
+        "{got:?}"
+    );
+    assert!(
+        shares.iter().any(|d| d.1 == "allow"
+            && d.3 == hash_open
+            && d.2.contains(&"owner-reads-and-writes".to_owned())),
+        "{got:?}"
+    );
+    // Every decision after the start names the set in force when it was taken.
+    assert!(
+        got.iter().all(|d| d.3 == hash_strict || d.3 == hash_open),
+        "{got:?}"
+    );
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}

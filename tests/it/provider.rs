@@ -855,9 +855,11 @@ impl stele_engine::reasoning::Sink for Facts {
     fn record<'a>(
         &'a mut self,
         facts: Vec<stele_journal::EventBody>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<stele_journal::Seq>, String>> + Send + 'a>,
+    > {
         self.0.extend(facts);
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 

@@ -64,6 +64,7 @@ fn settings() -> Settings {
         default_model: c.model,
         max_tokens: c.max_tokens,
         max_attempts: c.max_retries + 1,
+        bus_builtins: false,
     }
 }
 
@@ -116,7 +117,7 @@ fn every_fixture_run_replays_identically_with_no_effect_possible() {
         &["replay", "run-3", "--policies", policies.to_str().expect("utf-8")],
     );
     assert_eq!(r.code, Some(0), "{r:?}");
-    assert!(r.stdout.contains("run-3: identical — 18 facts"), "{}", r.stdout);
+    assert!(r.stdout.contains("run-3: identical — 19 facts"), "{}", r.stdout);
 }
 
 #[test]
@@ -681,4 +682,236 @@ fn a_fork_never_waits_a_recorded_backoff() {
     };
     assert_eq!(failed(&forked), failed(&origin));
     journal.close();
+}
+
+/// The `tools_offered` facts of a run's events (`--json` lines).
+fn offers(data: &Path, run: &str) -> Vec<Value> {
+    let r = s(data, &["events", "--run", run, "--json"]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    r.stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("event JSON"))
+        .filter(|e| e["body"]["kind"] == "tools_offered")
+        .collect()
+}
+
+fn names(offer: &Value) -> Vec<&str> {
+    offer["body"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name"))
+        .collect()
+}
+
+#[test]
+fn the_offered_tools_are_journaled_once_and_a_changed_profile_diverges_naming_the_tool() {
+    let (_tmp, data) = fixture_journal();
+    let reader = Reader::open(&data).expect("open");
+    let mut recorded = stele_replay::load_run(&reader, &SnapshotStore::new(&data), "run-1").expect("run-1");
+    // Once, right after the first reasoning phase: the list did not change
+    // in later steps, so it is not recorded again.
+    let at: Vec<usize> = recorded
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e.body, EventBody::ToolsOffered { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "one list for the run");
+    assert!(
+        matches!(&recorded.events[at[0] - 1].body, EventBody::PhaseEntered { step: 1, phase, .. } if phase == "reasoning"),
+        "{:?}",
+        recorded.events[at[0] - 1].body
+    );
+    let offer_seq = recorded.events[at[0]].seq;
+    let EventBody::ToolsOffered { step, offered, .. } = &recorded.events[at[0]].body else {
+        unreachable!("filtered above")
+    };
+    assert_eq!(*step, 1);
+    let offered_names: Vec<&str> = offered.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        offered_names,
+        ["read_file", "list_dir", "write_file", "run_command"]
+    );
+    // What was recorded is the list of what the model was sent.
+    let spec = recorded.spec("run-1", &settings()).expect("spec");
+    assert_eq!(**offered, stele_engine::offered::list(&spec.tools));
+
+    // `stele events` shows it in words.
+    let r = s(&data, &["events", "--run", "run-1"]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("tools_offered"))
+        .expect("a tools_offered line");
+    assert!(
+        line.contains(&format!(
+            "run-1 step 1: 4 tools offered (list {}): read_file, list_dir, write_file, run_command",
+            &hex::encode(offered.list_hash)[..12]
+        )),
+        "{line}"
+    );
+
+    // Unchanged, the replay reproduces it.
+    let gate = Arc::new(PolicyGate::load(&fixture_policies()).expect("policies"));
+    let same = stele_replay::replay(&recorded, Arc::clone(&gate), &settings(), None).expect("replay");
+    assert!(same.is_identical(), "{:?}", same.divergence);
+
+    // The profile changed since the recording: the replay names the tool.
+    let profile = |recorded: &mut stele_replay::RecordedRun, tools: &[&str]| {
+        let stele_engine::Runs::Reasoning { tools: t, .. } = &mut recorded.definition.runs else {
+            panic!("a reasoning agent")
+        };
+        *t = tools.iter().map(|s| (*s).to_owned()).collect();
+    };
+    profile(&mut recorded, &["read_file", "list_dir", "run_command"]);
+    let report = stele_replay::replay(&recorded, Arc::clone(&gate), &settings(), None).expect("replay");
+    let d = report.divergence.expect("a divergence");
+    assert_eq!(d.seq, Some(offer_seq.0), "{d:?}");
+    assert_eq!(
+        d.note,
+        format!(
+            "the replay offers the model other tools than seq {offer_seq} recorded: at step 1, tool `write_file` removed"
+        )
+    );
+    // A wider profile offers more (the knowledge tools too).
+    profile(&mut recorded, &["*"]);
+    let report = stele_replay::replay(&recorded, gate, &settings(), None).expect("replay");
+    let d = report.divergence.expect("a divergence");
+    assert_eq!(d.seq, Some(offer_seq.0), "{d:?}");
+    assert!(
+        d.note.contains("`recall_knowledge`") && d.note.ends_with(" added"),
+        "{}",
+        d.note
+    );
+}
+
+/// A fresh journal holding run-1 of an agent whose profile also names the
+/// bus builtin `ask` (offered only where the bus runs), parked on its
+/// write's approval; and the agent file.
+fn record_with_ask(dir: &Path) -> (PathBuf, PathBuf) {
+    std::os::unix::fs::symlink(root().join("fixtures"), dir.join("fixtures")).expect("link fixtures");
+    std::fs::create_dir_all(dir.join("stele-workspace")).expect("workspace");
+    std::fs::write(
+        dir.join("stele-workspace/notes.txt"),
+        "Please summarise this workspace.\n",
+    )
+    .expect("notes");
+    let text = std::fs::read_to_string(root().join("fixtures/reasoning/assistant.toml")).expect("agent");
+    let profile = "tools = [\"read_file\", \"list_dir\", \"write_file\", \"run_command\"]";
+    assert!(text.contains(profile), "the fixture agent's profile moved");
+    let agent = dir.join("asker.toml");
+    std::fs::write(
+        &agent,
+        text.replace(
+            profile,
+            "tools = [\"read_file\", \"list_dir\", \"write_file\", \"run_command\", \"ask\"]",
+        ),
+    )
+    .expect("write agent");
+    let data = dir.join("data");
+    let out = stele()
+        .current_dir(dir)
+        .args(["--data", data.to_str().expect("utf-8")])
+        .args(["run", "asker.toml", "--input", "summarise the notes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stele");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "parks on its write: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (data, agent)
+}
+
+#[test]
+fn a_run_continued_where_other_tools_are_offered_records_the_new_list_and_replay_names_the_tool() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, _agent) = record_with_ask(tmp.path());
+    let bus_policies = root().join("fixtures/policies");
+    let policies = bus_policies.to_str().expect("utf-8");
+    let first = offers(&data, "run-1");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(
+        names(&first[0]),
+        ["read_file", "list_dir", "write_file", "run_command"],
+        "no bus in the recording process: no `ask`"
+    );
+
+    // Replayed where the bus runs, the same run is offered `ask` too.
+    let replay_with_bus = |run: &str| {
+        let out = stele()
+            .current_dir(tmp.path())
+            .env("STELE_BUS_POLICIES", &bus_policies)
+            .args(["--data", data.to_str().expect("utf-8"), "replay", run])
+            .stdin(Stdio::null())
+            .output()
+            .expect("replay");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = replay_with_bus("run-1");
+    assert_eq!(code, Some(1), "{out}");
+    let seq = first[0]["seq"].as_u64().expect("seq");
+    assert!(
+        out.starts_with(&format!(
+            "run-1 diverges at seq {seq} (fact 3 of {}): the replay offers the model other tools than seq {seq} recorded: at step 1, tool `ask` added\n",
+            s(&data, &["events", "--run", "run-1", "--json"]).stdout.lines().count()
+        )),
+        "{out}"
+    );
+    // Where it was recorded (no bus), it verifies.
+    let r = s(&data, &["replay", "run-1", "--policies", policies]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("run-1: identical"), "{}", r.stdout);
+
+    // The approval (of step 3's write) is given in a process where the bus
+    // runs: the run's next step is offered `ask` as well, and that new list is journaled; the
+    // steps between did not change it and recorded none.
+    let out = stele()
+        .current_dir(tmp.path())
+        .env("STELE_BUS_POLICIES", &bus_policies)
+        .args(["--data", data.to_str().expect("utf-8")])
+        .args(["approve", "run-1", "call-2-0", "--as", "alice"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("approve");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = offers(&data, "run-1");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[0], first[0]);
+    assert_eq!(after[1]["body"]["step"], 4);
+    assert_eq!(
+        names(&after[1]),
+        ["read_file", "list_dir", "write_file", "run_command", "ask"]
+    );
+    assert_ne!(after[1]["body"]["list_hash"], after[0]["body"]["list_hash"]);
+    // A replay recomputes one list for the whole run: without the bus it
+    // reaches step 4 and says the run recorded a new list there.
+    let r = s(&data, &["replay", "run-1", "--policies", policies]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let seq4 = after[1]["seq"].as_u64().expect("seq");
+    assert!(
+        r.stdout.starts_with(&format!("run-1 diverges at seq {seq4} ")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(
+            "the run recorded the tools offered at step 4 (read_file, list_dir, write_file, run_command, ask), but the replay offers the same tools as before there"
+        ),
+        "{}",
+        r.stdout
+    );
 }

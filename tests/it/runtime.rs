@@ -437,3 +437,102 @@ fn the_end_of_a_preempted_process_never_ends_its_next_placement() {
         ["exited task-0", "finished task-0 Failed", "hog: running->ready"]
     );
 }
+
+#[test]
+fn a_request_queues_a_task_that_applies_no_mode_rule() {
+    let mut w = World::new();
+    let requested = |agent: &str, what: &str| RuntimeCommand::Requested {
+        agent: agent.into(),
+        what: what.into(),
+    };
+    // An event-driven agent waits for its event; a request runs it now,
+    // through the queue and a slot like any task.
+    w.register(
+        "watch",
+        "normal",
+        "kind = \"event-driven\"\nfilter = { kinds = [\"annotated\"] }",
+        60,
+    );
+    let (facts, effects) = w.ok(requested("watch", "run over HTTP: hi"));
+    assert_eq!(
+        facts,
+        [
+            "queued task-0 watch (request run over HTTP: hi)",
+            "placed task-0 slot 0",
+            "watch: ready->running",
+        ]
+    );
+    assert_eq!(
+        effects,
+        [Effect::Start {
+            task: "task-0".into(),
+            agent: "watch".into()
+        }]
+    );
+    // One task per agent: a second request is refused, not queued.
+    let busy = decide(&w.state, requested("watch", "run over HTTP: again")).expect_err("busy");
+    assert!(
+        matches!(&busy, RuntimeRejection::Busy { agent, task } if agent == "watch" && task == "task-0"),
+        "{busy:?}"
+    );
+    // Another agent's request waits in the queue for the slot.
+    w.register(
+        "other",
+        "normal",
+        "kind = \"event-driven\"\nfilter = { kinds = [\"annotated\"] }",
+        60,
+    );
+    let (facts, _) = w.ok(requested("other", "continue run-1: call-1-0 approved by bob"));
+    assert_eq!(
+        facts,
+        ["queued task-1 other (request continue run-1: call-1-0 approved by bob)"]
+    );
+    w.started("task-0");
+    let (facts, effects) = w.exited("task-0", 0, false);
+    assert_eq!(
+        facts,
+        [
+            "exited task-0",
+            "finished task-0 Completed",
+            "watch: running->ready",
+            "placed task-1 slot 0",
+            "other: ready->running",
+        ]
+    );
+    assert_eq!(
+        effects,
+        [Effect::Start {
+            task: "task-1".into(),
+            agent: "other".into()
+        }]
+    );
+    // An ephemeral agent's own run terminates it; a request still runs it
+    // (no lifecycle change) and leaves it as it was.
+    w.started("task-1");
+    w.exited("task-1", 0, false);
+    w.register("once", "normal", "kind = \"ephemeral\"", 10);
+    w.started("task-2");
+    let (facts, _) = w.exited("task-2", 0, false);
+    assert_eq!(facts.last().map(String::as_str), Some("once: ready->terminated"));
+    let (facts, _) = w.ok(requested("once", "run over HTTP: once more"));
+    assert_eq!(
+        facts,
+        [
+            "queued task-3 once (request run over HTTP: once more)",
+            "placed task-3 slot 0"
+        ]
+    );
+    w.started("task-3");
+    let (facts, effects) = w.exited("task-3", 1, false);
+    assert_eq!(facts, ["exited task-3", "finished task-3 Failed"]);
+    assert!(effects.is_empty(), "{effects:?}");
+    // Unknown agents and a closed admission are refused.
+    let unknown = decide(&w.state, requested("nobody", "run over HTTP: x")).expect_err("unknown");
+    assert!(unknown.to_string().contains("nobody"), "{unknown}");
+    w.ok(RuntimeCommand::Shutdown {
+        step: 1,
+        detail: String::new(),
+    });
+    let closed = decide(&w.state, requested("watch", "run over HTTP: x")).expect_err("closed");
+    assert!(matches!(closed, RuntimeRejection::ShuttingDown), "{closed:?}");
+}

@@ -78,10 +78,16 @@ fn sandbox_run(data: &Path, tier: &str, extra: &[&str], script: &str) -> (Value,
 }
 
 fn events(data: &Path) -> Vec<Value> {
+    events_with(data, &[])
+}
+
+/// `stele events --json` with `extra` arguments (e.g. `--run RUN`).
+fn events_with(data: &Path, extra: &[&str]) -> Vec<Value> {
     let o = stele()
         .arg("--data")
         .arg(data)
         .args(["events", "--json"])
+        .args(extra)
         .output()
         .expect("run stele events");
     assert!(
@@ -713,7 +719,8 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
             "{tier}/{owner}: the scratch copy is removed"
         );
         // The container's own facts, the image's hash among them, are
-        // journaled between the call and its result.
+        // journaled between the call and its result, as facts of the run
+        // caused by the call.
         let started = kind(&ev, "sandbox_started");
         let exited = kind(&ev, "sandbox_exited");
         assert_eq!((started.len(), exited.len()), (1, 1), "{tier}: {}", dump(&ev));
@@ -723,12 +730,11 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
         assert_eq!(s["runtime"], if tier == "gvisor" { "runsc" } else { "runc" });
         assert_eq!(s["agent"], "shell");
         assert_eq!(s["network"], "none");
-        let task = s["task"].as_str().expect("task");
-        assert!(task.starts_with("tool-"), "{s}");
+        assert_eq!(s["task"], run_id.as_str(), "{tier}: the run's container: {s}");
         let x = &exited[0]["body"];
         assert_eq!(
             (x["task"].as_str(), x["code"].as_i64()),
-            (Some(task), Some(0)),
+            (Some(run_id.as_str()), Some(0)),
             "{x}"
         );
         assert_eq!(x["container"], s["container"]);
@@ -738,6 +744,32 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
             called < seq(started[0]) && seq(started[0]) < seq(exited[0]) && seq(exited[0]) < seq(returned[0]),
             "{tier}: {}",
             dump(&ev)
+        );
+        let stream = format!("run:{run_id}");
+        for fact in [started[0], exited[0]] {
+            assert_eq!(
+                (fact["cause"].as_u64(), fact["stream"].as_str()),
+                (Some(called), Some(stream.as_str())),
+                "{tier}: caused by the call, on the run's stream: {fact}"
+            );
+        }
+        // A user following the run sees the chain call → container → result.
+        let of_run = events_with(&data, &["--run", &run_id]);
+        let kinds: Vec<&str> = of_run
+            .iter()
+            .map(|e| e["body"]["kind"].as_str().expect("kind"))
+            .filter(|k| k.starts_with("tool_") || k.starts_with("sandbox_"))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "tool_called",
+                "sandbox_started",
+                "sandbox_exited",
+                "tool_returned"
+            ],
+            "{tier}: {}",
+            dump(&of_run)
         );
 
         // The replay serves the journaled result: no container runs again.
@@ -760,6 +792,352 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
         );
     }
     drop(listener);
+}
+
+/// A reasoning agent `name` of `tier` and `mode` (the `[mode]` table's
+/// lines) in `dir` whose one step calls `run_command` once per script of
+/// `commands` (all in one completion, so they run at once), then answers
+/// `done`; its workspace belongs to [`WORKSPACE_OWNER`]. Returns the agent
+/// file and the policy directory (every tool allowed).
+fn run_command_agent(
+    dir: &Path,
+    name: &str,
+    tier: &str,
+    mode: &str,
+    commands: &[&str],
+) -> (PathBuf, PathBuf) {
+    let answers = serde_json::json!([
+        {"content": "", "tool_calls": run_command_calls(commands)},
+        {"content": "done"}
+    ]);
+    reasoning_agent(dir, name, tier, mode, &answers, ALL_TOOLS)
+}
+
+/// Every tool allowed.
+const ALL_TOOLS: &str =
+    "@id(\"all-tools\")\npermit (principal, action == Action::\"invoke_tool\", resource);\n";
+
+/// Scripted `run_command` calls of `sh -c` each of `commands`.
+fn run_command_calls(commands: &[&str]) -> Vec<Value> {
+    commands
+        .iter()
+        .map(
+            |c| serde_json::json!({"name": "run_command", "arguments": {"command": "sh", "args": ["-c", c]}}),
+        )
+        .collect()
+}
+
+/// A reasoning agent `name` of `tier` and `mode` in `dir` offered
+/// `run_command` and `write_file`, answering the scripted `answers`, under
+/// the Cedar policy `cedar`; its workspace belongs to [`WORKSPACE_OWNER`].
+/// Returns the agent file and the policy directory.
+fn reasoning_agent(
+    dir: &Path,
+    name: &str,
+    tier: &str,
+    mode: &str,
+    answers: &Value,
+    cedar: &str,
+) -> (PathBuf, PathBuf) {
+    let ws = dir.join("ws");
+    std::fs::create_dir_all(&ws).expect("ws");
+    std::os::unix::fs::chown(&ws, Some(WORKSPACE_OWNER), Some(WORKSPACE_OWNER)).expect("chown");
+    let script = dir.join("script.json");
+    std::fs::write(
+        &script,
+        serde_json::json!({"model": "scripted", "answers": answers}).to_string(),
+    )
+    .expect("script");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("policies");
+    std::fs::write(policies.join("tools.cedar"), cedar).expect("cedar");
+    let agent = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &agent,
+        format!(
+            "name = {name:?}\npriority = \"normal\"\n[mode]\n{mode}\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n[runs]\nkind = \"reasoning\"\ntools = [\"run_command\", \"write_file\"]\ntier = {tier:?}\nworkspace = {:?}\nscript = {:?}\n",
+            ws.display().to_string(),
+            script.display().to_string()
+        ),
+    )
+    .expect("agent");
+    (agent, policies)
+}
+
+#[test]
+fn a_run_parked_after_a_container_call_resumes_over_its_facts() {
+    image();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Step 1 runs a command in a container; step 2's write waits for an
+    // approval, given by another process, which rebuilds the run from its
+    // journaled facts (the container's among them) and goes on.
+    let answers = serde_json::json!([
+        {"content": "", "tool_calls": run_command_calls(&["echo STEP-ONE"])},
+        {"content": "", "tool_calls": [{"name": "write_file", "arguments": {"path": "note.txt", "content": "approved"}}]},
+        {"content": "done"}
+    ]);
+    let cedar = format!(
+        "{ALL_TOOLS}@id(\"write-needs-approval\")\n@approval(\"writes need an operator\")\npermit (principal, action == Action::\"invoke_tool\", resource == Tool::\"write_file\");\n"
+    );
+    let (agent, policies) = reasoning_agent(
+        tmp.path(),
+        "parker",
+        "docker",
+        "kind = \"ephemeral\"",
+        &answers,
+        &cedar,
+    );
+    let data = tmp.path().join("data");
+    let cli = |args: &[&str]| {
+        stele()
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .arg("--policies")
+            .arg(&policies)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run stele")
+    };
+    let o = cli(&["run", agent.to_str().expect("utf8"), "--input", "go", "--json"]);
+    let out: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("no run JSON ({e}): {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(
+        (o.status.code(), &out["outcome"]),
+        (Some(3), &Value::from("awaiting_approval")),
+        "{out}"
+    );
+    let run = out["run"].as_str().expect("run").to_owned();
+    let ev = events_with(&data, &["--run", &run]);
+    assert_eq!(kind(&ev, "sandbox_exited").len(), 1, "{}", dump(&ev));
+    // Parked before its dispatch: the call is the approval's.
+    let write = kind(&ev, "approval_requested")[0]["body"]["call_id"]
+        .as_str()
+        .expect("call_id")
+        .to_owned();
+
+    let o = cli(&["approve", &run, &write, "--json"]);
+    assert!(
+        o.status.success(),
+        "approve: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ws = tmp.path().join("ws");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("note.txt")).expect("note.txt"),
+        "approved"
+    );
+    let ev = events_with(&data, &["--run", &run]);
+    let finished = kind(&ev, "run_finished");
+    assert_eq!(finished.len(), 1, "{}", dump(&ev));
+    assert_eq!(finished[0]["body"]["outcome"], "completed", "{}", dump(&ev));
+    assert_eq!(
+        kind(&ev, "sandbox_started").len(),
+        1,
+        "the command ran once: {}",
+        dump(&ev)
+    );
+
+    let o = cli(&["replay", &run, "--json"]);
+    let report: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("no replay JSON ({e}): {}", String::from_utf8_lossy(&o.stderr)));
+    assert!(o.status.success() && report["divergence"].is_null(), "{report}");
+}
+
+/// The `tool_called` event among `ev` whose arguments contain `text`.
+fn called<'a>(ev: &'a [Value], text: &str) -> &'a Value {
+    kind(ev, "tool_called")
+        .into_iter()
+        .find(|e| e["body"]["arguments"].as_str().is_some_and(|a| a.contains(text)))
+        .unwrap_or_else(|| panic!("no tool_called with {text}:\n{}", dump(ev)))
+}
+
+#[test]
+fn parallel_run_command_calls_each_tie_their_container_to_their_call() {
+    image();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (agent, policies) = run_command_agent(
+        tmp.path(),
+        "pair",
+        "docker",
+        "kind = \"ephemeral\"",
+        &["sleep 1; echo FIRST-CALL", "echo SECOND-CALL"],
+    );
+    let data = tmp.path().join("data");
+    let cli = |args: &[&str]| {
+        stele()
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .arg("--policies")
+            .arg(&policies)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run stele")
+    };
+    let o = cli(&["run", agent.to_str().expect("utf8"), "--input", "go", "--json"]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out: Value = serde_json::from_slice(&o.stdout).expect("run JSON");
+    assert_eq!(out["outcome"], "completed", "{out}");
+    let run = out["run"].as_str().expect("run id").to_owned();
+
+    // Everything below is what a user following the run sees.
+    let ev = events_with(&data, &["--run", &run]);
+    let started = kind(&ev, "sandbox_started");
+    let exited = kind(&ev, "sandbox_exited");
+    assert_eq!((started.len(), exited.len()), (2, 2), "{}", dump(&ev));
+    let seq = |e: &Value| e["seq"].as_u64().expect("seq");
+    for word in ["FIRST-CALL", "SECOND-CALL"] {
+        let call = called(&ev, word);
+        let call_id = call["body"]["call_id"].as_str().expect("call_id");
+        let call = seq(call);
+        // The container that printed this call's word is caused by it.
+        let exit = exited
+            .iter()
+            .find(|e| e["body"]["stdout"].as_str().is_some_and(|o| o.contains(word)))
+            .unwrap_or_else(|| panic!("no container printed {word}:\n{}", dump(&ev)));
+        let container = &exit["body"]["container"];
+        let start = started
+            .iter()
+            .find(|e| &e["body"]["container"] == container)
+            .unwrap_or_else(|| panic!("no start of container {container}:\n{}", dump(&ev)));
+        for fact in [start, exit] {
+            assert_eq!(
+                (fact["cause"].as_u64(), fact["body"]["task"].as_str()),
+                (Some(call), Some(run.as_str())),
+                "{call_id}: a fact of the run caused by its call: {fact}"
+            );
+        }
+        assert!(call < seq(start) && seq(start) < seq(exit), "{}", dump(&ev));
+        let returned = kind(&ev, "tool_returned")
+            .into_iter()
+            .find(|e| e["body"]["call_id"] == call_id)
+            .unwrap_or_else(|| panic!("no result of {call_id}:\n{}", dump(&ev)));
+        assert!(seq(exit) < seq(returned), "{}", dump(&ev));
+        let output = returned["body"]["output"].as_str().expect("output");
+        assert!(output.contains(word), "{call_id}: {output}");
+    }
+    assert_ne!(
+        started[0]["body"]["container"], started[1]["body"]["container"],
+        "each call has its own container"
+    );
+
+    // The replay serves both results and passes over the containers'
+    // facts: identical, nothing run again.
+    let o = cli(&["replay", &run, "--json"]);
+    assert!(
+        o.status.success(),
+        "replay: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).expect("replay JSON");
+    assert!(report["divergence"].is_null(), "{report}");
+    assert_eq!(
+        report["recorded"].as_u64(),
+        Some(ev.len() as u64 - 4),
+        "every fact but the containers' is compared: {report}"
+    );
+    assert_eq!(report["identical"], report["recorded"], "{report}");
+    assert_eq!(
+        kind(&events(&data), "sandbox_started").len(),
+        2,
+        "the replay started no container"
+    );
+}
+
+#[test]
+fn a_run_command_container_orphaned_by_kill_9_is_reaped_into_its_run() {
+    image();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let name = format!("orphaner-{}", std::process::id());
+    // Scheduled a day apart: `stele up` does not start it on its own.
+    let (agent, policies) = run_command_agent(
+        tmp.path(),
+        &name,
+        "docker",
+        "kind = \"scheduled\"\ninterval = \"24h\"",
+        &["sleep 3600"],
+    );
+    let policies = policies.to_str().expect("utf8").to_owned();
+    let none = tmp.path().join("no-agents");
+    std::fs::create_dir_all(&none).expect("empty agents dir");
+    // The run is driven by `stele up` (its facts appended through the
+    // daemon's sink), which is killed while the command runs.
+    let mut up = Up::start_with(tmp.path(), &none, &["--policies", &policies]);
+    let mut client = stele()
+        .arg("--data")
+        .arg(&up.data)
+        .arg("--config")
+        .arg(&up.config)
+        .args(["run", agent.to_str().expect("utf8"), "--input", "go"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn stele run");
+    let ev = up.wait_for("the container to start", |ev| {
+        !kind(ev, "sandbox_started").is_empty()
+    });
+    // The client first: with the daemon gone it would drive the run itself.
+    client.kill().expect("kill the stele run client");
+    client.wait().expect("reap stele run");
+    up.kill_9();
+    let started = kind(&ev, "sandbox_started")[0];
+    let run = started["body"]["task"].as_str().expect("task").to_owned();
+    let container = started["body"]["container"]
+        .as_str()
+        .expect("container")
+        .to_owned();
+    let call = called(&ev, "sleep 3600");
+    assert_eq!(
+        (call["body"]["run"].as_str(), started["cause"].as_u64()),
+        (Some(run.as_str()), call["seq"].as_u64()),
+        "a fact of the run caused by its call: {started}"
+    );
+    let call_id = call["body"]["call_id"].as_str().expect("call_id").to_owned();
+
+    // The next runtime of this journal removes the orphan; its removal is a
+    // fact of the run that started it.
+    let mut up = Up::start_with(tmp.path(), &none, &["--policies", &policies]);
+    let ev = up.wait_for("the orphan reaped", |ev| !kind(ev, "sandbox_reaped").is_empty());
+    up.down();
+    let reaped = kind(&ev, "sandbox_reaped");
+    assert_eq!(reaped.len(), 1, "{}", dump(&ev));
+    assert_eq!(reaped[0]["body"]["task"], run.as_str(), "{}", dump(&ev));
+    assert_eq!(reaped[0]["body"]["container"], container.as_str());
+    let detail = reaped[0]["body"]["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains(&format!("of call {call_id}"))
+            && detail.contains("was still running and was removed"),
+        "{detail}"
+    );
+    let of_run = events_with(&up.data, &["--run", &run]);
+    let kinds: Vec<&str> = of_run
+        .iter()
+        .map(|e| e["body"]["kind"].as_str().expect("kind"))
+        .filter(|k| k.starts_with("tool_") || k.starts_with("sandbox_"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["tool_called", "sandbox_started", "sandbox_reaped"],
+        "{}",
+        dump(&of_run)
+    );
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=stele.agent={name}")])
+        .output()
+        .expect("run docker ps");
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "no container of the run is left"
+    );
 }
 
 /// A Docker network (internal: no route out) made for one test with the

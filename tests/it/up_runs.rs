@@ -3,9 +3,11 @@
 //! codes as the direct path), the same over HTTP (`POST /v1/runs`,
 //! `/approve`, `/reject`) with its errors, a parked run surviving a
 //! `kill -9` of the daemon and approved after the restart, an approval
-//! timeout enforced by the daemon's timer (no client touches the run), and
-//! a scheduled reasoning agent stopped mid-run (its run journaled
-//! `cancelled`, its task `stopped`).
+//! timeout enforced by the daemon's timer (no client touches the run), a
+//! scheduled reasoning agent stopped mid-run (its run journaled
+//! `cancelled`, its task `stopped`), and runs started over HTTP and
+//! continuations taking scheduler slots (queued, placed, one at a time in
+//! one slot).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -533,10 +535,22 @@ fn an_event_driven_reasoning_agent_gets_its_event_and_the_token_names_the_approv
         std::fs::read_to_string(workspace.join("seen.txt")).expect("written"),
         "seen"
     );
-    // The task ended when the run parked; the approval finished the run.
+    // The task ended when the run parked; the approval finished the run
+    // in a task of its own (queued by the request, trigger `request
+    // continue …`), which ended with it.
+    let ev = up.wait_for("the continuation's task to end", |ev| {
+        kind(ev, "process_exited").len() == 2
+    });
     let exits = kind(&ev, "process_exited");
-    assert_eq!(exits.len(), 1, "{}", dump(&ev));
-    assert_eq!(exits[0]["body"]["code"], 0);
+    assert!(exits.iter().all(|e| e["body"]["code"] == 0), "{}", dump(&ev));
+    let queued = kind(&ev, "task_queued");
+    assert_eq!(queued.len(), 2, "{}", dump(&ev));
+    assert_eq!(
+        queued[1]["body"]["trigger"],
+        format!("request continue {run}: {call} approved by oncall"),
+        "{}",
+        dump(&ev)
+    );
     up.signal(15);
     assert!(up.wait_exit().success());
     verify(&up.data);
@@ -554,6 +568,12 @@ fn the_daemon_offers_bus_and_mcp_tools_to_started_and_continued_runs() {
     std::fs::copy(
         root().join("fixtures/mcp/policies/mcp.cedar"),
         run_policies.join("mcp.cedar"),
+    )
+    .expect("copy policy");
+    // The bus decides with the daemon's set too: its message rules.
+    std::fs::copy(
+        root().join("fixtures/policies/messages.cedar"),
+        run_policies.join("messages.cedar"),
     )
     .expect("copy policy");
     std::fs::write(
@@ -652,5 +672,190 @@ fn the_daemon_offers_bus_and_mcp_tools_to_started_and_continued_runs() {
         &p,
     ]);
     assert_eq!(r.code, Some(0), "{r:?}");
+    verify(&up.data);
+}
+
+/// A reasoning agent `name` (normal priority, 200 MB: one fills the test
+/// host's only slot) answering from `answers`, as TOML text.
+fn slot_filler(dir: &Path, name: &str, answers: &Value) -> String {
+    let workspace = dir.join(format!("{name}-ws"));
+    std::fs::create_dir_all(&workspace).expect("ws");
+    let script = dir.join(format!("{name}.json"));
+    std::fs::write(
+        &script,
+        json!({"model": "scripted", "answers": answers}).to_string(),
+    )
+    .expect("script");
+    format!(
+        "name = \"{name}\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 200\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n[runs]\nkind = \"reasoning\"\ntier = \"native\"\ntools = [\"run_command\"]\nworkspace = {:?}\nscript = {:?}\n",
+        workspace.display().to_string(),
+        script.display().to_string()
+    )
+}
+
+/// The seq of the first event matching `pred`.
+fn seq_of(ev: &[Value], what: &str, pred: impl Fn(&Value) -> bool) -> u64 {
+    ev.iter()
+        .find(|e| pred(e))
+        .and_then(|e| e["seq"].as_u64())
+        .unwrap_or_else(|| panic!("no {what}:\n{}", dump(ev)))
+}
+
+fn task_event(ev: &[Value], kind_name: &str, task: &str) -> u64 {
+    seq_of(ev, &format!("{kind_name} of {task}"), |e| {
+        e["body"]["kind"] == kind_name && e["body"]["task"] == task
+    })
+}
+
+/// The task a request queued for `agent` whose trigger begins with `what`.
+fn requested_task(ev: &[Value], agent: &str, what: &str) -> String {
+    let e = ev
+        .iter()
+        .find(|e| {
+            e["body"]["kind"] == "task_queued"
+                && e["body"]["agent"] == agent
+                && e["body"]["trigger"].as_str().is_some_and(|t| t.starts_with(what))
+        })
+        .unwrap_or_else(|| panic!("no task queued for {agent} by {what:?}:\n{}", dump(ev)));
+    e["body"]["task"].as_str().expect("task").to_owned()
+}
+
+/// Runs started over HTTP and continuations take scheduler slots: with one
+/// slot that holds one of the agents at a time, the second run's task is
+/// queued while the first drives and placed only after the first's task
+/// finished; a second start of a busy agent is refused (409), not queued
+/// behind it; an approved run continues in a task of its own, queued and
+/// placed before its next step.
+#[test]
+fn http_runs_and_continuations_take_scheduler_slots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow = slot_filler(
+        dir.path(),
+        "slow",
+        &json!([
+            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": ["2"]}}]},
+            {"content": "slept"}
+        ]),
+    );
+    let quick = slot_filler(dir.path(), "quick", &json!([{"content": "at once"}]));
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+
+    let (status, v) = post(
+        &up,
+        "/v1/runs",
+        &json!({"definition": slow, "input": "sleep a little"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let slow_run = v["run"].as_str().expect("run").to_owned();
+    // The agent's task is active: a second start is refused, clearly.
+    let (status, v) = post(&up, "/v1/runs", &json!({"agent": "slow", "input": "again"}));
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "agent_busy", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("one task per agent"),
+        "{v}"
+    );
+    // Another agent's run waits for the slot: answered once placed.
+    let (status, v) = post(
+        &up,
+        "/v1/runs",
+        &json!({"definition": quick, "input": "be quick"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let quick_run = v["run"].as_str().expect("run").to_owned();
+    assert_eq!(settled(&up, &slow_run)["outcome"], "completed");
+    assert_eq!(settled(&up, &quick_run)["outcome"], "completed");
+
+    let ev = up.events();
+    let slow_task = requested_task(&ev, "slow", "request run over HTTP: sleep a little");
+    let quick_task = requested_task(&ev, "quick", "request run over HTTP: be quick");
+    let slow_placed = task_event(&ev, "task_placed", &slow_task);
+    let slow_done = task_event(&ev, "task_finished", &slow_task);
+    let slow_started = seq_of(&ev, "slow's run_started", |e| {
+        e["body"]["kind"] == "run_started" && e["body"]["run"] == slow_run.as_str()
+    });
+    let slow_finished = seq_of(&ev, "slow's run_finished", |e| {
+        e["body"]["kind"] == "run_finished" && e["body"]["run"] == slow_run.as_str()
+    });
+    let quick_queued = task_event(&ev, "task_queued", &quick_task);
+    let quick_placed = task_event(&ev, "task_placed", &quick_task);
+    let quick_started = seq_of(&ev, "quick's run_started", |e| {
+        e["body"]["kind"] == "run_started" && e["body"]["run"] == quick_run.as_str()
+    });
+    assert!(slow_placed < slow_started, "placed, then begun:\n{}", dump(&ev));
+    assert!(
+        quick_queued < slow_done,
+        "the second run queued while the first drove:\n{}",
+        dump(&ev)
+    );
+    assert!(
+        slow_finished < slow_done && slow_done < quick_placed && quick_placed < quick_started,
+        "the second run is placed only after the first run's task finished:\n{}",
+        dump(&ev)
+    );
+    // The tasks ended as their runs did; the agents were not terminated
+    // by a requested run (a request applies no execution-mode rule).
+    let finished: Vec<_> = kind(&ev, "task_finished")
+        .into_iter()
+        .filter(|e| e["body"]["task"] == slow_task.as_str() || e["body"]["task"] == quick_task.as_str())
+        .collect();
+    assert!(
+        finished.iter().all(|e| e["body"]["outcome"] == "completed"),
+        "{}",
+        dump(&ev)
+    );
+    let (status, v) = post(&up, "/v1/runs", &json!({"agent": "quick", "input": "once more"}));
+    assert_eq!(status, 202, "a requested run leaves its agent runnable: {v}");
+    settled(&up, v["run"].as_str().expect("run"));
+
+    // A parked run's approval continues it in a task of its own.
+    let (agent, _) = assistant(dir.path());
+    let (run, call) = run_until_parked(&up, &agent);
+    let (status, v) = post(&up, &format!("/v1/runs/{run}/approve"), &json!({"call": call}));
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(settled(&up, &run)["state"], "finished");
+    let ev = up.events();
+    let start_task = requested_task(&ev, "assistant", "request run over HTTP: ");
+    let cont_task = requested_task(
+        &ev,
+        "assistant",
+        &format!("request continue {run}: {call} approved"),
+    );
+    assert_ne!(start_task, cont_task);
+    let queued = task_event(&ev, "task_queued", &cont_task);
+    let placed = task_event(&ev, "task_placed", &cont_task);
+    let parked_at = task_event(&ev, "task_finished", &start_task);
+    let decided = seq_of(&ev, "the approval", |e| {
+        e["body"]["kind"] == "approval_decided" && e["stream"] == format!("run:{run}")
+    });
+    let steps_after: Vec<u64> = run_events(&ev, &run)
+        .iter()
+        .filter(|e| e["seq"].as_u64().expect("seq") > parked_at)
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(
+        parked_at < queued && queued < placed && placed < decided,
+        "the continuation is queued and placed before its steps:\n{}",
+        dump(&ev)
+    );
+    assert!(
+        steps_after.iter().all(|&s| s > placed),
+        "no step of the continuation before its TaskPlaced:\n{}",
+        dump(&ev)
+    );
+    let cont_done = task_event(&ev, "task_finished", &cont_task);
+    let run_done = seq_of(&ev, "the run's end", |e| {
+        e["body"]["kind"] == "run_finished" && e["stream"] == format!("run:{run}")
+    });
+    assert!(
+        run_done < cont_done,
+        "the slot is held until the run ends:\n{}",
+        dump(&ev)
+    );
+    up.signal(15);
+    assert!(up.wait_exit().success());
     verify(&up.data);
 }

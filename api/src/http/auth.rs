@@ -3,8 +3,9 @@
 //! request's token is hashed and compared in constant time. Each route
 //! names the least scope it needs (`read` < `operate` < `admin`); with no
 //! tokens configured there is no authentication, and the server refuses to
-//! listen anywhere but loopback. Not here: which route needs what (the
-//! router says it).
+//! listen anywhere but loopback. Which route needs what is [`ROUTES`]: the
+//! router takes each route's check from it ([`access`]) and the OpenAPI
+//! document each operation's `security`, so the two cannot disagree.
 
 use std::sync::Arc;
 
@@ -15,6 +16,78 @@ use axum::response::Response;
 use stele_engine::config::{HttpScope, HttpToken};
 
 use super::error::ApiError;
+
+/// Who may call an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a token (liveness, readiness, the API document).
+    Public,
+    /// A bearer token of at least this scope (when tokens are configured).
+    Token(HttpScope),
+}
+
+const READ: Access = Access::Token(HttpScope::Read);
+const OPERATE: Access = Access::Token(HttpScope::Operate);
+const ADMIN: Access = Access::Token(HttpScope::Admin);
+
+/// Every operation of the HTTP API — method, route, who may call it. Reads
+/// need `read` (and so do replays and searches, which take a body but
+/// change nothing), changes `operate`, shutdown and the policy reload
+/// `admin`.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/health", Access::Public),
+    ("GET", "/ready", Access::Public),
+    ("GET", "/v1/openapi.json", Access::Public),
+    ("GET", "/metrics", READ),
+    ("GET", "/v1/status", READ),
+    ("POST", "/v1/shutdown", ADMIN),
+    ("POST", "/v1/policy/reload", ADMIN),
+    ("GET", "/v1/agents", READ),
+    ("POST", "/v1/agents", OPERATE),
+    ("GET", "/v1/agents/{name}", READ),
+    ("POST", "/v1/agents/{name}/stop", OPERATE),
+    ("GET", "/v1/runs", READ),
+    ("POST", "/v1/runs", OPERATE),
+    ("GET", "/v1/runs/{id}", READ),
+    ("POST", "/v1/runs/{id}/approve", OPERATE),
+    ("POST", "/v1/runs/{id}/reject", OPERATE),
+    ("POST", "/v1/runs/{id}/replay", READ),
+    ("POST", "/v1/runs/{id}/fork", OPERATE),
+    ("GET", "/v1/at/{seq}", READ),
+    ("GET", "/v1/diff", READ),
+    ("POST", "/v1/policy/backtest", OPERATE),
+    ("GET", "/v1/events", READ),
+    ("GET", "/v1/events/{seq}", READ),
+    ("GET", "/v1/events/stream", READ),
+    ("POST", "/v1/journal/verify", OPERATE),
+    ("POST", "/v1/journal/checkpoint", OPERATE),
+    ("GET", "/v1/journal/proof/inclusion", READ),
+    ("GET", "/v1/journal/proof/consistency", READ),
+    ("POST", "/v1/audit/export", OPERATE),
+    ("POST", "/v1/audit/verify", OPERATE),
+    ("GET", "/v1/context/{agent}", READ),
+    ("GET", "/v1/context/{agent}/stats", READ),
+    ("POST", "/v1/context/{agent}/search", READ),
+    ("POST", "/v1/context/{agent}/items", OPERATE),
+    ("PATCH", "/v1/context/{agent}/items/{item}", OPERATE),
+    ("POST", "/v1/context/{agent}/items/{item}/share", OPERATE),
+    ("POST", "/v1/context/{agent}/feedback", OPERATE),
+    ("POST", "/v1/context/{agent}/archive", OPERATE),
+    ("POST", "/v1/bus/send", OPERATE),
+    ("POST", "/v1/bus/publish", OPERATE),
+    ("POST", "/v1/bus/ask", OPERATE),
+    ("GET", "/v1/bus/stats", READ),
+];
+
+/// Who may call `method` (upper case) on `route` (as the router spells it,
+/// `{param}` and all); `None` for an operation [`ROUTES`] does not list.
+#[must_use]
+pub fn access(method: &str, route: &str) -> Option<Access> {
+    ROUTES
+        .iter()
+        .find(|(m, r, _)| *m == method && *r == route)
+        .map(|(_, _, a)| *a)
+}
 
 /// The configured tokens.
 #[derive(Debug, Default)]

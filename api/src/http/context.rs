@@ -13,8 +13,9 @@
 //! - `POST /v1/context/{agent}/archive`: archive its old items.
 //!
 //! `{agent}` is the requester: the token's scope (read for show, stats and
-//! search; operate for changes) lets the caller act, and the Cedar gate of
-//! `stele up --policies` decides what that agent may read and write, with
+//! search; operate for changes) lets the caller act, and the daemon's
+//! policy set in force (`stele up --policies`, swapped by a policy reload
+//! for the next operation) decides what that agent may read and write, with
 //! the priority of its registered definition (`normal` when unregistered).
 //! The answers are the documents `stele context … --json` prints.
 //!
@@ -67,11 +68,22 @@ impl Context {
         }
     }
 
-    async fn service(&self, journal: &stele_journal::Journal) -> ApiResult<Arc<ContextService>> {
+    async fn service(
+        &self,
+        journal: &stele_journal::Journal,
+        desk: &crate::up_runs::Desk,
+    ) -> ApiResult<Arc<ContextService>> {
         self.service
             .get_or_try_init(|| async {
+                // The daemon's live set: a policy reload reaches the next
+                // operation.
+                let gate = desk.live().map_err(|e| {
+                    ApiError::unavailable(format!("the context store cannot be opened: {e:#}"))
+                })?;
                 let (journal, policies) = (journal.clone(), self.policies.clone());
-                tokio::task::spawn_blocking(move || crate::context_cmd::service(journal, &policies))
+                tokio::task::spawn_blocking(move || {
+                    crate::context_cmd::service(journal, &policies, Some(gate))
+                })
                     .await
                     .map_err(|e| ApiError::internal(&e.into()))?
                     .map_err(|e| {
@@ -128,7 +140,7 @@ fn context_error(e: &anyhow::Error) -> ApiError {
 
 /// Runs `op` of `agent` on the daemon's service.
 async fn run(s: &AppState, agent: String, op: Op) -> ApiResult<Value> {
-    let svc = s.context.service(&s.journal).await?;
+    let svc = s.context.service(&s.journal, &s.runs).await?;
     let requester = if op.needs_requester() {
         let (data, reader, name) = (s.data.clone(), s.journal.reader(), agent.clone());
         let r = tokio::task::spawn_blocking(move || context_ops::requester(&data, &reader, &name))

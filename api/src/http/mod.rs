@@ -49,12 +49,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
-use stele_engine::config::{HttpConfig, HttpScope, SandboxTier};
+use stele_engine::config::{HttpConfig, SandboxTier};
 use stele_journal::Journal;
 use tower::ServiceBuilder;
 use utoipa::OpenApi;
 
-use self::auth::{Need, Tokens};
+use self::auth::{Access, Need, Tokens};
 use self::error::{ApiError, ErrorBody, ErrorDetail};
 
 /// What the handlers share.
@@ -239,7 +239,13 @@ pub fn start(listener: Listener, parts: Parts) -> Result<Server> {
 /// The whole router over `state`.
 pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
     let tokens = Arc::clone(&state.tokens);
-    let need = |scope: HttpScope| {
+    // Each route's check comes from the one table the OpenAPI document
+    // declares from (auth::ROUTES); a route missing there, or public, has
+    // no business asking for a token check.
+    let need = |method: &str, route: &str| {
+        let Some(Access::Token(scope)) = auth::access(method, route) else {
+            panic!("{method} {route}: not a token-checked route of auth::ROUTES");
+        };
         middleware::from_fn_with_state(
             Need {
                 tokens: Arc::clone(&tokens),
@@ -252,173 +258,210 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
     // for a declared Content-Length (`declared_length`): a chunked body
     // gets no further than one that says its length.
     let max_body = usize::try_from(cfg.max_body).unwrap_or(usize::MAX);
-    let (read, operate, admin) = (
-        need(HttpScope::Read),
-        need(HttpScope::Operate),
-        need(HttpScope::Admin),
-    );
-    let limited = Router::new()
-        .route("/v1/status", get(handlers::status.layer(read.clone())))
-        .route(
-            "/v1/agents",
-            get(handlers::agents.layer(read.clone())).post(handlers::register.layer(operate.clone()).layer(
-                DefaultBodyLimit::max(stele_engine::agent::MAX_DEFINITION_BYTES.min(max_body)),
-            )),
-        )
-        .route("/v1/agents/{name}", get(handlers::agent.layer(read.clone())))
-        .route(
-            "/v1/agents/{name}/stop",
-            post(handlers::stop.layer(operate.clone())),
-        )
-        .route("/v1/shutdown", post(handlers::shutdown.layer(admin.clone())))
-        .route(
-            "/v1/policy/reload",
-            post(
-                policy::reload
-                    .layer(admin)
-                    .layer(DefaultBodyLimit::max(policy::MAX_RELOAD_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route(
-            "/v1/runs",
-            get(handlers::runs.layer(read.clone())).post(runs::start.layer(operate.clone())),
-        )
-        .route("/v1/runs/{id}", get(handlers::run.layer(read.clone())))
-        .route(
-            "/v1/runs/{id}/approve",
-            post(runs::approve.layer(operate.clone())),
-        )
-        .route("/v1/runs/{id}/reject", post(runs::reject.layer(operate.clone())))
-        .route("/v1/at/{seq}", get(replay::at.layer(read.clone())))
-        .route("/v1/diff", get(replay::diff.layer(read.clone())))
-        .route("/v1/runs/{id}/replay", post(replay::replay.layer(read.clone())))
-        .route(
-            "/v1/runs/{id}/fork",
-            post(
-                replay::fork
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(replay::MAX_FORK_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route(
-            "/v1/policy/backtest",
-            post(
-                replay::backtest
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(
-                        replay::MAX_BACKTEST_BODY_BYTES.min(max_body),
-                    )),
-            ),
-        )
-        .route("/v1/context/{agent}", get(context::show.layer(read.clone())))
-        .route(
-            "/v1/context/{agent}/stats",
-            get(context::stats.layer(read.clone())),
-        )
-        .route(
-            "/v1/context/{agent}/search",
-            post(context::search.layer(read.clone()).layer(DefaultBodyLimit::max(
-                context::MAX_SEARCH_BODY_BYTES.min(max_body),
-            ))),
-        )
-        .route(
-            "/v1/context/{agent}/items",
-            post(
-                context::store
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(context::MAX_ITEM_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route(
-            "/v1/context/{agent}/items/{item}",
-            patch(
-                context::update
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(context::MAX_ITEM_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route(
-            "/v1/context/{agent}/items/{item}/share",
-            post(
-                context::share
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(context::MAX_SMALL_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route(
-            "/v1/context/{agent}/feedback",
-            post(
-                context::feedback
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(context::MAX_SMALL_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route(
-            "/v1/context/{agent}/archive",
-            post(
-                context::archive
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(context::MAX_SMALL_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route(
-            "/v1/bus/send",
-            post(
-                bus::send
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(bus::MAX_BUS_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route(
-            "/v1/bus/publish",
-            post(
-                bus::publish
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(bus::MAX_BUS_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route(
-            "/v1/bus/ask",
-            post(
-                bus::ask
-                    .layer(operate.clone())
-                    .layer(DefaultBodyLimit::max(bus::MAX_BUS_BODY_BYTES.min(max_body))),
-            ),
-        )
-        .route("/v1/bus/stats", get(bus::stats.layer(read.clone())))
-        .route("/v1/events", get(events::list.layer(read.clone())))
-        .route("/v1/events/{seq}", get(events::one.layer(read.clone())))
-        .route("/v1/journal/verify", post(journal::verify.layer(operate.clone())))
-        .route(
-            "/v1/journal/checkpoint",
-            post(journal::checkpoint.layer(operate.clone())),
-        )
-        .route(
-            "/v1/journal/proof/inclusion",
-            get(journal::inclusion.layer(read.clone())),
-        )
-        .route(
-            "/v1/journal/proof/consistency",
-            get(journal::consistency.layer(read.clone())),
-        )
-        .route(
-            "/v1/audit/export",
-            post(journal::audit_export.layer(operate.clone())),
-        )
-        .route("/v1/audit/verify", post(journal::audit_verify.layer(operate)))
-        .route("/metrics", get(prometheus.layer(read.clone())))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(overloaded))
-                .load_shed()
-                .concurrency_limit(cfg.max_concurrent as usize)
-                .timeout(cfg.request_timeout),
-        );
+    let limited =
+        Router::new()
+            .route(
+                "/v1/status",
+                get(handlers::status.layer(need("GET", "/v1/status"))),
+            )
+            .route(
+                "/v1/agents",
+                get(handlers::agents.layer(need("GET", "/v1/agents"))).post(
+                    handlers::register
+                        .layer(need("POST", "/v1/agents"))
+                        .layer(DefaultBodyLimit::max(
+                            stele_engine::agent::MAX_DEFINITION_BYTES.min(max_body),
+                        )),
+                ),
+            )
+            .route(
+                "/v1/agents/{name}",
+                get(handlers::agent.layer(need("GET", "/v1/agents/{name}"))),
+            )
+            .route(
+                "/v1/agents/{name}/stop",
+                post(handlers::stop.layer(need("POST", "/v1/agents/{name}/stop"))),
+            )
+            .route(
+                "/v1/shutdown",
+                post(handlers::shutdown.layer(need("POST", "/v1/shutdown"))),
+            )
+            .route(
+                "/v1/policy/reload",
+                post(
+                    policy::reload
+                        .layer(need("POST", "/v1/policy/reload"))
+                        .layer(DefaultBodyLimit::max(policy::MAX_RELOAD_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/runs",
+                get(handlers::runs.layer(need("GET", "/v1/runs")))
+                    .post(runs::start.layer(need("POST", "/v1/runs"))),
+            )
+            .route(
+                "/v1/runs/{id}",
+                get(handlers::run.layer(need("GET", "/v1/runs/{id}"))),
+            )
+            .route(
+                "/v1/runs/{id}/approve",
+                post(runs::approve.layer(need("POST", "/v1/runs/{id}/approve"))),
+            )
+            .route(
+                "/v1/runs/{id}/reject",
+                post(runs::reject.layer(need("POST", "/v1/runs/{id}/reject"))),
+            )
+            .route("/v1/at/{seq}", get(replay::at.layer(need("GET", "/v1/at/{seq}"))))
+            .route("/v1/diff", get(replay::diff.layer(need("GET", "/v1/diff"))))
+            .route(
+                "/v1/runs/{id}/replay",
+                post(replay::replay.layer(need("POST", "/v1/runs/{id}/replay"))),
+            )
+            .route(
+                "/v1/runs/{id}/fork",
+                post(
+                    replay::fork
+                        .layer(need("POST", "/v1/runs/{id}/fork"))
+                        .layer(DefaultBodyLimit::max(replay::MAX_FORK_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/policy/backtest",
+                post(replay::backtest.layer(need("POST", "/v1/policy/backtest")).layer(
+                    DefaultBodyLimit::max(replay::MAX_BACKTEST_BODY_BYTES.min(max_body)),
+                )),
+            )
+            .route(
+                "/v1/context/{agent}",
+                get(context::show.layer(need("GET", "/v1/context/{agent}"))),
+            )
+            .route(
+                "/v1/context/{agent}/stats",
+                get(context::stats.layer(need("GET", "/v1/context/{agent}/stats"))),
+            )
+            .route(
+                "/v1/context/{agent}/search",
+                post(
+                    context::search
+                        .layer(need("POST", "/v1/context/{agent}/search"))
+                        .layer(DefaultBodyLimit::max(
+                            context::MAX_SEARCH_BODY_BYTES.min(max_body),
+                        )),
+                ),
+            )
+            .route(
+                "/v1/context/{agent}/items",
+                post(
+                    context::store
+                        .layer(need("POST", "/v1/context/{agent}/items"))
+                        .layer(DefaultBodyLimit::max(context::MAX_ITEM_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/context/{agent}/items/{item}",
+                patch(
+                    context::update
+                        .layer(need("PATCH", "/v1/context/{agent}/items/{item}"))
+                        .layer(DefaultBodyLimit::max(context::MAX_ITEM_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/context/{agent}/items/{item}/share",
+                post(
+                    context::share
+                        .layer(need("POST", "/v1/context/{agent}/items/{item}/share"))
+                        .layer(DefaultBodyLimit::max(context::MAX_SMALL_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/context/{agent}/feedback",
+                post(
+                    context::feedback
+                        .layer(need("POST", "/v1/context/{agent}/feedback"))
+                        .layer(DefaultBodyLimit::max(context::MAX_SMALL_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/context/{agent}/archive",
+                post(
+                    context::archive
+                        .layer(need("POST", "/v1/context/{agent}/archive"))
+                        .layer(DefaultBodyLimit::max(context::MAX_SMALL_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/bus/send",
+                post(
+                    bus::send
+                        .layer(need("POST", "/v1/bus/send"))
+                        .layer(DefaultBodyLimit::max(bus::MAX_BUS_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/bus/publish",
+                post(
+                    bus::publish
+                        .layer(need("POST", "/v1/bus/publish"))
+                        .layer(DefaultBodyLimit::max(bus::MAX_BUS_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/bus/ask",
+                post(
+                    bus::ask
+                        .layer(need("POST", "/v1/bus/ask"))
+                        .layer(DefaultBodyLimit::max(bus::MAX_BUS_BODY_BYTES.min(max_body))),
+                ),
+            )
+            .route(
+                "/v1/bus/stats",
+                get(bus::stats.layer(need("GET", "/v1/bus/stats"))),
+            )
+            .route("/v1/events", get(events::list.layer(need("GET", "/v1/events"))))
+            .route(
+                "/v1/events/{seq}",
+                get(events::one.layer(need("GET", "/v1/events/{seq}"))),
+            )
+            .route(
+                "/v1/journal/verify",
+                post(journal::verify.layer(need("POST", "/v1/journal/verify"))),
+            )
+            .route(
+                "/v1/journal/checkpoint",
+                post(journal::checkpoint.layer(need("POST", "/v1/journal/checkpoint"))),
+            )
+            .route(
+                "/v1/journal/proof/inclusion",
+                get(journal::inclusion.layer(need("GET", "/v1/journal/proof/inclusion"))),
+            )
+            .route(
+                "/v1/journal/proof/consistency",
+                get(journal::consistency.layer(need("GET", "/v1/journal/proof/consistency"))),
+            )
+            .route(
+                "/v1/audit/export",
+                post(journal::audit_export.layer(need("POST", "/v1/audit/export"))),
+            )
+            .route(
+                "/v1/audit/verify",
+                post(journal::audit_verify.layer(need("POST", "/v1/audit/verify"))),
+            )
+            .route("/metrics", get(prometheus.layer(need("GET", "/metrics"))))
+            .route("/v1/openapi.json", get(openapi))
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(overloaded))
+                    .load_shed()
+                    .concurrency_limit(cfg.max_concurrent as usize)
+                    .timeout(cfg.request_timeout),
+            );
     Router::new()
-        .route("/v1/events/stream", get(events::stream.layer(read)))
+        .route(
+            "/v1/events/stream",
+            get(events::stream.layer(need("GET", "/v1/events/stream"))),
+        )
         .merge(limited)
         // After routing, so the matched route labels the request metrics.
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
@@ -601,7 +644,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 #[openapi(
     info(
         title = "stele",
-        description = "The HTTP API of `stele up`: the runtime's operations over its signed, hash-chained journal. Errors are `{\"error\": {\"code\", \"message\"}}`. With `[http] tokens` configured every route but /health, /ready and /v1/openapi.json needs `Authorization: Bearer <token>` of scope read (GET), operate (changes) or admin (shutdown, policy reload)."
+        description = "The HTTP API of `stele up`: the runtime's operations over its signed, hash-chained journal. Errors are `{\"error\": {\"code\", \"message\"}}`. With `[http] tokens` configured every route but /health, /ready and /v1/openapi.json needs `Authorization: Bearer <token>`; each operation's `security` names the least scope it needs: read (reads, replays, searches), operate (changes) or admin (shutdown, policy reload). A token of a lower scope gets 403, none or an unknown one 401."
     ),
     paths(
         handlers::status, handlers::agents, handlers::agent, handlers::register, handlers::stop,
@@ -616,7 +659,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         health, ready, prometheus, openapi,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&BearerAuth),
+    modifiers(&Scopes),
     tags(
         (name = "runtime", description = "The runtime's state, shutdown and policy reload"),
         (name = "agents", description = "Agent registration and lifecycle"),
@@ -632,17 +675,45 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
+/// The `bearer` security scheme, and on every operation the scope it needs
+/// as [`auth::ROUTES`] says — the table the router enforces.
+struct Scopes;
 
-impl utoipa::Modify for BearerAuth {
+impl utoipa::Modify for Scopes {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token of `[[http.tokens]]` (`stele token create NAME --scope read|operate|admin`); the scopes listed on an operation are the least it needs (read < operate < admin)",
+                    ))
+                    .build(),
+            ),
         );
-        doc.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        doc.security = None;
+        for (route, item) in &mut doc.paths.paths {
+            for (method, op) in [
+                ("GET", &mut item.get),
+                ("POST", &mut item.post),
+                ("PATCH", &mut item.patch),
+                ("PUT", &mut item.put),
+                ("DELETE", &mut item.delete),
+            ] {
+                let Some(op) = op.as_mut() else { continue };
+                // An operation the table misses keeps no `security`; the
+                // tests refuse such a document.
+                op.security = auth::access(method, route).map(|a| {
+                    vec![match a {
+                        Access::Public => SecurityRequirement::default(),
+                        Access::Token(scope) => SecurityRequirement::new("bearer", [scope.name()]),
+                    }]
+                });
+            }
+        }
     }
 }
 
@@ -652,4 +723,38 @@ impl utoipa::Modify for BearerAuth {
 /// Serialization failed.
 pub fn openapi_text() -> Result<String> {
     Ok(ApiDoc::openapi().to_pretty_json()? + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The table the router enforces and the document's operations are the
+    /// same set, and every operation declares what the table says.
+    #[test]
+    fn every_documented_operation_is_in_the_scope_table_and_back() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_text().expect("document")).expect("JSON");
+        let mut documented = BTreeSet::new();
+        for (route, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let method = method.to_uppercase();
+                let access = auth::access(&method, route)
+                    .unwrap_or_else(|| panic!("{method} {route} is documented but not in auth::ROUTES"));
+                let declared = &op["security"];
+                let expected = match access {
+                    Access::Public => serde_json::json!([{}]),
+                    Access::Token(s) => serde_json::json!([{"bearer": [s.name()]}]),
+                };
+                assert_eq!(declared, &expected, "{method} {route}");
+                documented.insert((method, route.clone()));
+            }
+        }
+        let table: BTreeSet<(String, String)> = auth::ROUTES
+            .iter()
+            .map(|(m, r, _)| ((*m).to_owned(), (*r).to_owned()))
+            .collect();
+        assert_eq!(documented, table, "auth::ROUTES and the document differ");
+    }
 }

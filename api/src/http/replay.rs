@@ -336,7 +336,10 @@ pub async fn replay(State(s): State<AppState>, PathParam(id): PathParam<String>)
     let reader = s.journal.reader();
     let data = s.data.clone();
     tokio::task::spawn_blocking(move || {
-        let recorded = stele_replay::load_run(&reader, &SnapshotStore::new(data.as_path()), &id)
+        let mut recorded = stele_replay::load_run(&reader, &SnapshotStore::new(data.as_path()), &id)
+            .map_err(replay_error)?;
+        recorded
+            .load_mcp(&reader, &crate::replay_cmd::mcp_servers())
             .map_err(replay_error)?;
         let report = stele_replay::replay_under(&recorded, &gates, &crate::replay_cmd::settings(), None)
             .map_err(replay_error)?;

@@ -1,7 +1,9 @@
 //! `/v1/runs` changes: start a reasoning run, approve or reject a call a
 //! run waits on. The runs are driven by the daemon's
 //! [`Desk`](crate::up_runs::Desk); these handlers check the request, hand
-//! it over and answer 202 with the run id — follow the run with
+//! it over and answer 202 with the run id (a start once its scheduler task
+//! is placed and `RunStarted` durable; a decision once checked, its
+//! continuation queued as a task) — follow the run with
 //! `GET /v1/runs/{id}` (its `driving` field) or the live event stream
 //! (`/v1/events/stream?run=`). Not here: reading runs (`handlers.rs`).
 
@@ -16,7 +18,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathParam};
-use crate::up_runs::{DecideError, cancel_signal};
+use crate::up_runs::{DecideError, SlotError, StartError};
 
 /// Largest run input accepted (bytes).
 pub const MAX_INPUT_BYTES: usize = 64 * 1024;
@@ -81,13 +83,20 @@ fn refused(message: String) -> ApiError {
     ApiError::new(code.0, code.1, message)
 }
 
-/// Start a reasoning run (outside the scheduler, like `stele run`).
+/// Start a reasoning run as a scheduler task of its agent: a task is
+/// queued (`TaskQueued`, trigger `request run over HTTP: <input>`) and the
+/// run begins when it is placed on a slot (priority, memory and CPU limits,
+/// placement and preemption as for any task); it holds the slot while it
+/// drives and frees it when it finishes or parks. The answer comes once the
+/// task is placed and `RunStarted` is durable.
 #[utoipa::path(post, path = "/v1/runs", tag = "runs",
     request_body(content = StartRun, content_type = "application/json"),
-    responses((status = 202, description = "Started: RunStarted is durable; the run is being driven", body = RunAccepted),
+    responses((status = 202, description = "Started: its task is placed and RunStarted is durable; the run is being driven in that slot", body = RunAccepted),
               (status = 400, description = "Neither or both of agent and definition, an empty or too large input, a definition that does not parse", body = ErrorBody),
               (status = 404, description = "No such agent", body = ErrorBody),
-              (status = 422, description = "The agent cannot run here (not a reasoning agent, no policy set)", body = ErrorBody)))]
+              (status = 409, description = "The agent has an active task (one task per agent at a time): code agent_busy", body = ErrorBody),
+              (status = 422, description = "The agent cannot run here (not a reasoning agent, no policy set)", body = ErrorBody),
+              (status = 503, description = "Too many requests wait for a slot (code queue_full), or the runtime is shutting down", body = ErrorBody)))]
 pub async fn start(State(s): State<AppState>, JsonBody(body): JsonBody<StartRun>) -> ApiResult<Response> {
     if body.input.len() > MAX_INPUT_BYTES {
         return Err(ApiError::bad_request(format!(
@@ -108,24 +117,54 @@ pub async fn start(State(s): State<AppState>, JsonBody(body): JsonBody<StartRun>
     let desk = s.runs.clone();
     // In a task of its own: a request timeout must not drop a run half begun.
     let begun = tokio::spawn(async move {
-        let def = desk.definition(&agent, source.as_deref()).await?;
-        desk.start(def, body.input, cancel_signal(), false).await
+        let def = desk
+            .definition(&agent, source.as_deref())
+            .await
+            .map_err(StartError::Run)?;
+        desk.start_requested(def, body.input).await
     })
     .await
     .map_err(|e| ApiError::internal(&e.into()))?;
-    let (run, _drive) = begun.map_err(|e| {
-        let message = format!("{e:#}");
-        if message.starts_with("no agent named") {
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_agent", message)
-        } else if e.downcast_ref::<stele_engine::agent::DefinitionError>().is_some() {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_definition", message)
-        } else if message.contains("shutting down") {
-            ApiError::unavailable(message)
-        } else {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot_run", message)
+    let run = begun.map_err(|e| match e {
+        StartError::Slot(e) => slot_refused(&e),
+        StartError::Run(e) => {
+            let message = format!("{e:#}");
+            if message.starts_with("no agent named") {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_agent", message)
+            } else if e.downcast_ref::<stele_engine::agent::DefinitionError>().is_some() {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_definition", message)
+            } else if message.contains("shutting down") {
+                ApiError::unavailable(message)
+            } else {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot_run", message)
+            }
         }
     })?;
     Ok(accepted(run))
+}
+
+/// A request that got no scheduler slot.
+fn slot_refused(e: &SlotError) -> ApiError {
+    use stele_engine::runtime::RuntimeRejection as R;
+    let message = e.to_string();
+    match e {
+        SlotError::Refused(R::Busy { .. }) => ApiError::new(StatusCode::CONFLICT, "agent_busy", message),
+        SlotError::Refused(R::TooManyRequests { .. }) => {
+            let mut e = ApiError::unavailable(message);
+            e.code = "queue_full";
+            e
+        }
+        SlotError::Refused(R::ShuttingDown) => {
+            let mut e = ApiError::unavailable(message);
+            e.code = "shutting_down";
+            e
+        }
+        SlotError::Refused(R::Lifecycle(stele_engine::lifecycle::Rejection::UnknownAgent { .. })) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_agent", message)
+        }
+        SlotError::Refused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot_run", message),
+        SlotError::Gone(_) => ApiError::unavailable(message),
+    }
 }
 
 async fn decide(
@@ -156,11 +195,13 @@ async fn decide(
     }
 }
 
-/// Approve a call a parked run waits on; the run goes on.
+/// Approve a call a parked run waits on; the run goes on as a scheduler
+/// task of its agent (`TaskQueued` with trigger `request continue …`, then
+/// `TaskPlaced`), once the agent has no other active task and a slot fits.
 #[utoipa::path(post, path = "/v1/runs/{id}/approve", tag = "runs",
     params(("id" = String, Path, description = "The run id (run-<n>)")),
     request_body(content = Decision, content_type = "application/json"),
-    responses((status = 202, description = "Decided and journaled; the run goes on", body = RunAccepted),
+    responses((status = 202, description = "Checked; the run goes on in a scheduler task of its agent (queued now, the decision journaled when placed)", body = RunAccepted),
               (status = 404, description = "No such run", body = ErrorBody),
               (status = 409, description = "The run does not wait on that call, or is being driven now", body = ErrorBody),
               (status = 410, description = "The approval timed out (the run went on without it)", body = ErrorBody)))]
@@ -173,11 +214,12 @@ pub async fn approve(
     decide(&s, &id, caller.map(|Extension(c)| c), body, true).await
 }
 
-/// Reject a call a parked run waits on; the run goes on without it.
+/// Reject a call a parked run waits on; the run goes on without it, as a
+/// scheduler task of its agent (queued and placed like an approval's).
 #[utoipa::path(post, path = "/v1/runs/{id}/reject", tag = "runs",
     params(("id" = String, Path, description = "The run id (run-<n>)")),
     request_body(content = Decision, content_type = "application/json"),
-    responses((status = 202, description = "Decided and journaled; the run goes on", body = RunAccepted),
+    responses((status = 202, description = "Checked; the run goes on in a scheduler task of its agent (queued now, the decision journaled when placed)", body = RunAccepted),
               (status = 404, description = "No such run", body = ErrorBody),
               (status = 409, description = "The run does not wait on that call, or is being driven now", body = ErrorBody),
               (status = 410, description = "The approval timed out (the run went on without it)", body = ErrorBody)))]

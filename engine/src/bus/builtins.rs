@@ -40,7 +40,7 @@ use super::service::{Bus, Outgoing};
 use super::{BUILTIN_SEND_WAIT, BusError, MAX_FANOUT, Pattern, RequestId};
 use crate::llm::{ToolCall, ToolSpec};
 use crate::orga::ToolOutcome;
-use crate::tools::{ToolResult, ToolRunner};
+use crate::tools::{CallContext, ToolResult, ToolRunner};
 
 /// The builtin names.
 pub const BUILTINS: [&str; 5] = ["ask", "delegate", "send_to", "parallel", "race"];
@@ -112,9 +112,13 @@ pub struct BusTools {
 
 impl ToolRunner for BusTools {
     #[allow(clippy::disallowed_methods)] // an effect runner measures how long the effect took
-    fn run<'a>(&'a self, call: &'a ToolCall) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
+    fn run<'a>(
+        &'a self,
+        call: &'a ToolCall,
+        ctx: &'a CallContext,
+    ) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
         if !is_builtin(&call.name) {
-            return self.inner.run(call);
+            return self.inner.run(call, ctx);
         }
         Box::pin(async move {
             let started = std::time::Instant::now();

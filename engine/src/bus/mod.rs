@@ -163,6 +163,27 @@ impl RejectCode {
     }
 }
 
+/// What [`Bus::accept_with`] does with a peer's message when a
+/// recipient's mailbox here is full (or local senders already wait for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse it: a journaled `MessageRejected` (`mailbox_full`). Requests
+    /// from peers get this: the asker waits for the answer.
+    Refuse,
+    /// Take nothing and journal nothing ([`BusError::Deferred`]): the link
+    /// has JetStream redeliver it later — backpressure, not loss. A message
+    /// the gate would deny is refused (journaled) at once all the same.
+    Defer,
+    /// Refuse it (journaled, `mailbox_full`), saying it was held back for
+    /// `deliveries` deliveries over `held_ms` first.
+    RefuseAfter {
+        /// Deliveries of the message from NATS so far.
+        deliveries: u64,
+        /// How long it was held back, ms.
+        held_ms: u64,
+    },
+}
+
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -176,6 +197,17 @@ pub enum BusError {
         code: RejectCode,
         /// Why, for people.
         reason: String,
+    },
+    /// A peer's message was not taken because a recipient's mailbox is full
+    /// ([`WhenFull::Defer`]); nothing is journaled.
+    #[error("message {message} held back: the mailbox of {recipient} is full ({capacity} messages)")]
+    Deferred {
+        /// The message id.
+        message: String,
+        /// The full mailbox.
+        recipient: String,
+        /// Its capacity.
+        capacity: usize,
     },
     /// A request was not answered in time; a `MessageExpired` says so.
     #[error("request {request} timed out after {} ms without a response", timeout.as_millis())]

@@ -11,7 +11,14 @@
 //!   `Nats-Msg-Id` = message id (the server drops duplicates) and consumed
 //!   by the durable consumer `bus-<instance>`, acknowledged only after the
 //!   receiving bus journaled it (or journaled why it refused it), so a
-//!   restart of either side loses nothing;
+//!   restart of either side loses nothing. A message whose recipient's
+//!   mailbox is full is not refused but held back: NAKed with a delay
+//!   growing from [`HOLD_FIRST_DELAY`] to [`HOLD_MAX_DELAY`] so JetStream
+//!   redelivers it, and later messages to the same recipient wait behind
+//!   it (in order while this instance runs). Only when it would expire
+//!   before the next delivery (or after [`HOLD_MAX_DELIVERIES`]) is it
+//!   refused, journaled as `mailbox_full`. Any other failure is logged and
+//!   the message redelivered; a stopped bus ends the link;
 //! - `stele-bus.ask.<instance>` — core NATS request/reply for requests: the
 //!   reply carries the response envelope;
 //! - `stele-bus.receipt.<instance>` — the receiver tells the sender the
@@ -34,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::service::Bus;
-use super::{BusError, RequestId};
+use super::{BusError, RequestId, WhenFull};
 use crate::config::NatsConfig;
 
 /// The JetStream stream of the bus.
@@ -47,6 +54,21 @@ const FORWARD_QUEUE: usize = 4096;
 const MAX_FRAME_BYTES: usize = 2 * 1024 * 1024;
 /// How long JetStream keeps bus messages nobody consumed.
 const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long JetStream waits for the ack of a delivered message before it
+/// redelivers it.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// The redelivery delay of a message held back the first time (a full
+/// mailbox, or a failure worth retrying); it doubles with each delivery.
+pub const HOLD_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest redelivery delay of a held-back message.
+pub const HOLD_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Deliveries of one message held back for a full mailbox at most (about
+/// 80 minutes at [`HOLD_MAX_DELAY`]) when its own expiry is later still;
+/// then it is refused, journaled.
+pub const HOLD_MAX_DELIVERIES: u64 = 1000;
+/// A held-back message not seen again for this long (another consumer took
+/// it, the stream dropped it) no longer holds back those behind it.
+const HOLD_FORGET: Duration = Duration::from_secs(60);
 
 /// An envelope on the wire: the journaled envelope, hex for bytes, plus the
 /// seq and hash of the sender's `MessageSent`.
@@ -216,7 +238,7 @@ pub async fn connect(bus: Bus, cfg: &NatsConfig) -> Result<tokio::task::JoinHand
                 durable_name: Some(format!("bus-{me}")),
                 filter_subject: format!("{PREFIX}.msg.{me}"),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: ACK_WAIT,
                 ..Default::default()
             },
         )
@@ -237,6 +259,7 @@ pub async fn connect(bus: Bus, cfg: &NatsConfig) -> Result<tokio::task::JoinHand
     let (tx, mut rx) = mpsc::channel::<(String, Frame)>(FORWARD_QUEUE);
     bus.attach(RemoteLink { tx }).await?;
     let pending: Pending = Arc::default();
+    let mut held = Held::default();
 
     let handle = tokio::spawn(async move {
         loop {
@@ -247,21 +270,29 @@ pub async fn connect(bus: Bus, cfg: &NatsConfig) -> Result<tokio::task::JoinHand
                     tokio::spawn(async move { send_out(&client, &js, &bus, &pending, &peer, frame).await });
                 }
                 m = messages.next() => {
-                    let Some(Ok(m)) = m else { return };
-                    let receipt = match Frame::parse(&m.payload) {
-                        Ok(frame) => {
-                            let (id, origin) = (frame.id.clone(), frame.origin.clone());
-                            let recipient = frame.recipient.clone();
-                            match bus.accept(frame).await {
-                                Ok(sent) => Some((origin, Receipt { id, recipient, remote: format!("{me}:{}:{}", sent.seq, sent.hash) })),
-                                // Refused and journaled: never redeliver it.
-                                Err(BusError::Rejected { .. }) => None,
-                                Err(_) => return,
-                            }
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            // The pull stream reconnects by itself (missed
+                            // heartbeats, a server restart).
+                            tracing::warn!(error = %e, "bus: receiving from {PREFIX}.msg.{me}");
+                            continue;
                         }
-                        Err(_) => None,
+                        None => return,
                     };
-                    if m.ack().await.is_err() {
+                    let receipt = match take(&bus, &me, &mut held, &m).await {
+                        Taken::Done(receipt) => receipt,
+                        Taken::Later(delay) => {
+                            if let Err(e) = m.ack_with(jetstream::AckKind::Nak(Some(delay))).await {
+                                tracing::warn!(error = %e, "bus: asking NATS to redeliver a held-back message");
+                            }
+                            continue;
+                        }
+                        Taken::Stop => return,
+                    };
+                    if let Err(e) = m.ack().await {
+                        // It comes again and is refused as a replay (journaled).
+                        tracing::warn!(error = %e, "bus: acknowledging a message to NATS");
                         continue;
                     }
                     if let Some((origin, r)) = receipt {
@@ -306,6 +337,143 @@ pub async fn connect(bus: Bus, cfg: &NatsConfig) -> Result<tokio::task::JoinHand
         }
     });
     Ok(handle)
+}
+
+/// Messages held back, by recipient (`agent@instance` or topic): their
+/// stream seqs and when each was last seen (ms since the Unix epoch). A
+/// message to a recipient with an earlier one held back waits behind it.
+#[derive(Default)]
+struct Held(BTreeMap<String, BTreeMap<u64, u64>>);
+
+impl Held {
+    /// Whether a message earlier than `seq` to `recipient` is held back.
+    fn behind(&mut self, recipient: &str, seq: u64, now: u64) -> bool {
+        let forget = u64::try_from(HOLD_FORGET.as_millis()).unwrap_or(u64::MAX);
+        let Some(seqs) = self.0.get_mut(recipient) else {
+            return false;
+        };
+        seqs.retain(|_, seen| now.saturating_sub(*seen) < forget);
+        let earlier = seqs.range(..seq).next().is_some();
+        if seqs.is_empty() {
+            self.0.remove(recipient);
+        }
+        earlier
+    }
+
+    fn hold(&mut self, recipient: &str, seq: u64, now: u64) {
+        self.0.entry(recipient.to_owned()).or_default().insert(seq, now);
+    }
+
+    fn release(&mut self, recipient: &str, seq: u64) {
+        if let Some(seqs) = self.0.get_mut(recipient) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.0.remove(recipient);
+            }
+        }
+    }
+}
+
+/// What became of a message from NATS.
+enum Taken {
+    /// Journaled (delivered, or refused): acknowledge it; send the receipt
+    /// to the origin, if any.
+    Done(Option<(String, Receipt)>),
+    /// Not taken: have NATS redeliver it after this delay.
+    Later(Duration),
+    /// The bus stopped: end the link.
+    Stop,
+}
+
+/// The redelivery delay after the `delivery`-th delivery (1-based):
+/// [`HOLD_FIRST_DELAY`], doubling, at most [`HOLD_MAX_DELAY`].
+fn hold_delay(delivery: u64) -> Duration {
+    let doublings = u32::try_from(delivery.saturating_sub(1).min(16)).unwrap_or(16);
+    HOLD_FIRST_DELAY
+        .saturating_mul(1u32 << doublings)
+        .min(HOLD_MAX_DELAY)
+}
+
+/// How long a message was held back before its `delivery`-th delivery
+/// (the delays before it, as [`hold_delay`] gives them).
+fn held_for(delivery: u64) -> Duration {
+    let doubling = (1..delivery.min(16)).map(hold_delay).sum::<Duration>();
+    let capped = delivery.saturating_sub(16);
+    doubling.saturating_add(HOLD_MAX_DELAY.saturating_mul(u32::try_from(capped).unwrap_or(u32::MAX)))
+}
+
+/// Offers one message from NATS to the bus, holding it back (in order per
+/// recipient) while its recipient's mailbox is full.
+async fn take(bus: &Bus, me: &str, held: &mut Held, m: &jetstream::Message) -> Taken {
+    let frame = match Frame::parse(&m.payload) {
+        Ok(f) => f,
+        Err(e) => {
+            // Not a frame: nothing to journal it under, and it never parses.
+            tracing::warn!(error = %e, "bus: dropping what came on {PREFIX}.msg.{me}");
+            return Taken::Done(None);
+        }
+    };
+    let (seq, delivery) = match m.info() {
+        Ok(i) => (i.stream_sequence, u64::try_from(i.delivered).unwrap_or(1).max(1)),
+        Err(e) => {
+            tracing::warn!(error = %e, "bus: a message from NATS without its delivery info");
+            (0, 1)
+        }
+    };
+    let now = now_ms();
+    let delay = hold_delay(delivery);
+    let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    // The last delivery before it would expire, or the bound: refuse it then.
+    let last = now.saturating_add(delay_ms) >= frame.expires_at_ms || delivery >= HOLD_MAX_DELIVERIES;
+    let full = if last {
+        WhenFull::RefuseAfter {
+            deliveries: delivery,
+            held_ms: u64::try_from(held_for(delivery).as_millis()).unwrap_or(u64::MAX),
+        }
+    } else {
+        WhenFull::Defer
+    };
+    let recipient = frame.recipient.clone();
+    if !last && held.behind(&recipient, seq, now) {
+        held.hold(&recipient, seq, now);
+        return Taken::Later(delay);
+    }
+    let (id, origin) = (frame.id.clone(), frame.origin.clone());
+    match bus.accept_with(frame, full).await {
+        Ok(sent) => {
+            held.release(&recipient, seq);
+            let remote = format!("{me}:{}:{}", sent.seq, sent.hash);
+            Taken::Done(Some((
+                origin,
+                Receipt {
+                    id,
+                    recipient,
+                    remote,
+                },
+            )))
+        }
+        Err(BusError::Deferred { .. }) => {
+            held.hold(&recipient, seq, now);
+            Taken::Later(delay)
+        }
+        // Refused and journaled: never redeliver it.
+        Err(BusError::Rejected { .. }) => {
+            held.release(&recipient, seq);
+            Taken::Done(None)
+        }
+        Err(BusError::Stopped) => Taken::Stop,
+        Err(e) if last => {
+            // Nothing to journal it under (it failed before a refusal could
+            // be decided), and it has had its chances.
+            tracing::error!(error = %e, message = %id, "bus: dropping a message from {origin} after {delivery} deliveries");
+            held.release(&recipient, seq);
+            Taken::Done(None)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, message = %id, "bus: taking a message from {origin}; NATS redelivers it in {} ms", delay.as_millis());
+            Taken::Later(delay)
+        }
+    }
 }
 
 /// Carries one journaled envelope to `peer`.
@@ -377,4 +545,37 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_delays_double_from_the_first_to_the_ceiling() {
+        let ms = |d: u64| hold_delay(d).as_millis();
+        assert_eq!([ms(1), ms(2), ms(3), ms(4)], [100, 200, 400, 800]);
+        assert_eq!([ms(7), ms(8), ms(1000), ms(u64::MAX)], [5000, 5000, 5000, 5000]);
+        assert_eq!(held_for(1), Duration::ZERO);
+        assert_eq!(held_for(5).as_millis(), 100 + 200 + 400 + 800);
+        // Past the doubling, every delivery adds the ceiling.
+        assert_eq!(held_for(21) - held_for(20), HOLD_MAX_DELAY);
+        assert_eq!(held_for(17) - held_for(16), HOLD_MAX_DELAY);
+    }
+
+    #[test]
+    fn a_message_waits_behind_an_earlier_one_held_for_its_recipient_only() {
+        let mut h = Held::default();
+        h.hold("bob@b", 7, 1_000);
+        assert!(h.behind("bob@b", 9, 1_000), "9 queues behind 7");
+        assert!(!h.behind("bob@b", 7, 1_000), "7 itself is first");
+        assert!(!h.behind("bob@b", 5, 1_000), "an earlier one goes first");
+        assert!(!h.behind("carol@b", 9, 1_000), "another recipient is not held up");
+        h.release("bob@b", 7);
+        assert!(!h.behind("bob@b", 9, 1_000), "released");
+        // One not seen again for a long while no longer holds others up.
+        h.hold("bob@b", 11, 1_000);
+        let later = 1_000 + u64::try_from(HOLD_FORGET.as_millis()).expect("ms");
+        assert!(!h.behind("bob@b", 12, later));
+    }
 }

@@ -15,6 +15,10 @@
 //! one Ed25519 signature (~17 µs, parallel within a batch), and the
 //! journal's group commit, which signs each event again and fsyncs once per
 //! batch — most of the cost (BENCHMARKS.md, `## Bus`).
+//!
+//! The policy gate is a [`LiveGate`]: each send is decided by the set in
+//! force when it is decided, so a daemon's policy reload (`stele policy
+//! reload`, SIGHUP) reaches the bus from the next decision on.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
@@ -32,10 +36,10 @@ use super::rate::{Bucket, RateLimit};
 use super::remote::{Frame, RemoteLink};
 use super::{
     BusError, COMMAND_QUEUE, EXPIRY_TICK, MAX_BATCH, MAX_RECEIVE, MAX_WAITING, Pattern, RejectCode,
-    RequestId, topic,
+    RequestId, WhenFull, topic,
 };
 use crate::config::BusConfig;
-use crate::policy::{AuthzRequest, Entity, Point, PolicyGate};
+use crate::policy::{AuthzRequest, Entity, LiveGate, Point};
 
 /// A message to send.
 #[derive(Clone, Debug)]
@@ -142,6 +146,7 @@ pub(crate) enum Command {
     },
     Accept {
         frame: Box<Frame>,
+        full: WhenFull,
         reply: Reply<Sent>,
     },
     Delivered {
@@ -216,7 +221,7 @@ impl Bus {
     pub async fn start(
         journal: Journal,
         data: &Path,
-        gate: Arc<PolicyGate>,
+        gate: impl Into<LiveGate>,
         config: BusConfig,
     ) -> Result<(Bus, tokio::task::JoinHandle<()>), BusError> {
         let every = crate::config::JournalConfig::default().snapshot_every;
@@ -234,7 +239,7 @@ impl Bus {
     pub async fn start_snapshotted(
         journal: Journal,
         data: &Path,
-        gate: Arc<PolicyGate>,
+        gate: impl Into<LiveGate>,
         config: BusConfig,
         every: u64,
     ) -> Result<(Bus, tokio::task::JoinHandle<()>), BusError> {
@@ -242,7 +247,7 @@ impl Bus {
         Bus::start_inner(
             journal,
             keys,
-            gate,
+            gate.into(),
             config,
             Some((SnapshotStore::new(data), every)),
         )
@@ -256,16 +261,16 @@ impl Bus {
     pub async fn start_with_keys(
         journal: Journal,
         keys: BusKeys,
-        gate: Arc<PolicyGate>,
+        gate: impl Into<LiveGate>,
         config: BusConfig,
     ) -> Result<(Bus, tokio::task::JoinHandle<()>), BusError> {
-        Bus::start_inner(journal, keys, gate, config, None).await
+        Bus::start_inner(journal, keys, gate.into(), config, None).await
     }
 
     async fn start_inner(
         journal: Journal,
         keys: BusKeys,
-        gate: Arc<PolicyGate>,
+        gate: LiveGate,
         config: BusConfig,
         snapshots: Option<(SnapshotStore, u64)>,
     ) -> Result<(Bus, tokio::task::JoinHandle<()>), BusError> {
@@ -565,8 +570,19 @@ impl Bus {
     /// # Errors
     /// [`BusError::Rejected`] saying why.
     pub async fn accept(&self, frame: Frame) -> Result<Sent, BusError> {
+        self.accept_with(frame, WhenFull::Refuse).await
+    }
+
+    /// [`Bus::accept`], saying what to do when a recipient's mailbox is
+    /// full: refuse (journaled) or, for a message the link can have
+    /// redelivered, [`WhenFull::Defer`] — nothing journaled.
+    ///
+    /// # Errors
+    /// [`BusError::Rejected`] saying why; [`BusError::Deferred`].
+    pub async fn accept_with(&self, frame: Frame, full: WhenFull) -> Result<Sent, BusError> {
         self.call(|reply| Command::Accept {
             frame: Box::new(frame),
+            full,
             reply,
         })
         .await
@@ -669,7 +685,9 @@ struct Task {
     /// The last seq folded into `view` and `registry`.
     folded: Seq,
     keys: BusKeys,
-    gate: Arc<PolicyGate>,
+    /// The policy set in force, asked once per decision (a daemon's reload
+    /// swaps it for the next decision).
+    gate: LiveGate,
     config: BusConfig,
     view: BusView,
     registry: AgentRegistry,
@@ -997,7 +1015,7 @@ impl Task {
                 }
                 b.after.push(After::Unit(reply));
             }
-            Command::Accept { frame, reply } => match self.decide_accept(*frame, now, b) {
+            Command::Accept { frame, full, reply } => match self.decide_accept(*frame, full, now, b) {
                 Ok(Some((at, id, delivered))) => b.after.push(After::Sent {
                     reply,
                     id,
@@ -1293,7 +1311,9 @@ impl Task {
             },
             context: Value::Object(ctx),
         };
-        let decision = self.gate.decide(&request);
+        // One set decides this send (and its hash is journaled with it).
+        let gate = self.gate.current();
+        let decision = gate.decide(&request);
         let mut detail = decision.verdict.detail();
         if !decision.errors.is_empty() {
             detail = format!("{detail} (errors: {})", decision.errors.join("; "));
@@ -1309,7 +1329,7 @@ impl Task {
                 verdict: decision.verdict.name().to_owned(),
                 detail: detail.clone(),
                 policies: decision.policies,
-                policy_set: self.gate.hash(),
+                policy_set: gate.hash(),
             },
         });
         if allowed {
@@ -1703,6 +1723,7 @@ impl Task {
     fn decide_accept(
         &mut self,
         f: Frame,
+        full: WhenFull,
         now: u64,
         b: &mut Batch,
     ) -> Result<Option<(usize, String, Vec<String>)>, BusError> {
@@ -1914,6 +1935,44 @@ impl Task {
             }
             vec![target.clone()]
         };
+        let capacity = self.config.mailbox_capacity as usize;
+        let no_room = |t: &Task, b: &Batch| {
+            recipients
+                .iter()
+                .find(|r| t.view.depth(r) + b.depth.get(*r).copied().unwrap_or(0) >= capacity)
+                .cloned()
+        };
+        // Held back, not refused: the link has it redelivered. Unless the
+        // gate would refuse it anyway (asked on a scratch batch, as for a
+        // local send that waits: nothing is journaled for a message not
+        // taken).
+        // Senders here waiting for room (`blocked`) go first: a held-back
+        // message queues behind them.
+        if full == WhenFull::Defer
+            && let Some(r) = recipients
+                .iter()
+                .find(|r| b.blocked.contains(*r))
+                .cloned()
+                .or_else(|| no_room(self, b))
+            && self
+                .gate(
+                    &mut Batch::default(),
+                    &claimed_sender,
+                    "remote",
+                    &target,
+                    pattern,
+                    &f.builtin,
+                    &f.context,
+                    plaintext.len(),
+                )
+                .is_ok()
+        {
+            return Err(BusError::Deferred {
+                message: id,
+                recipient: r,
+                capacity,
+            });
+        }
         if let Err(why) = self.gate(
             b,
             &claimed_sender,
@@ -1926,12 +1985,15 @@ impl Task {
         ) {
             return Err(rej(self, b, RejectCode::PolicyDenied, why));
         }
-        let capacity = self.config.mailbox_capacity as usize;
-        if let Some(r) = recipients
-            .iter()
-            .find(|r| self.view.depth(r) + b.depth.get(*r).copied().unwrap_or(0) >= capacity)
-        {
-            let why = format!("the mailbox of {r} is full ({capacity} messages)");
+        if let Some(r) = no_room(self, b) {
+            let why = match full {
+                WhenFull::RefuseAfter { deliveries, held_ms } => format!(
+                    "the mailbox of {r} is full ({capacity} messages) and stayed full while the message was held back ({deliveries} deliveries over {held_ms} ms); it would expire before the next"
+                ),
+                WhenFull::Refuse | WhenFull::Defer => {
+                    format!("the mailbox of {r} is full ({capacity} messages)")
+                }
+            };
             return Err(rej(self, b, RejectCode::MailboxFull, why));
         }
         let at = Task::push_received(b, &f, header);

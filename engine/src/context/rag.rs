@@ -32,7 +32,7 @@ use super::{AccessLevel, ContextError, MemoryType};
 use crate::llm::{Message, ToolCall, ToolSpec};
 use crate::orga::ToolOutcome;
 use crate::reasoning::{KnowledgeFuture, KnowledgeRequest, StepKnowledge};
-use crate::tools::{CompensationFuture, ToolResult, ToolRunner};
+use crate::tools::{CallContext, CompensationFuture, ToolResult, ToolRunner};
 
 /// The knowledge tools' names.
 pub const KNOWLEDGE_TOOLS: [&str; 2] = ["recall_knowledge", "store_knowledge"];
@@ -442,9 +442,13 @@ impl KnowledgeTools {
 
 impl ToolRunner for KnowledgeTools {
     #[allow(clippy::disallowed_methods)] // an effect runner measures how long the effect took
-    fn run<'a>(&'a self, call: &'a ToolCall) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
+    fn run<'a>(
+        &'a self,
+        call: &'a ToolCall,
+        ctx: &'a CallContext,
+    ) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
         if !is_knowledge_tool(&call.name) {
-            return self.inner.run(call);
+            return self.inner.run(call, ctx);
         }
         Box::pin(async move {
             let started = std::time::Instant::now();

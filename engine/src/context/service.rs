@@ -8,7 +8,9 @@
 //! `ContextAccessed`.
 //!
 //! One operation at a time per service (a mutex held across decide and
-//! append), so ids and checks never race.
+//! append), so ids and checks never race. The gate is a [`LiveGate`]: each
+//! operation takes the set in force when it begins (a daemon's policy
+//! reload reaches the next operation).
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use super::score::Scoring;
 use super::search::{self, Found, KeywordIndex, Mode, Query, Sources};
 use super::vector::{self, VectorIndex, VectorRow};
 use super::{AccessLevel, ContextError};
-use crate::policy::PolicyGate;
+use crate::policy::LiveGate;
 
 /// The store and its indexes, folded to `seq`.
 #[derive(Debug, Default)]
@@ -254,7 +256,9 @@ pub fn stats(store: &ContextStore, scoring: &Scoring, agent: &str, now_ms: u64) 
 pub struct ContextService {
     journal: Journal,
     live: Mutex<Live>,
-    gate: Arc<PolicyGate>,
+    /// The policy set in force, taken once per operation (a daemon's
+    /// reload swaps it for the next operation).
+    gate: LiveGate,
     embedder: Arc<dyn Embedder>,
     scoring: Scoring,
 }
@@ -266,7 +270,7 @@ impl ContextService {
     /// Reading the journal failed.
     pub fn open(
         journal: Journal,
-        gate: Arc<PolicyGate>,
+        gate: impl Into<LiveGate>,
         embedder: Arc<dyn Embedder>,
         scoring: Scoring,
         vectors: Option<Box<dyn VectorIndex>>,
@@ -277,7 +281,7 @@ impl ContextService {
         Ok(ContextService {
             journal,
             live: Mutex::new(live),
-            gate,
+            gate: gate.into(),
             embedder,
             scoring,
         })
@@ -350,7 +354,7 @@ impl ContextService {
     /// or the embedder (the item is stored then, without an embedding).
     pub async fn store(&self, requester: &Requester, new: NewItem) -> Result<String, ContextError> {
         let mut live = self.live.lock().await;
-        match ops::store(&live.store, &self.gate, requester, new) {
+        match ops::store(&live.store, &self.gate.current(), requester, new) {
             Ok((facts, id)) => {
                 self.commit(&mut live, &requester.agent, facts).await?;
                 self.embed_item(&mut live, &requester.agent, &id)
@@ -382,8 +386,9 @@ impl ContextService {
         let mut facts = Vec::new();
         let mut ids = Vec::new();
         let stream = ops::stream_of(&requester.agent)?;
+        let set = self.gate.current();
         for (i, new) in items.into_iter().enumerate() {
-            let (f, id) = ops::store(&scratch, &self.gate, requester, new).map_err(|r| r.error)?;
+            let (f, id) = ops::store(&scratch, &set, requester, new).map_err(|r| r.error)?;
             for body in &f {
                 let seq = Seq(live.seq.0 + 1 + i as u64);
                 let e = stele_journal::event::detached_event(seq, 0, &stream, None, body)?;
@@ -426,7 +431,7 @@ impl ContextService {
     ) -> Result<(), ContextError> {
         let mut live = self.live.lock().await;
         let content_changed = changes.content.is_some();
-        let d = ops::update(&live.store, &self.gate, requester, owner, id, changes);
+        let d = ops::update(&live.store, &self.gate.current(), requester, owner, id, changes);
         self.settle(&mut live, owner, d).await?;
         if content_changed {
             self.embed_item(&mut live, owner, id).await?;
@@ -446,7 +451,7 @@ impl ContextService {
         score_permille: i32,
     ) -> Result<(), ContextError> {
         let mut live = self.live.lock().await;
-        let d = ops::feedback(&live.store, &self.gate, requester, owner, id, score_permille);
+        let d = ops::feedback(&live.store, &self.gate.current(), requester, owner, id, score_permille);
         self.settle(&mut live, owner, d).await
     }
 
@@ -462,7 +467,7 @@ impl ContextService {
         level: AccessLevel,
     ) -> Result<(), ContextError> {
         let mut live = self.live.lock().await;
-        let d = ops::share(&live.store, &self.gate, requester, id, with, level);
+        let d = ops::share(&live.store, &self.gate.current(), requester, id, with, level);
         self.settle(&mut live, &requester.agent, d).await
     }
 
@@ -480,7 +485,7 @@ impl ContextService {
         let mut live = self.live.lock().await;
         match ops::archive(
             &live.store,
-            &self.gate,
+            &self.gate.current(),
             requester,
             before_ms,
             now_ms,
@@ -515,7 +520,8 @@ impl ContextService {
         // What other writers of this journal committed since (a service
         // lives as long as the process).
         live.catch_up(&self.journal.reader())?;
-        let mut gate = ReadGate::new(&self.gate, requester);
+        let set = self.gate.current();
+        let mut gate = ReadGate::new(&set, requester);
         let mut found = {
             let src = Sources {
                 store: &live.store,
@@ -556,7 +562,8 @@ impl ContextService {
     ) -> Result<Vec<Item>, ContextError> {
         let mut live = self.live.lock().await;
         live.catch_up(&self.journal.reader())?;
-        let mut gate = ReadGate::new(&self.gate, requester);
+        let set = self.gate.current();
+        let mut gate = ReadGate::new(&set, requester);
         let items = search::recent(&live.store, &mut gate, types, limit);
         let mut facts = gate.into_facts();
         facts.push(ops::accessed(

@@ -994,6 +994,65 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// The tools a run with the tool profile `patterns` was offered from
+/// `server`, rebuilt from the server's journaled discovery before seq
+/// `before` — its last `McpToolsListed` and the `McpToolVerified` facts that
+/// assessed that listing — as [`McpHub::specs`] offered them: accepted,
+/// matching the profile, in the listing's order. No server is contacted
+/// (a replay's view of what discovery answered). Empty when the profile
+/// cannot reach the server or it was not discovered before `before`.
+///
+/// # Errors
+/// The journal cannot be read, or a listing is not the JSON array the hub
+/// writes (names the seq).
+pub fn journaled_specs(
+    reader: &Reader,
+    server: &str,
+    patterns: &[String],
+    before: stele_journal::Seq,
+) -> Result<Vec<ToolSpec>, McpError> {
+    let prefix = tool_name(server, "");
+    if !patterns.iter().any(|p| could_match(p, &prefix)) {
+        return Ok(Vec::new());
+    }
+    let mut listing: Vec<Value> = Vec::new();
+    let mut accepted = std::collections::BTreeSet::new();
+    for e in reader.stream(&stream(&format!("mcp:{server}"))?, stele_journal::Seq(1)) {
+        let e = e?;
+        if e.seq() >= before {
+            break;
+        }
+        match e.body() {
+            stele_journal::ArchivedEventBody::McpToolsListed { tools, .. } => {
+                listing = serde_json::from_str(tools.as_str()).map_err(|err| {
+                    McpError::Config(format!(
+                        "seq {}: the tool listing of {server} is not a JSON array of tools: {err}",
+                        e.seq()
+                    ))
+                })?;
+                accepted.clear();
+            }
+            stele_journal::ArchivedEventBody::McpToolVerified {
+                tool, accepted: true, ..
+            } => {
+                accepted.insert(tool.to_string());
+            }
+            _ => {}
+        }
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    Ok(listing
+        .iter()
+        .filter(|t| accepted.contains(t["name"].as_str().unwrap_or("")))
+        .map(|t| ToolSpec {
+            name: tool_name(server, &text(&t["name"])),
+            description: text(&t["description"]),
+            parameters: t.get("inputSchema").cloned().unwrap_or(Value::Null).to_string(),
+        })
+        .filter(|s| patterns.iter().any(|p| crate::tools::glob_match(p, &s.name)))
+        .collect())
+}
+
 /// Whether a glob pattern could match some name starting with `prefix`
 /// (so the server behind `prefix` is worth connecting to).
 fn could_match(pattern: &str, prefix: &str) -> bool {

@@ -17,7 +17,7 @@ use super::hub::{Approval, Caller, McpHub};
 use super::split_tool_name;
 use crate::llm::ToolCall;
 use crate::orga::ToolOutcome;
-use crate::tools::{CompensationFuture, ToolResult, ToolRunner};
+use crate::tools::{CallContext, CompensationFuture, ToolResult, ToolRunner};
 
 /// Serves a run's MCP calls through the hub.
 #[derive(Debug, Clone)]
@@ -69,9 +69,13 @@ impl McpTools {
 
 impl ToolRunner for McpTools {
     #[allow(clippy::disallowed_methods)] // an effect runner measures how long the effect took
-    fn run<'a>(&'a self, call: &'a ToolCall) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
+    fn run<'a>(
+        &'a self,
+        call: &'a ToolCall,
+        ctx: &'a CallContext,
+    ) -> Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>> {
         if !self.serves(&call.name) {
-            return self.inner.run(call);
+            return self.inner.run(call, ctx);
         }
         Box::pin(async move {
             let started = std::time::Instant::now();

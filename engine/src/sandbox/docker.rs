@@ -31,7 +31,7 @@ use tokio::sync::{OnceCell, mpsc, watch};
 use super::image;
 use super::{
     CONTAINER_WORKDIR, DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_MB, ExecEvent, ExecHandle, Executor, LABEL_AGENT,
-    LABEL_OWNER, LABEL_TASK, LABEL_TIER, SandboxError, SandboxTier, TaskSpec, tier_name,
+    LABEL_CALL, LABEL_OWNER, LABEL_TASK, LABEL_TIER, SandboxError, SandboxTier, TaskSpec, tier_name,
 };
 use crate::process::{ExitReport, KILL_GRACE_AFTER_TIMEOUT, OUTPUT_DRAIN_LIMIT};
 
@@ -301,12 +301,15 @@ pub(crate) fn container_config(
             None
         }
     };
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_OWNER.to_owned(), spec.container.owner.clone()),
         (LABEL_TASK.to_owned(), spec.task.clone()),
         (LABEL_AGENT.to_owned(), spec.agent.clone()),
         (LABEL_TIER.to_owned(), tier_name(tier).to_owned()),
     ]);
+    if let Some(call) = &spec.container.call {
+        labels.insert(LABEL_CALL.to_owned(), call.clone());
+    }
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !spec.env.contains_key("PATH") {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -768,6 +771,8 @@ async fn sample(docker: &Docker, id: &str) -> Option<(u64, u64)> {
 pub struct Reaped {
     /// Its `stele.task` label.
     pub task: String,
+    /// Its `stele.call` label (a reasoning run's `run_command`), if any.
+    pub call: Option<String>,
     /// Its id.
     pub container: String,
     /// What was found and done, one line.
@@ -921,6 +926,7 @@ pub async fn reap(host: &DockerHost, owner: &str) -> Result<Vec<Reaped>, Sandbox
             .as_ref()
             .and_then(|l| l.get(LABEL_TASK).cloned())
             .unwrap_or_default();
+        let call = c.labels.as_ref().and_then(|l| l.get(LABEL_CALL).cloned());
         let state = c
             .state
             .map_or_else(|| "unknown".to_owned(), |s| s.to_string().to_lowercase());
@@ -935,15 +941,17 @@ pub async fn reap(host: &DockerHost, owner: &str) -> Result<Vec<Reaped>, Sandbox
             )
             .await;
         let short = &id[..id.len().min(12)];
+        let of_call = call.as_ref().map(|c| format!(" of call {c}")).unwrap_or_default();
         let detail = match removed {
             Ok(()) if state == "running" => {
-                format!("orphan container {short} was still running and was removed")
+                format!("orphan container {short}{of_call} was still running and was removed")
             }
-            Ok(()) => format!("orphan container {short} ({state}) was removed"),
-            Err(e) => format!("orphan container {short} ({state}) could not be removed: {e}"),
+            Ok(()) => format!("orphan container {short}{of_call} ({state}) was removed"),
+            Err(e) => format!("orphan container {short}{of_call} ({state}) could not be removed: {e}"),
         };
         reaped.push(Reaped {
             task,
+            call,
             container: id,
             detail,
         });
@@ -1004,6 +1012,16 @@ mod tests {
         assert_eq!(labels[LABEL_OWNER], "o");
         assert_eq!(labels[LABEL_TASK], "task-1");
         assert_eq!(labels[LABEL_TIER], "gvisor");
+        assert!(
+            !labels.contains_key(LABEL_CALL),
+            "only a tool call's container names its call"
+        );
+        let mut call = spec();
+        call.container.call = Some("call-7".into());
+        let labels = container_config(&call, SandboxTier::Docker, "stele-sandbox:x", &l)
+            .labels
+            .expect("labels");
+        assert_eq!(labels[LABEL_CALL], "call-7");
         assert_eq!(
             c.cmd,
             Some(vec!["/bin/sh".to_owned(), "-c".to_owned(), "true".to_owned()])

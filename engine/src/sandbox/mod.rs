@@ -54,6 +54,9 @@ pub const LABEL_TASK: &str = "stele.task";
 pub const LABEL_AGENT: &str = "stele.agent";
 /// Label on every container: the tier (`docker`, `gvisor`).
 pub const LABEL_TIER: &str = "stele.tier";
+/// Label on a reasoning run's `run_command` container: the call id (the
+/// run is its [`LABEL_TASK`]; several calls of a run run at once).
+pub const LABEL_CALL: &str = "stele.call";
 
 /// The working directory of a container, a tmpfs.
 pub const CONTAINER_WORKDIR: &str = "/work";
@@ -159,6 +162,9 @@ pub struct ContainerOptions {
     /// Who the command runs as (`uid:gid`); `None`:
     /// [`docker::CONTAINER_USER`].
     pub user: Option<String>,
+    /// Label [`LABEL_CALL`]: the tool call a reasoning run's `run_command`
+    /// container runs (`None`: no such label).
+    pub call: Option<String>,
 }
 
 /// What a running task reports, in order: one `Started` (or one `Failed`
