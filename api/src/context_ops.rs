@@ -322,19 +322,21 @@ pub async fn execute(
                 .map(|t| t.name().to_owned());
             let now = now_ms.unwrap_or_else(self::now_ms);
             let live = svc.live().await;
-            let mut items: Vec<_> = live
+            // Newest first: the agent's seq-ordered index, walked from its end.
+            let items: Vec<_> = live
                 .store
                 .agents
                 .get(agent)
                 .map(|a| {
-                    a.items
-                        .values()
+                    a.by_seq
+                        .iter()
+                        .rev()
+                        .filter_map(|(_, id)| a.items.get(id))
                         .filter(|i| memory_type.as_ref().is_none_or(|t| &i.memory_type == t))
                         .cloned()
                         .collect()
                 })
                 .unwrap_or_default();
-            items.sort_by_key(|i| std::cmp::Reverse(i.stored_seq));
             let v = items
                 .iter()
                 .map(|i| {

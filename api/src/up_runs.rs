@@ -12,9 +12,10 @@
 //!   for the agent (`RuntimeCommand::Requested`: `TaskQueued` with trigger
 //!   `request run over HTTP: <input>`), and the run begins once the task is
 //!   placed: it holds the slot while it drives and gives it back when it
-//!   finishes or parks (the task's exit). An agent with an active task is
-//!   refused (one task per agent), as is a request beyond
-//!   `crate::up::MAX_WAITING_REQUESTS` waiting ones.
+//!   finishes or parks (the task's exit). One task per agent: while the
+//!   agent has an active task the start waits (up to `[http]
+//!   request_timeout`, then it is refused as busy); a request beyond
+//!   `crate::up::MAX_WAITING_REQUESTS` waiting ones is refused.
 //! - Approvals and rejections (`POST /v1/runs/{id}/approve|reject`) are
 //!   checked at once; the continuation then queues a task the same way
 //!   (`request continue <run> …`, waiting while the agent is busy) and
@@ -51,6 +52,10 @@ use crate::run_cmd;
 /// How long a timer waits again when the run it would expire is being
 /// driven (a decision or a drive is in progress).
 const EXPIRY_RETRY: Duration = Duration::from_millis(250);
+
+/// How long a request for a slot of a busy agent waits before it asks
+/// again (the agent's task may have ended).
+const BUSY_RETRY: Duration = Duration::from_millis(100);
 
 /// A cancellation signal: `Some(reason)` once a stop was asked for.
 pub type Cancel = Arc<watch::Sender<Option<String>>>;
@@ -265,6 +270,8 @@ struct Inner {
     /// The runtime core, where requests queue their tasks (set once at
     /// start).
     runtime: std::sync::OnceLock<crate::up::Handle>,
+    /// Starts waiting for a busy agent's task to end.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// The daemon's reasoning runs (cheap to clone).
@@ -308,6 +315,7 @@ impl Desk {
             closed: std::sync::atomic::AtomicBool::new(false),
             bus: std::sync::OnceLock::new(),
             runtime: std::sync::OnceLock::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -350,7 +358,40 @@ impl Desk {
                 Err(SlotError::Refused(stele_engine::runtime::RuntimeRejection::Busy { .. }))
                     if !self.0.closed.load(std::sync::atomic::Ordering::SeqCst) =>
                 {
-                    tokio::time::sleep(EXPIRY_RETRY).await;
+                    tokio::time::sleep(BUSY_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Desk::slot`], waiting up to `patience` while the agent has an
+    /// active task (a start: its client waits at most that long); then
+    /// the agent is busy. At most `crate::up::MAX_WAITING_REQUESTS` starts
+    /// wait so at once; one more is refused.
+    async fn slot_within(&self, agent: &str, what: String, patience: Duration) -> Result<Lease, SlotError> {
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let limit = crate::up::MAX_WAITING_REQUESTS;
+        if self.0.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= limit {
+            self.0.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(SlotError::Refused(
+                stele_engine::runtime::RuntimeRejection::TooManyRequests { limit },
+            ));
+        }
+        let _waiting = Waiting(&self.0.waiting);
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.slot(agent, what.clone()).await {
+                Err(SlotError::Refused(stele_engine::runtime::RuntimeRejection::Busy { .. }))
+                    if tokio::time::Instant::now() + BUSY_RETRY < deadline
+                        && !self.0.closed.load(std::sync::atomic::Ordering::SeqCst) =>
+                {
+                    tokio::time::sleep(BUSY_RETRY).await;
                 }
                 other => return other,
             }
@@ -601,7 +642,11 @@ impl Desk {
         // Checked before a slot is taken: a run that cannot begin queues nothing.
         self.live().map_err(StartError::Run)?;
         let Lease { task, cancel, done } = self
-            .slot(&def.name, format!("run over HTTP: {input}"))
+            .slot_within(
+                &def.name,
+                format!("run over HTTP: {input}"),
+                crate::cli::config().http.request_timeout,
+            )
             .await
             .map_err(StartError::Slot)?;
         match self.start(def, input, cancel, true).await {

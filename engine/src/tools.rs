@@ -191,7 +191,10 @@ pub type JournalFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>
 /// before the call goes on, and one that fails stops the command and fails
 /// the call.
 #[derive(Clone)]
-pub struct SandboxJournal(Arc<dyn Fn(&CallContext, EventBody) -> JournalFuture + Send + Sync>);
+pub struct SandboxJournal(Arc<AppendFn>);
+
+/// What a [`SandboxJournal`] appends through.
+type AppendFn = dyn Fn(&CallContext, EventBody) -> JournalFuture + Send + Sync;
 
 impl SandboxJournal {
     /// A journal appending through `append`.

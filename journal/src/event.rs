@@ -555,7 +555,9 @@ mod body {
         /// the runtime decider's: for a task of `stele up` it comes just
         /// before the `ProcessStarted` of the same task.
         SandboxStarted {
-            /// The task (also its run id).
+            /// The task (also its run id); for a reasoning run's
+            /// `run_command` container, that run (the `cause` is the call's
+            /// `ToolCalled`).
             task: String,
             /// The container and what confines it (boxed: see
             /// [`ARCHIVED_BODY_BYTES`]).

@@ -109,6 +109,10 @@ pub struct Grant {
 pub struct AgentContext {
     /// Live items by id.
     pub items: OrdMap<String, Item>,
+    /// The retrieval index: every live item as `(stored_seq, id)`, so the
+    /// newest items are the last entries and "the N newest" is a walk from
+    /// the end, not a pass over `items`. Kept by the fold with `items`.
+    pub by_seq: OrdSet<(u64, String)>,
     /// Archives, oldest first.
     pub archives: Vector<ArchiveEntry>,
     /// Sum of the live items' [`Item::size_bytes`].
@@ -167,6 +171,7 @@ impl ContextStore {
     fn remove(&mut self, owner: &str, id: &str) -> Option<Item> {
         let a = self.agents.get_mut(owner)?;
         let old = a.items.remove(id)?;
+        a.by_seq.remove(&(old.stored_seq, old.id.clone()));
         a.bytes = a.bytes.saturating_sub(old.size_bytes());
         let key = item_key(owner, id);
         self.public.remove(&key);
@@ -187,7 +192,8 @@ fn ms_of(at_ns: i64) -> u64 {
 
 impl Projection for ContextStore {
     const NAME: &'static str = "context";
-    const VERSION: u32 = 1;
+    /// 2: [`AgentContext::by_seq`] (older snapshots lack it and are refolded).
+    const VERSION: u32 = 2;
 
     #[allow(clippy::too_many_lines)] // one arm per fact
     fn apply(&mut self, e: &EventRef) {
@@ -218,6 +224,7 @@ impl Projection for ContextStore {
                 let a = self.agents.entry(owner.to_owned()).or_default();
                 a.stored += 1;
                 a.bytes += new.size_bytes();
+                a.by_seq.insert((new.stored_seq, id.to_owned()));
                 a.items.insert(id.to_owned(), new);
             }
             ArchivedEventBody::ContextUpdated {

@@ -138,7 +138,8 @@ impl RecordedRun {
     }
 
     /// [`RecordedRun::spec`] with the built-in tools only: what a fork
-    /// offers, whose live runners past its prefix are the agent's tool box.
+    /// offers (its live runners past its prefix are the agent's tool box),
+    /// and so what a fork is replayed with.
     ///
     /// # Errors
     /// The agent does not run a reasoning loop.
@@ -1284,7 +1285,12 @@ pub fn replay_under(
         run: recorded.run.clone(),
         reason: "no policy set to replay its decisions with".to_owned(),
     })?;
-    let spec = recorded.spec(&recorded.run, settings)?;
+    // A fork was offered the built-in tools only (`fork::fork`).
+    let spec = if recorded.parent.is_some() {
+        recorded.base_spec(&recorded.run, settings)?
+    } else {
+        recorded.spec(&recorded.run, settings)?
+    };
     let facts = recorded.facts();
     let mut answers = VecDeque::new();
     let mut approvals = VecDeque::new();

@@ -10,6 +10,7 @@ mod bus;
 mod cli;
 mod config;
 mod context;
+mod context_index;
 mod crash;
 mod golden;
 mod http;

@@ -95,6 +95,7 @@ fn a_text_answer_finishes_the_run() {
         [
             "run_started",
             "phase_entered",
+            "tools_offered",
             "completion_received",
             "run_finished"
         ]

@@ -721,11 +721,12 @@ fn requested_task(ev: &[Value], agent: &str, what: &str) -> String {
 }
 
 /// Runs started over HTTP and continuations take scheduler slots: with one
-/// slot that holds one of the agents at a time, the second run's task is
-/// queued while the first drives and placed only after the first's task
-/// finished; a second start of a busy agent is refused (409), not queued
-/// behind it; an approved run continues in a task of its own, queued and
-/// placed before its next step.
+/// slot that holds one of the agents at a time, three runs (two of one
+/// agent) never hold it together — the second agent's run is queued while
+/// the first drives and placed only after the first's task finished, and a
+/// second start of the busy agent waits for its task to end rather than
+/// running beside it; an approved run continues in a task of its own,
+/// queued and placed before its next step.
 #[test]
 fn http_runs_and_continuations_take_scheduler_slots() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -733,7 +734,7 @@ fn http_runs_and_continuations_take_scheduler_slots() {
         dir.path(),
         "slow",
         &json!([
-            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": ["2"]}}]},
+            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": ["1"]}}]},
             {"content": "slept"}
         ]),
     );
@@ -747,69 +748,107 @@ fn http_runs_and_continuations_take_scheduler_slots() {
     );
     assert_eq!(status, 202, "{v}");
     let slow_run = v["run"].as_str().expect("run").to_owned();
-    // The agent's task is active: a second start is refused, clearly.
-    let (status, v) = post(&up, "/v1/runs", &json!({"agent": "slow", "input": "again"}));
-    assert_eq!(status, 409, "{v}");
-    assert_eq!(v["error"]["code"], "agent_busy", "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("one task per agent"),
-        "{v}"
-    );
-    // Another agent's run waits for the slot: answered once placed.
-    let (status, v) = post(
-        &up,
-        "/v1/runs",
-        &json!({"definition": quick, "input": "be quick"}),
-    );
-    assert_eq!(status, 202, "{v}");
-    let quick_run = v["run"].as_str().expect("run").to_owned();
-    assert_eq!(settled(&up, &slow_run)["outcome"], "completed");
-    assert_eq!(settled(&up, &quick_run)["outcome"], "completed");
+    // Another agent's run waits for the slot (answered once placed), and
+    // so does a second run of the busy agent.
+    let (quick_run, again_run) = std::thread::scope(|s| {
+        let quick_start = s.spawn(|| {
+            post(
+                &up,
+                "/v1/runs",
+                &json!({"definition": quick, "input": "be quick"}),
+            )
+        });
+        // The quick run's task queues first.
+        up.wait_for("the quick run's task", |ev| {
+            ev.iter()
+                .any(|e| e["body"]["kind"] == "task_queued" && e["body"]["agent"] == "quick")
+        });
+        let (status, v) = post(&up, "/v1/runs", &json!({"agent": "slow", "input": "sleep again"}));
+        assert_eq!(status, 202, "{v}");
+        let again = v["run"].as_str().expect("run").to_owned();
+        let (status, v) = quick_start.join().expect("quick start");
+        assert_eq!(status, 202, "{v}");
+        (v["run"].as_str().expect("run").to_owned(), again)
+    });
+    for run in [&slow_run, &quick_run, &again_run] {
+        assert_eq!(settled(&up, run)["outcome"], "completed", "{run}");
+    }
 
     let ev = up.events();
     let slow_task = requested_task(&ev, "slow", "request run over HTTP: sleep a little");
     let quick_task = requested_task(&ev, "quick", "request run over HTTP: be quick");
-    let slow_placed = task_event(&ev, "task_placed", &slow_task);
-    let slow_done = task_event(&ev, "task_finished", &slow_task);
-    let slow_started = seq_of(&ev, "slow's run_started", |e| {
-        e["body"]["kind"] == "run_started" && e["body"]["run"] == slow_run.as_str()
-    });
-    let slow_finished = seq_of(&ev, "slow's run_finished", |e| {
-        e["body"]["kind"] == "run_finished" && e["body"]["run"] == slow_run.as_str()
-    });
-    let quick_queued = task_event(&ev, "task_queued", &quick_task);
-    let quick_placed = task_event(&ev, "task_placed", &quick_task);
-    let quick_started = seq_of(&ev, "quick's run_started", |e| {
-        e["body"]["kind"] == "run_started" && e["body"]["run"] == quick_run.as_str()
-    });
-    assert!(slow_placed < slow_started, "placed, then begun:\n{}", dump(&ev));
+    let again_task = requested_task(&ev, "slow", "request run over HTTP: sleep again");
+    let started = |run: &str| {
+        seq_of(&ev, &format!("{run}'s run_started"), |e| {
+            e["body"]["kind"] == "run_started" && e["body"]["run"] == run
+        })
+    };
+    let ended = |run: &str| {
+        seq_of(&ev, &format!("{run}'s run_finished"), |e| {
+            e["body"]["kind"] == "run_finished" && e["body"]["run"] == run
+        })
+    };
+    // (placed, run started, run finished, task finished) of each, in the
+    // order they held the slot: each placed only after the one before
+    // finished; each run within its task.
+    let mut held: Vec<(u64, u64, u64, u64)> = [
+        (&slow_task, &slow_run),
+        (&quick_task, &quick_run),
+        (&again_task, &again_run),
+    ]
+    .iter()
+    .map(|(task, run)| {
+        (
+            task_event(&ev, "task_placed", task),
+            started(run),
+            ended(run),
+            task_event(&ev, "task_finished", task),
+        )
+    })
+    .collect();
+    held.sort_unstable();
+    for (placed, begun, end, done) in &held {
+        assert!(
+            placed < begun && begun < end && end < done,
+            "a run drives inside its placed task:\n{}",
+            dump(&ev)
+        );
+    }
+    for pair in held.windows(2) {
+        assert!(
+            pair[0].3 < pair[1].0,
+            "two runs never hold the one slot together:\n{}",
+            dump(&ev)
+        );
+    }
     assert!(
-        quick_queued < slow_done,
+        task_event(&ev, "task_queued", &quick_task) < task_event(&ev, "task_finished", &slow_task),
         "the second run queued while the first drove:\n{}",
-        dump(&ev)
-    );
-    assert!(
-        slow_finished < slow_done && slow_done < quick_placed && quick_placed < quick_started,
-        "the second run is placed only after the first run's task finished:\n{}",
         dump(&ev)
     );
     // The tasks ended as their runs did; the agents were not terminated
     // by a requested run (a request applies no execution-mode rule).
     let finished: Vec<_> = kind(&ev, "task_finished")
         .into_iter()
-        .filter(|e| e["body"]["task"] == slow_task.as_str() || e["body"]["task"] == quick_task.as_str())
+        .filter(|e| {
+            [&slow_task, &quick_task, &again_task]
+                .iter()
+                .any(|t| e["body"]["task"] == t.as_str())
+        })
         .collect();
+    assert_eq!(finished.len(), 3, "{}", dump(&ev));
     assert!(
         finished.iter().all(|e| e["body"]["outcome"] == "completed"),
         "{}",
         dump(&ev)
     );
-    let (status, v) = post(&up, "/v1/runs", &json!({"agent": "quick", "input": "once more"}));
-    assert_eq!(status, 202, "a requested run leaves its agent runnable: {v}");
-    settled(&up, v["run"].as_str().expect("run"));
+    assert!(
+        !kind(&ev, "agent_state_changed")
+            .iter()
+            .any(|e| e["body"]["to"] == "terminated"),
+        "{}",
+        dump(&ev)
+    );
 
     // A parked run's approval continues it in a task of its own.
     let (agent, _) = assistant(dir.path());

@@ -88,13 +88,14 @@ fn refused(message: String) -> ApiError {
 /// run begins when it is placed on a slot (priority, memory and CPU limits,
 /// placement and preemption as for any task); it holds the slot while it
 /// drives and frees it when it finishes or parks. The answer comes once the
-/// task is placed and `RunStarted` is durable.
+/// task is placed and `RunStarted` is durable; while the agent has an
+/// active task (one per agent) the start waits for it to end.
 #[utoipa::path(post, path = "/v1/runs", tag = "runs",
     request_body(content = StartRun, content_type = "application/json"),
     responses((status = 202, description = "Started: its task is placed and RunStarted is durable; the run is being driven in that slot", body = RunAccepted),
               (status = 400, description = "Neither or both of agent and definition, an empty or too large input, a definition that does not parse", body = ErrorBody),
               (status = 404, description = "No such agent", body = ErrorBody),
-              (status = 409, description = "The agent has an active task (one task per agent at a time): code agent_busy", body = ErrorBody),
+              (status = 409, description = "The agent's task (one per agent at a time) stayed active for as long as a start waits, [http] request_timeout: code agent_busy", body = ErrorBody),
               (status = 422, description = "The agent cannot run here (not a reasoning agent, no policy set)", body = ErrorBody),
               (status = 503, description = "Too many requests wait for a slot (code queue_full), or the runtime is shutting down", body = ErrorBody)))]
 pub async fn start(State(s): State<AppState>, JsonBody(body): JsonBody<StartRun>) -> ApiResult<Response> {

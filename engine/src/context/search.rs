@@ -138,6 +138,35 @@ impl KeywordIndex {
     /// BM25 scores of the items matching any term of `text` that `allow`
     /// accepts, unsorted.
     pub fn scores(&self, text: &str, allow: &mut dyn FnMut(&str) -> bool) -> Vec<(String, f32)> {
+        self.doc_scores(text)
+            .into_iter()
+            .filter_map(|(doc, s)| {
+                let key = &self.keys[doc as usize];
+                allow(key).then(|| (key.clone(), s as f32))
+            })
+            .collect()
+    }
+
+    /// The matches of `text` best first — descending BM25, then ascending
+    /// key — produced lazily from a heap: taking the first k of n matches
+    /// costs O(n + k log n) and copies no key.
+    #[must_use]
+    pub fn ranked(&self, text: &str) -> Ranked<'_> {
+        Ranked(
+            self.doc_scores(text)
+                .into_iter()
+                .map(|(doc, s)| Candidate {
+                    score: s as f32,
+                    key: &self.keys[doc as usize],
+                })
+                .collect(),
+        )
+    }
+
+    /// (doc, BM25) of every doc matching a term of `text`, unsorted. The
+    /// scores accumulate in a dense array over the doc numbers (a doc's
+    /// terms in sorted order, as before): no hashing per posting.
+    fn doc_scores(&self, text: &str) -> Vec<(u32, f64)> {
         let mut terms = tokenize(text);
         terms.sort();
         terms.dedup();
@@ -145,7 +174,8 @@ impl KeywordIndex {
             return Vec::new();
         }
         let avg = self.total_len as f64 / self.docs as f64;
-        let mut acc: HashMap<u32, f64> = HashMap::new();
+        let mut acc = vec![0.0_f64; self.keys.len()];
+        let mut matched: Vec<u32> = Vec::new();
         for t in &terms {
             let Some(p) = self.postings.get(t) else {
                 continue;
@@ -155,16 +185,61 @@ impl KeywordIndex {
             for (&doc, &tf) in p {
                 let tf = f64::from(tf);
                 let len = f64::from(self.lens[doc as usize]);
-                *acc.entry(doc).or_default() +=
-                    idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg.max(1.0)));
+                let a = &mut acc[doc as usize];
+                // Every term's share is positive (idf > 0, tf ≥ 1): a zero
+                // is a doc not seen yet.
+                if *a == 0.0 {
+                    matched.push(doc);
+                }
+                *a += idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg.max(1.0)));
             }
         }
-        acc.into_iter()
-            .filter_map(|(doc, s)| {
-                let key = &self.keys[doc as usize];
-                allow(key).then(|| (key.clone(), s as f32))
-            })
-            .collect()
+        matched.into_iter().map(|doc| (doc, acc[doc as usize])).collect()
+    }
+}
+
+/// A keyword match: its BM25 and its key, ordered best first.
+#[derive(Debug, Clone, Copy)]
+struct Candidate<'a> {
+    score: f32,
+    key: &'a str,
+}
+
+impl PartialEq for Candidate<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Candidate<'_> {}
+
+impl Ord for Candidate<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.key.cmp(self.key))
+    }
+}
+
+impl PartialOrd for Candidate<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// [`KeywordIndex::ranked`]: (key, BM25), best first.
+#[derive(Debug)]
+pub struct Ranked<'a>(std::collections::BinaryHeap<Candidate<'a>>);
+
+impl<'a> Iterator for Ranked<'a> {
+    type Item = (&'a str, f32);
+
+    fn next(&mut self) -> Option<(&'a str, f32)> {
+        self.0.pop().map(|c| (c.key, c.score))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.0.len(), Some(self.0.len()))
     }
 }
 
@@ -440,34 +515,35 @@ pub fn search(src: &Sources<'_>, gate: &mut ReadGate<'_>, q: &Query) -> Result<F
 }
 
 /// Keyword search ranked without checking every match: candidates are
-/// taken in descending BM25 order and checked (scope, gate, filters) only
+/// taken in descending BM25 order (lazily, from [`KeywordIndex::ranked`]'s
+/// heap) and checked (scope, gate, filters) only
 /// until no unchecked one can beat the k-th result — a final score is at
 /// most relevance × (1 + the largest type weight), importance being at
 /// most the weight. Exact, and cheap when common terms match thousands.
 fn keyword_ranked(src: &Sources<'_>, q: &Query, allow: &mut dyn FnMut(&str) -> bool) -> Vec<Hit> {
-    let mut raw = src.keywords.scores(&q.text, &mut |_| true);
-    raw.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let bound = 1.0 + src.scoring.max_weight() as f32;
     let mut best: Vec<(String, f32)> = Vec::new();
     let mut top_raw = 0.0_f32;
-    for (key, rel) in raw {
+    for (key, rel) in src.keywords.ranked(&q.text) {
         if rel <= 0.0 {
             break;
         }
         if best.len() == q.limit && best.last().is_some_and(|(_, kth)| rel * bound < *kth) {
             break;
         }
-        if !allow(&key) {
+        if !allow(key) {
             continue;
         }
-        let Some(item) = src.store.item_by_key(&key) else {
+        let Some(item) = src.store.item_by_key(key) else {
             continue;
         };
         top_raw = top_raw.max(rel);
         let score = rel * (1.0 + src.scoring.importance(item, q.now_ms) as f32);
-        let at = best.partition_point(|(k, s)| *s > score || (*s == score && *k < key));
-        best.insert(at, (key, score));
-        best.truncate(q.limit);
+        let at = best.partition_point(|(k, s)| *s > score || (*s == score && k.as_str() < key));
+        if at < q.limit {
+            best.insert(at, (key.to_owned(), score));
+            best.truncate(q.limit);
+        }
     }
     best.into_iter()
         .filter_map(|(key, score)| {
@@ -503,10 +579,42 @@ fn normalize(mut v: Vec<(String, f32)>) -> Vec<(String, f32)> {
 }
 
 /// The reader's own items, newest first, at most `limit` (for `retrieve`:
-/// an agent's recent context without a query). One pass keeping the
-/// newest `limit` in a heap: no sort of the whole store.
+/// an agent's recent context without a query). A walk of the agent's
+/// seq-ordered index ([`AgentContext::by_seq`](stele_projections::context::AgentContext::by_seq))
+/// from its newest end, stopping once `limit` items passed the type filter
+/// and the gate: O(limit + skipped), whatever the store's size.
 #[must_use]
 pub fn recent(store: &ContextStore, gate: &mut ReadGate<'_>, types: &[String], limit: usize) -> Vec<Item> {
+    let Some(a) = store.agents.get(&gate.requester().agent) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(limit.min(a.items.len()));
+    for (_, id) in a.by_seq.iter().rev() {
+        if out.len() == limit {
+            break;
+        }
+        // The fold keeps the index and the items equal; a miss is skipped.
+        let Some(i) = a.items.get(id) else {
+            continue;
+        };
+        if (types.is_empty() || types.contains(&i.memory_type)) && gate.allows(store, i) {
+            out.push(i.clone());
+        }
+    }
+    out
+}
+
+/// What [`recent`] returns, by one pass over all of the agent's items
+/// keeping the newest `limit` in a heap (O(items)): the reference the
+/// index walk is property-tested against, and the baseline of the
+/// `context` bench.
+#[must_use]
+pub fn recent_scan(
+    store: &ContextStore,
+    gate: &mut ReadGate<'_>,
+    types: &[String],
+    limit: usize,
+) -> Vec<Item> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let me = gate.requester().agent.clone();

@@ -451,7 +451,14 @@ impl ContextService {
         score_permille: i32,
     ) -> Result<(), ContextError> {
         let mut live = self.live.lock().await;
-        let d = ops::feedback(&live.store, &self.gate.current(), requester, owner, id, score_permille);
+        let d = ops::feedback(
+            &live.store,
+            &self.gate.current(),
+            requester,
+            owner,
+            id,
+            score_permille,
+        );
         self.settle(&mut live, owner, d).await
     }
 
