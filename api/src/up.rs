@@ -40,7 +40,9 @@ use stele_engine::sandbox::{
     ContainerOptions, DockerHost, ExecEvent, ExecHandle, NativeExecutor, Sandboxes, TaskSpec,
 };
 use stele_engine::{AgentDefinition, Config, ExecutionMode, Runs};
-use stele_journal::{AgentState, Append, EventRef, Follow, Journal, ProcessExit, Reader, Receipt, Seq};
+use stele_journal::{
+    AgentState, Append, EventRef, Follow, Journal, ProcessExit, Reader, Receipt, Seq, TaskRequest,
+};
 use stele_projections::scheduler::TaskState;
 use stele_projections::{Folded, JournalView, Projection, SnapshotStore};
 use tokio::sync::{mpsc, oneshot};
@@ -76,7 +78,7 @@ enum Input {
     /// it is placed (dropped if it ends unplaced).
     Request {
         agent: String,
-        what: String,
+        request: TaskRequest,
         lease: oneshot::Sender<Lease>,
         reply: Reply,
     },
@@ -533,6 +535,10 @@ impl Core {
                 orphans.insert(task.clone(), reap_orphan(pid, live.start_ticks));
             }
         }
+        // Requests queued before this start whose requester is gone: the
+        // desk does what they ask once their task is placed (which the
+        // start itself may do), so their leases are taken first.
+        self.adopt_requests()?;
         let effective = toml::to_string(&self.config).unwrap_or_default();
         let command = RuntimeCommand::Start {
             pid: std::process::id(),
@@ -640,7 +646,7 @@ impl Core {
             Input::Command(c, reply) => batch.push((c, reply)),
             Input::Request {
                 agent,
-                what,
+                request,
                 lease,
                 reply,
             } => {
@@ -648,7 +654,7 @@ impl Core {
                     let _ = reply.send(Err(e));
                 } else {
                     self.leases.insert(agent.clone(), lease);
-                    batch.push((RuntimeCommand::Requested { agent, what }, Some(reply)));
+                    batch.push((RuntimeCommand::Requested { agent, request }, Some(reply)));
                 }
             }
             Input::SpawnFailed(task, error) => {
@@ -825,7 +831,17 @@ impl Core {
             Effect::Stop { task } => {
                 self.deferred.remove(&task);
                 if let Some(cancel) = self.reasoning.get(&task) {
-                    cancel.send_replace(Some(format!("{task} was asked to stop")));
+                    // Stopped and queued again: it was preempted.
+                    let preempted = matches!(
+                        self.state.scheduler.tasks.get(&task).map(|t| t.state),
+                        Some(TaskState::Queued)
+                    );
+                    let why = if preempted {
+                        format!("{task} was preempted by a higher-priority task")
+                    } else {
+                        format!("{task} was asked to stop")
+                    };
+                    cancel.send_replace(Some(why));
                 }
                 if let Some(p) = self.procs.get(&task) {
                     p.stop(self.config.runtime.stop_grace);
@@ -1186,11 +1202,21 @@ impl Core {
     /// end, which comes back as the task's exit like a reasoning task's).
     fn spawn_requested(&mut self, task: String, def: &AgentDefinition) {
         let Some(waiter) = self.leases.remove(&def.name) else {
-            self.internal.push_back(RuntimeCommand::SpawnFailed {
-                task,
-                error: "the request that queued it is gone (the runtime restarted, or it was withdrawn)"
-                    .into(),
-            });
+            if self
+                .state
+                .execution
+                .live
+                .get(&task)
+                .is_some_and(|t| t.attempts > 0)
+            {
+                self.end_done_request(task);
+            } else {
+                self.internal.push_back(RuntimeCommand::SpawnFailed {
+                    task,
+                    error: "the request that queued it is gone (it was withdrawn, or queued before requests were journaled with what they ask)"
+                        .into(),
+                });
+            }
             return;
         };
         let cancel = crate::up_runs::cancel_signal();
@@ -1240,6 +1266,105 @@ impl Core {
             let exit = reasoning_exit(&end, asked && !timed_out, timed_out, wall_ms);
             let _ = tx.send(Input::Exited(task, exit));
         });
+    }
+
+    /// Takes the lease of every requested task still queued from before
+    /// this start that was never placed (no process started for it), and
+    /// hands it to the desk with what its `TaskRequested` asks: the desk
+    /// does it when the task is placed, with nobody waiting on it. A task
+    /// without a `TaskRequested` (queued by an older stele) is not taken;
+    /// its placement fails it, saying so.
+    fn adopt_requests(&mut self) -> Result<()> {
+        let waiting: Vec<(String, String)> = self
+            .state
+            .execution
+            .live
+            .iter()
+            .filter(|(task, live)| {
+                live.requested
+                    && live.attempts == 0
+                    && matches!(
+                        self.state.scheduler.tasks.get(task.as_str()).map(|t| t.state),
+                        Some(TaskState::Queued)
+                    )
+            })
+            .map(|(task, live)| (task.clone(), live.agent.clone()))
+            .collect();
+        for (task, agent) in waiting {
+            // A task's facts are indexed under it: read only its own.
+            let id = stele_journal::RunId::new(task.clone())?;
+            let mut asked = None;
+            for e in self.reader.run(&id, Seq(1)) {
+                let e = e.with_context(|| format!("reading the facts of {task}"))?;
+                if matches!(e.body(), stele_journal::ArchivedEventBody::TaskRequested { .. })
+                    && let stele_journal::EventBody::TaskRequested { request, .. } = e
+                        .to_event()
+                        .with_context(|| format!("decoding event {}", e.seq().0))?
+                        .body
+                {
+                    asked = Some(*request);
+                    break;
+                }
+            }
+            let Some(request) = asked else {
+                continue;
+            };
+            let (lease, placed) = oneshot::channel();
+            self.leases.insert(agent.clone(), lease);
+            eprintln!(
+                "stele up: {task} (queued before this start) will {} when placed",
+                stele_engine::runtime::request_words(&request)
+            );
+            self.desk.adopt(task, agent, request, placed);
+        }
+        Ok(())
+    }
+
+    /// Ends a requested task placed again after its earlier placement was
+    /// stopped by a preemption (before a restart, or since): the request was
+    /// acted on then — its run ended as that placement's exit says — and a
+    /// request is done once, so the task ends `cancelled` at once, its exit
+    /// saying why.
+    fn end_done_request(&mut self, task: String) {
+        let earlier = stele_journal::RunId::new(task.clone())
+            .ok()
+            .and_then(|id| {
+                self.reader
+                    .run(&id, Seq(1))
+                    .filter_map(Result::ok)
+                    .filter_map(|e| match e.body() {
+                        stele_journal::ArchivedEventBody::ProcessExited { exit, .. } => {
+                            let out = if exit.stdout.is_empty() {
+                                &exit.stderr
+                            } else {
+                                &exit.stdout
+                            };
+                            Some(out.to_string())
+                        }
+                        _ => None,
+                    })
+                    .last()
+            })
+            .filter(|o| !o.is_empty())
+            .unwrap_or_else(|| "its drive was stopped".into());
+        self.internal.push_back(RuntimeCommand::ProcessStarted {
+            task: task.clone(),
+            pid: std::process::id(),
+            start_ticks: 0,
+            confinement: IN_PROCESS.into(),
+        });
+        let exit = ProcessExit {
+            code: Some(0),
+            stopped: true,
+            stdout: stele_engine::orga::bounded(
+                &format!(
+                    "{task}: its request was acted on by an earlier placement, stopped when the task was preempted ({earlier}); a request is done once, so the task ends here"
+                ),
+                1000,
+            ),
+            ..ProcessExit::default()
+        };
+        let _ = self.tx.send(Input::Exited(task, exit));
     }
 
     fn spawn_reasoning(&mut self, task: String, def: AgentDefinition) {
@@ -1677,22 +1802,22 @@ impl Handle {
         answer.await.context("the runtime core stopped")
     }
 
-    /// Queues a task of `agent` for a request (`what`: `run …`,
-    /// `continue …`, journaled in its `TaskQueued` trigger); once its
-    /// `TaskQueued` is durable the answer holds where its [`Lease`] comes
-    /// when it is placed (an error there: it ended unplaced). The outer
-    /// error is the core gone.
+    /// Queues a task of `agent` for a request (journaled as data in its
+    /// `TaskRequested`, in words in its `TaskQueued` trigger); once both
+    /// are durable the answer holds where its [`Lease`] comes when it is
+    /// placed (an error there: it ended unplaced). The outer error is the
+    /// core gone.
     pub(crate) async fn request(
         &self,
         agent: &str,
-        what: String,
+        request: TaskRequest,
     ) -> Result<Result<oneshot::Receiver<Lease>, RuntimeRejection>> {
         let (reply, answer) = oneshot::channel();
         let (lease, placed) = oneshot::channel();
         self.0
             .send(Input::Request {
                 agent: agent.to_owned(),
-                what,
+                request,
                 lease,
                 reply,
             })

@@ -16,6 +16,10 @@
 //!   agent has an active task the start waits (up to `[http]
 //!   request_timeout`, then it is refused as busy); a request beyond
 //!   `crate::up::MAX_WAITING_REQUESTS` waiting ones is refused.
+//! - Every request is journaled as data beside its task (`TaskRequested`);
+//!   one still queued when the daemon died is done after the next start
+//!   ([`Desk::adopt`]) with nobody waiting: a run begins, or the parked run
+//!   continues from the journal, once.
 //! - Approvals and rejections (`POST /v1/runs/{id}/approve|reject`) are
 //!   checked at once; the continuation then queues a task the same way
 //!   (`request continue <run> …`, waiting while the agent is busy) and
@@ -42,7 +46,7 @@ use anyhow::{Context, Result, bail};
 use stele_engine::AgentDefinition;
 use stele_engine::policy::{LiveGate, PolicyGate};
 use stele_engine::reasoning::{self, Driver, Resumed, Sink, Stop};
-use stele_journal::{Append, EventBody, Journal, Seq, StreamId};
+use stele_journal::{Append, EventBody, Journal, Seq, StreamId, TaskRequest};
 use stele_projections::{RunsView, SnapshotStore, state_at};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -332,14 +336,14 @@ impl Desk {
     /// [`SlotError::Refused`] (the agent has an active task, too many
     /// requests wait, the runtime is shutting down, no such agent), or the
     /// task ended before it was placed.
-    async fn slot(&self, agent: &str, what: String) -> Result<Lease, SlotError> {
+    async fn slot(&self, agent: &str, request: TaskRequest) -> Result<Lease, SlotError> {
         let runtime = self
             .0
             .runtime
             .get()
             .ok_or_else(|| SlotError::Gone("the runtime core is not running".into()))?;
         let placed = runtime
-            .request(agent, what)
+            .request(agent, request)
             .await
             .map_err(|e| SlotError::Gone(format!("{e:#}")))?
             .map_err(SlotError::Refused)?;
@@ -352,9 +356,9 @@ impl Desk {
 
     /// [`Desk::slot`], waiting while the agent has an active task (a
     /// continuation: nobody waits on it, and it must run when it can).
-    async fn slot_when_free(&self, agent: &str, what: String) -> Result<Lease, SlotError> {
+    async fn slot_when_free(&self, agent: &str, request: TaskRequest) -> Result<Lease, SlotError> {
         loop {
-            match self.slot(agent, what.clone()).await {
+            match self.slot(agent, request.clone()).await {
                 Err(SlotError::Refused(stele_engine::runtime::RuntimeRejection::Busy { .. }))
                     if !self.0.closed.load(std::sync::atomic::Ordering::SeqCst) =>
                 {
@@ -369,7 +373,12 @@ impl Desk {
     /// active task (a start: its client waits at most that long); then
     /// the agent is busy. At most `crate::up::MAX_WAITING_REQUESTS` starts
     /// wait so at once; one more is refused.
-    async fn slot_within(&self, agent: &str, what: String, patience: Duration) -> Result<Lease, SlotError> {
+    async fn slot_within(
+        &self,
+        agent: &str,
+        request: TaskRequest,
+        patience: Duration,
+    ) -> Result<Lease, SlotError> {
         struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
@@ -386,7 +395,7 @@ impl Desk {
         let _waiting = Waiting(&self.0.waiting);
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            match self.slot(agent, what.clone()).await {
+            match self.slot(agent, request.clone()).await {
                 Err(SlotError::Refused(stele_engine::runtime::RuntimeRejection::Busy { .. }))
                     if tokio::time::Instant::now() + BUSY_RETRY < deadline
                         && !self.0.closed.load(std::sync::atomic::Ordering::SeqCst) =>
@@ -644,7 +653,7 @@ impl Desk {
         let Lease { task, cancel, done } = self
             .slot_within(
                 &def.name,
-                format!("run over HTTP: {input}"),
+                TaskRequest::Run { input: input.clone() },
                 crate::cli::config().http.request_timeout,
             )
             .await
@@ -826,7 +835,7 @@ impl Desk {
     /// A continuation of `run` (claimed) waits for a slot of `agent`, then
     /// drives `work` with the task's stop signal and reports its end to the
     /// task; without a slot the run stays parked and the claim is released.
-    async fn continue_in_slot<W, F>(&self, run: &str, agent: &str, what: String, work: W)
+    async fn continue_in_slot<W, F>(&self, run: &str, agent: &str, request: TaskRequest, work: W)
     where
         W: FnOnce(Cancel) -> F,
         F: Future<Output = Result<Settled>>,
@@ -834,7 +843,7 @@ impl Desk {
         // A shutdown ends the wait (the queued task is cancelled with the
         // queue); the run stays parked.
         let waited = tokio::select! {
-            l = self.slot_when_free(agent, what) => l,
+            l = self.slot_when_free(agent, request) => l,
             () = self.closing() => Err(SlotError::Gone("the runtime is shutting down".into())),
         };
         let Lease { cancel, done, .. } = match waited {
@@ -969,37 +978,7 @@ impl Desk {
     ) -> Result<(), DecideError> {
         // Until its slot: a shutdown cancels the wait (`close`).
         self.claim(run, cancel_signal(), false)?;
-        let prepared = async {
-            let prepared = run_cmd::prepare_decision(
-                &self.0.data,
-                &self.0.journal,
-                run,
-                call,
-                self.live()?,
-                &self.0.policies,
-                self.0.bus.get(),
-            )
-            .await?;
-            let view_agent = {
-                let reader = self.0.journal.reader();
-                let runs =
-                    state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?
-                        .state;
-                runs.runs.get(run).map(|v| v.agent.clone()).unwrap_or_default()
-            };
-            let def = self.definition(&view_agent, None).await?;
-            anyhow::Ok((prepared, def))
-        }
-        .await;
-        let (
-            run_cmd::Prepared {
-                driver,
-                parked,
-                knowledge,
-                input,
-            },
-            def,
-        ) = match prepared {
+        let (prepared, def) = match self.prepare_decision(run, call).await {
             Ok(p) => p,
             Err(e) => {
                 self.release(run);
@@ -1009,43 +988,184 @@ impl Desk {
             }
         };
         let desk = self.clone();
-        let (run, call, approver, reason) = (
-            run.to_owned(),
-            call.to_owned(),
-            approver.to_owned(),
-            reason.to_owned(),
-        );
+        let decision = Decision {
+            run: run.to_owned(),
+            call: call.to_owned(),
+            approved,
+            approver: approver.to_owned(),
+            reason: reason.to_owned(),
+        };
         // The continuation takes a scheduler slot of the run's agent first.
         let agent = def.name.clone();
-        let what = format!(
-            "continue {run}: {call} {} by {approver}",
-            if approved { "approved" } else { "rejected" }
-        );
+        let request = decision.request();
         tokio::spawn(async move {
             let d = desk.clone();
-            let id = run.clone();
-            desk.continue_in_slot(&id, &agent, what, |cancel| async move {
-                let write = Arc::new(tokio::sync::Mutex::new(()));
-                let mut sink = match d.sink(&run, &write) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        d.release(&run);
-                        return Err(e);
-                    }
-                };
-                let work = async {
-                    let stop = driver
-                        .decide(parked, &call, approved, &approver, &reason, &mut sink)
-                        .await?;
-                    // It went on to its end: what it learned is stored.
-                    crate::context_cmd::learned_async(&knowledge, &stop, &input).await;
-                    Ok(stop)
-                };
-                d.guarded(&run, &def, &driver, &write, cancel, work).await
+            let id = decision.run.clone();
+            desk.continue_in_slot(&id, &agent, request, |cancel| async move {
+                d.drive_decision(&def, prepared, &decision, cancel).await
             })
             .await;
         });
         Ok(())
+    }
+
+    /// Checks that `run` is parked on `call` and rebuilds it (with its
+    /// agent's definition) for a decision.
+    async fn prepare_decision(&self, run: &str, call: &str) -> Result<(run_cmd::Prepared, AgentDefinition)> {
+        let prepared = run_cmd::prepare_decision(
+            &self.0.data,
+            &self.0.journal,
+            run,
+            call,
+            self.live()?,
+            &self.0.policies,
+            self.0.bus.get(),
+        )
+        .await?;
+        let view_agent = {
+            let reader = self.0.journal.reader();
+            let runs =
+                state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?.state;
+            runs.runs.get(run).map(|v| v.agent.clone()).unwrap_or_default()
+        };
+        let def = self.definition(&view_agent, None).await?;
+        Ok((prepared, def))
+    }
+
+    /// Continues a prepared, claimed run with `decision` until it settles
+    /// or `cancel` fires.
+    async fn drive_decision(
+        &self,
+        def: &AgentDefinition,
+        prepared: run_cmd::Prepared,
+        decision: &Decision,
+        cancel: Cancel,
+    ) -> Result<Settled> {
+        let run_cmd::Prepared {
+            driver,
+            parked,
+            knowledge,
+            input,
+        } = prepared;
+        let run = &decision.run;
+        let write = Arc::new(tokio::sync::Mutex::new(()));
+        let mut sink = match self.sink(run, &write) {
+            Ok(s) => s,
+            Err(e) => {
+                self.release(run);
+                return Err(e);
+            }
+        };
+        let work = async {
+            let stop = driver
+                .decide(
+                    parked,
+                    &decision.call,
+                    decision.approved,
+                    &decision.approver,
+                    &decision.reason,
+                    &mut sink,
+                )
+                .await?;
+            // It went on to its end: what it learned is stored.
+            crate::context_cmd::learned_async(&knowledge, &stop, &input).await;
+            Ok(stop)
+        };
+        self.guarded(run, def, &driver, &write, cancel, work).await
+    }
+
+    /// Does what a request queued before this daemon started asks (its
+    /// requester is gone, so nobody waits): once `placed` yields the
+    /// task's lease, a run begins and is driven to its end or park, or a
+    /// parked run is continued from the journal — the decision if the run
+    /// still waits on that call, the rejection of what has timed out by
+    /// then — and the end is reported to the task. A continuation's run is
+    /// claimed from now on, so neither a new decision nor an approval
+    /// timer continues it meanwhile (the claim goes with the task; a task
+    /// ended unplaced releases it and the run stays parked).
+    pub fn adopt(
+        &self,
+        task: String,
+        agent: String,
+        request: TaskRequest,
+        placed: tokio::sync::oneshot::Receiver<Lease>,
+    ) {
+        let run = match &request {
+            TaskRequest::Run { .. } => None,
+            TaskRequest::Decision { run, .. } | TaskRequest::Expiry { run } => Some(run.clone()),
+        };
+        let claimed = run
+            .as_ref()
+            .is_some_and(|r| self.claim(r, cancel_signal(), false).is_ok());
+        let desk = self.clone();
+        tokio::spawn(async move {
+            let lease = tokio::select! {
+                l = placed => l.ok(),
+                () = desk.closing() => None,
+            };
+            let Some(Lease { cancel, done, .. }) = lease else {
+                eprintln!(
+                    "stele up: {task} ended before it was placed; not done: {}",
+                    stele_engine::runtime::request_words(&request)
+                );
+                if let (Some(run), true) = (&run, claimed) {
+                    desk.release(run);
+                    desk.arm(run);
+                }
+                return;
+            };
+            if let Some(run) = &run {
+                desk.claim_for_task(run, cancel.clone());
+            }
+            let end = match desk.adopted(&agent, request, cancel).await {
+                Ok(s) => TaskEnd::Settled(s),
+                Err(e) => {
+                    eprintln!("stele up: {task}: {e:#}");
+                    if let Some(run) = &run {
+                        desk.release(run);
+                        desk.arm(run);
+                    }
+                    TaskEnd::Failed(format!("{e:#}"))
+                }
+            };
+            let _ = done.send(end);
+        });
+    }
+
+    /// The work of an adopted request, in its placed task.
+    async fn adopted(&self, agent: &str, request: TaskRequest, cancel: Cancel) -> Result<Settled> {
+        match request {
+            TaskRequest::Run { input } => {
+                let def = self.definition(agent, None).await?;
+                let (_, handle) = self.start(def, input, cancel, true).await?;
+                handle.await.context("the run's task failed")?
+            }
+            TaskRequest::Decision {
+                run,
+                call,
+                approved,
+                approver,
+                reason,
+            } => {
+                let (prepared, def) = self.prepare_decision(&run, &call).await?;
+                let decision = Decision {
+                    run,
+                    call,
+                    approved,
+                    approver,
+                    reason,
+                };
+                self.drive_decision(&def, prepared, &decision, cancel).await
+            }
+            TaskRequest::Expiry { run } => match self.prepare_expiry(&run).await? {
+                Some(expiry) => self.drive_expiry(&run, expiry, cancel).await,
+                None => {
+                    self.release(&run);
+                    self.arm(&run);
+                    self.settled_from_view(&run)
+                }
+            },
+        }
     }
 
     /// Arms the approval timer of every parked run (daemon start).
@@ -1102,83 +1222,141 @@ impl Desk {
     }
 
     async fn expire_claimed(&self, run: &str) -> Result<()> {
-        {
-            let reader = self.0.journal.reader();
-            let events = run_cmd::run_events(&reader, run)?;
-            let expired = reasoning::expired_approvals(&events, run_cmd::now_ms());
-            if expired.is_empty() {
-                self.release(run);
-                self.arm(run);
-                return Ok(());
-            }
-            let runs =
-                state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?.state;
-            let agent = runs
-                .runs
-                .get(run)
-                .map(|v| v.agent.clone())
-                .with_context(|| format!("no run named {run}"))?;
-            let def = self.definition(&agent, None).await?;
-            // The same tools the run was offered before it parked.
-            let run_cmd::Stack {
-                driver,
-                spec,
-                knowledge,
-                ..
-            } = run_cmd::stack(
-                &self.0.journal,
-                &def,
-                run,
-                self.live()?,
-                &self.0.policies,
-                self.0.bus.get(),
-            )
-            .await?;
-            let mut parked = match reasoning::resume(spec, &events)
-                .map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))?
-            {
+        let Some(expiry) = self.prepare_expiry(run).await? else {
+            self.release(run);
+            self.arm(run);
+            return Ok(());
+        };
+        let agent = expiry.def.name.clone();
+        let desk = self.clone();
+        let run = run.to_owned();
+        tokio::spawn(async move {
+            let d = desk.clone();
+            let id = run.clone();
+            let request = TaskRequest::Expiry { run: run.clone() };
+            desk.continue_in_slot(&id, &agent, request, |cancel| async move {
+                d.drive_expiry(&run, expiry, cancel).await
+            })
+            .await;
+        });
+        Ok(())
+    }
+
+    /// Rebuilds parked `run` for the rejection of its approvals that have
+    /// timed out by now; `None` when none has.
+    async fn prepare_expiry(&self, run: &str) -> Result<Option<Expiry>> {
+        let reader = self.0.journal.reader();
+        let events = run_cmd::run_events(&reader, run)?;
+        let expired = reasoning::expired_approvals(&events, run_cmd::now_ms());
+        if expired.is_empty() {
+            return Ok(None);
+        }
+        let runs = state_at::<RunsView>(&reader, &SnapshotStore::new(&self.0.data), reader.head().seq)?.state;
+        let agent = runs
+            .runs
+            .get(run)
+            .map(|v| v.agent.clone())
+            .with_context(|| format!("no run named {run}"))?;
+        let def = self.definition(&agent, None).await?;
+        // The same tools the run was offered before it parked.
+        let run_cmd::Stack {
+            driver,
+            spec,
+            knowledge,
+            ..
+        } = run_cmd::stack(
+            &self.0.journal,
+            &def,
+            run,
+            self.live()?,
+            &self.0.policies,
+            self.0.bus.get(),
+        )
+        .await?;
+        let parked =
+            match reasoning::resume(spec, &events).map_err(|e| anyhow::anyhow!("rebuilding {run}: {e}"))? {
                 Resumed::Parked(p) => p,
                 _ => bail!("{run} has approvals that timed out but is not parked"),
             };
-            let input = run_cmd::run_input(&events);
-            let desk = self.clone();
-            let run = run.to_owned();
-            let what = format!("continue {run}: timed-out approvals rejected");
-            tokio::spawn(async move {
-                let d = desk.clone();
-                let id = run.clone();
-                desk.continue_in_slot(&id, &agent, what, |cancel| async move {
-                    let write = Arc::new(tokio::sync::Mutex::new(()));
-                    let mut sink = match d.sink(&run, &write) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            d.release(&run);
-                            return Err(e);
-                        }
-                    };
-                    let work = async {
-                        for (call, why) in expired {
-                            eprintln!("stele up: {run}: {call} {why}");
-                            match driver
-                                .decide(parked, &call, false, "expired", &why, &mut sink)
-                                .await?
-                            {
-                                Stop::Parked(p) => parked = p,
-                                other => {
-                                    crate::context_cmd::learned_async(&knowledge, &other, &input).await;
-                                    return Ok(other);
-                                }
-                            }
-                        }
-                        Ok(Stop::Parked(parked))
-                    };
-                    d.guarded(&run, &def, &driver, &write, cancel, work).await
-                })
-                .await;
-            });
-            Ok(())
+        Ok(Some(Expiry {
+            def,
+            driver,
+            parked,
+            expired,
+            knowledge,
+            input: run_cmd::run_input(&events),
+        }))
+    }
+
+    /// Rejects a prepared, claimed run's timed-out approvals (approver
+    /// `expired`) and lets it go on until it settles or `cancel` fires.
+    async fn drive_expiry(&self, run: &str, expiry: Expiry, cancel: Cancel) -> Result<Settled> {
+        let Expiry {
+            def,
+            driver,
+            mut parked,
+            expired,
+            knowledge,
+            input,
+        } = expiry;
+        let write = Arc::new(tokio::sync::Mutex::new(()));
+        let mut sink = match self.sink(run, &write) {
+            Ok(s) => s,
+            Err(e) => {
+                self.release(run);
+                return Err(e);
+            }
+        };
+        let work = async {
+            for (call, why) in expired {
+                eprintln!("stele up: {run}: {call} {why}");
+                match driver
+                    .decide(parked, &call, false, "expired", &why, &mut sink)
+                    .await?
+                {
+                    Stop::Parked(p) => parked = p,
+                    other => {
+                        crate::context_cmd::learned_async(&knowledge, &other, &input).await;
+                        return Ok(other);
+                    }
+                }
+            }
+            Ok(Stop::Parked(parked))
+        };
+        self.guarded(run, &def, &driver, &write, cancel, work).await
+    }
+}
+
+/// A human's decision on a parked run's call.
+struct Decision {
+    run: String,
+    call: String,
+    approved: bool,
+    approver: String,
+    reason: String,
+}
+
+impl Decision {
+    /// The request its continuation's task records.
+    fn request(&self) -> TaskRequest {
+        TaskRequest::Decision {
+            run: self.run.clone(),
+            call: self.call.clone(),
+            approved: self.approved,
+            approver: self.approver.clone(),
+            reason: self.reason.clone(),
         }
     }
+}
+
+/// A parked run rebuilt for the rejection of its timed-out approvals.
+struct Expiry {
+    def: AgentDefinition,
+    driver: Driver,
+    parked: stele_engine::orga::AgentLoop<stele_engine::orga::AwaitingApproval>,
+    expired: Vec<(String, String)>,
+    knowledge: crate::context_cmd::Bridge,
+    input: String,
 }
 
 /// A scheduler slot a request holds: the task placed for it. The work

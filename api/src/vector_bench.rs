@@ -172,11 +172,14 @@ pub fn run(args: &BenchVectorsArgs) -> Result<ExitCode> {
     while done < args.n {
         let m = chunk.min(args.n - done);
         let rows: Vec<VectorRow> = (done..done + m)
-            .map(|i| VectorRow {
-                key: format!("bench/{i}"),
-                owner: "bench".into(),
-                memory_type: "semantic".into(),
-                vector: sample(&mut rng, &centers[rng.gen_range(0..centers.len())], spread),
+            .map(|i| {
+                let center = rng.gen_range(0..centers.len());
+                VectorRow {
+                    key: format!("bench/{i}"),
+                    owner: "bench".into(),
+                    memory_type: "semantic".into(),
+                    vector: sample(&mut rng, &centers[center], spread),
+                }
             })
             .collect();
         exact.upsert(rows.clone())?;
@@ -196,7 +199,8 @@ pub fn run(args: &BenchVectorsArgs) -> Result<ExitCode> {
     let mut exact_h = Histogram::<u64>::new(3)?;
     let mut recalls = Vec::with_capacity(args.queries);
     for _ in 0..args.queries {
-        let q = sample(&mut rng, &centers[rng.gen_range(0..centers.len())], spread);
+        let center = rng.gen_range(0..centers.len());
+        let q = sample(&mut rng, &centers[center], spread);
         let t = Instant::now();
         let truth = exact.search(&q, args.k, &[], &mut |_| true)?;
         exact_h.record(micros(t))?;

@@ -23,8 +23,9 @@
 //!   finishing it back to Ready (a Suspended agent whose queued task is
 //!   cancelled stays Suspended until it is placed again);
 //! - a request (a run started over HTTP, a parked run's continuation)
-//!   queues a task like any other ([`RuntimeCommand::Requested`]); after
-//!   it ends only a stop request applies to its agent;
+//!   queues a task like any other ([`RuntimeCommand::Requested`]), with a
+//!   `TaskRequested` saying what it asks as data; after it ends only a
+//!   stop request applies to its agent;
 //! - after a task ends: an agent asked to stop terminates; an ephemeral
 //!   agent terminates; a persistent one is restarted after a backoff of
 //!   1 s × 2^failures (at most 60 s); scheduled and event-driven agents wait
@@ -46,6 +47,7 @@ use std::time::Duration;
 use stele_journal::event::detached_event;
 use stele_journal::{
     AgentState, EventBody, EventRef, ProcessExit, RuntimeHost, Seq, StreamId, TaskOutcome, TaskPriority,
+    TaskRequest,
 };
 use stele_projections::scheduler::TaskState;
 use stele_projections::{AgentRegistry, ExecutionView, Projection, SchedulerView};
@@ -283,8 +285,9 @@ pub enum RuntimeCommand {
     Requested {
         /// The agent.
         agent: String,
-        /// What is asked (`run …`, `continue …`).
-        what: String,
+        /// What is asked: journaled as data (`TaskRequested`) and in words
+        /// in the trigger ([`request_words`]).
+        request: TaskRequest,
     },
     /// A task's process started.
     ProcessStarted {
@@ -708,7 +711,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Queues a task of `agent` for a request (see [`RuntimeCommand::Requested`]).
-    fn requested(&mut self, agent: &str, what: &str) -> Result<(), RuntimeRejection> {
+    fn requested(&mut self, agent: &str, request: TaskRequest) -> Result<(), RuntimeRejection> {
         if self.exec.admission_closed {
             return Err(RuntimeRejection::ShuttingDown);
         }
@@ -721,8 +724,30 @@ impl<'a> Batch<'a> {
                 task,
             });
         }
-        let trigger = format!("{}{what}", stele_projections::execution::REQUEST_TRIGGER);
-        self.enqueue(agent, trigger, None)
+        let trigger = format!(
+            "{}{}",
+            stele_projections::execution::REQUEST_TRIGGER,
+            request_words(&request)
+        );
+        let first = self.facts.len();
+        self.enqueue(agent, trigger, None)?;
+        let task = self.facts[first..]
+            .iter()
+            .find_map(|f| match &f.body {
+                EventBody::TaskQueued { task, .. } => Some(task.clone()),
+                _ => None,
+            })
+            .expect("an enqueue that succeeds queues a task");
+        self.emit(
+            scheduler::scheduler_stream(),
+            None,
+            EventBody::TaskRequested {
+                task,
+                agent: agent.to_owned(),
+                request: Box::new(request),
+            },
+        );
+        Ok(())
     }
 
     /// What happens to an agent after its task ended; after a requested
@@ -795,7 +820,7 @@ impl<'a> Batch<'a> {
                 }
                 Ok(())
             }
-            RuntimeCommand::Requested { agent, what } => self.requested(&agent, &what),
+            RuntimeCommand::Requested { agent, request } => self.requested(&agent, request),
             RuntimeCommand::ProcessStarted {
                 task,
                 pid,
@@ -1282,6 +1307,32 @@ fn outcome_name(o: TaskOutcome) -> &'static str {
         TaskOutcome::Failed => "failed",
         TaskOutcome::TimedOut => "timed out",
         TaskOutcome::Cancelled => "cancelled",
+    }
+}
+
+/// What a request asks, in words: the trigger of its task after
+/// `request ` (`run over HTTP: <input>`, `continue run-3: call-1 approved
+/// by alice (reason: fine)`, `continue run-3: timed-out approvals
+/// rejected`).
+#[must_use]
+pub fn request_words(request: &TaskRequest) -> String {
+    match request {
+        TaskRequest::Run { input } => format!("run over HTTP: {input}"),
+        TaskRequest::Decision {
+            run,
+            call,
+            approved,
+            approver,
+            reason,
+        } => {
+            let verdict = if *approved { "approved" } else { "rejected" };
+            if reason.is_empty() {
+                format!("continue {run}: {call} {verdict} by {approver}")
+            } else {
+                format!("continue {run}: {call} {verdict} by {approver} (reason: {reason})")
+            }
+        }
+        TaskRequest::Expiry { run } => format!("continue {run}: timed-out approvals rejected"),
     }
 }
 

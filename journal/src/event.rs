@@ -50,9 +50,9 @@ pub const CANONICAL_HEADER_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 2;
 pub use body::{
     AgentState, ArchivedAgentState, ArchivedBusEnvelope, ArchivedContextArchive, ArchivedContextItem,
     ArchivedEventBody, ArchivedProcessExit, ArchivedRuntimeHost, ArchivedSandboxExit, ArchivedSandboxStart,
-    ArchivedTaskOutcome, ArchivedTaskPriority, ArchivedToolList, ArchivedToolOffer, BusEnvelope,
-    ContextArchive, ContextItem, EventBody, ProcessExit, RuntimeHost, SandboxExit, SandboxStart, TaskOutcome,
-    TaskPriority, ToolList, ToolOffer,
+    ArchivedTaskOutcome, ArchivedTaskPriority, ArchivedTaskRequest, ArchivedToolList, ArchivedToolOffer,
+    BusEnvelope, ContextArchive, ContextItem, EventBody, ProcessExit, RuntimeHost, SandboxExit, SandboxStart,
+    TaskOutcome, TaskPriority, TaskRequest, ToolList, ToolOffer,
 };
 
 /// The size of the archived `EventBody` (the tag plus its largest
@@ -883,6 +883,53 @@ mod body {
             #[serde(flatten)]
             offered: Box<ToolList>,
         },
+        /// What a request asked of the task it queued (stream `scheduler`,
+        /// in the batch of the task's `TaskQueued`, whose trigger says the
+        /// same in words): the runtime does it from this when the task is
+        /// placed after a restart, when the requester is gone.
+        TaskRequested {
+            /// The task.
+            task: String,
+            /// The agent it runs.
+            agent: String,
+            /// What is asked (boxed: see [`ARCHIVED_BODY_BYTES`]).
+            #[serde(flatten)]
+            request: Box<TaskRequest>,
+        },
+    }
+
+    /// What a request asks of its task, as `TaskRequested` records it.
+    #[derive(
+        Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+    )]
+    #[rkyv(derive(Debug), attr(allow(missing_docs)))]
+    #[serde(tag = "request", rename_all = "snake_case")]
+    pub enum TaskRequest {
+        /// Begin a run of the task's agent (`POST /v1/runs`).
+        Run {
+            /// The run's input.
+            input: String,
+        },
+        /// Continue a parked run with a decision on one of its calls
+        /// (`POST /v1/runs/{id}/approve|reject`).
+        Decision {
+            /// The run.
+            run: String,
+            /// The call decided.
+            call: String,
+            /// Approved (else rejected).
+            approved: bool,
+            /// Who decided.
+            approver: String,
+            /// Why (may be empty).
+            reason: String,
+        },
+        /// Continue a parked run by rejecting its approvals that timed out
+        /// (approver `expired`).
+        Expiry {
+            /// The run.
+            run: String,
+        },
     }
 
     /// The tools offered to a model, as `ToolsOffered` records them.
@@ -1433,6 +1480,7 @@ kinds! {
     McpResourceRead => "mcp_resource_read",
     McpKeyDiscovered => "mcp_key_discovered",
     ToolsOffered => "tools_offered",
+    TaskRequested => "task_requested",
 }
 
 /// Which facts belong to a run, and through which field: one list makes
@@ -1490,6 +1538,7 @@ run_fields! {
         SandboxStarted,
         SandboxExited,
         SandboxReaped,
+        TaskRequested,
     ],
     run: [
         RunStarted,

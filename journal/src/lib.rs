@@ -33,7 +33,7 @@ mod writer;
 pub use error::{Error, Result};
 pub use event::{
     AgentState, ArchivedAgentState, ArchivedEventBody, Event, EventBody, EventRef, ProcessExit, RuntimeHost,
-    TaskOutcome, TaskPriority, ToolList, ToolOffer,
+    TaskOutcome, TaskPriority, TaskRequest, ToolList, ToolOffer,
 };
 pub use export::{BundleReport, Selection, verify_bundle};
 pub use head::HeadRecord;

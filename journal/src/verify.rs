@@ -448,7 +448,8 @@ fn check_body(
         | ArchivedEventBody::McpToolReturned { .. }
         | ArchivedEventBody::McpResourceRead { .. }
         | ArchivedEventBody::McpKeyDiscovered { .. }
-        | ArchivedEventBody::ToolsOffered { .. } => {}
+        | ArchivedEventBody::ToolsOffered { .. }
+        | ArchivedEventBody::TaskRequested { .. } => {}
     }
     if seq.0 == 1 && !matches!(e.body(), ArchivedEventBody::JournalOpened { .. }) {
         return Err(bad("the first event is not JournalOpened".into()));

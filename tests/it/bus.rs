@@ -26,6 +26,7 @@ use stele_engine::llm::ToolCall;
 use stele_engine::policy::PolicyGate;
 use stele_journal::{Append, ArchivedEventBody, EventBody, Journal, Options, Reader, Seq, StreamId};
 
+use crate::kill_on_drop::KillOnDrop;
 use crate::{TIMEOUT, run_bounded, stele};
 
 fn definition(name: &str, limits: &str) -> String {
@@ -140,6 +141,53 @@ async fn stop(bus: Bus, task: tokio::task::JoinHandle<()>) {
     task.await.expect("bus task");
 }
 
+/// The bus of instance `one` on `journal`, its keys in `dir`, under the
+/// fixture policies.
+async fn start_one(journal: &Journal, dir: &Path) -> (Bus, tokio::task::JoinHandle<()>) {
+    Bus::start(journal.clone(), dir, gate(), config("one"))
+        .await
+        .expect("start the bus")
+}
+
+/// Asserts that `e` is a rejection with `code`.
+fn assert_rejected(e: &BusError, code: RejectCode) {
+    assert!(
+        matches!(e, BusError::Rejected { code: c, .. } if *c == code),
+        "expected a rejection ({code:?}), got {e}"
+    );
+}
+
+/// The bus builtins of run `run` of `agent` (no other tools).
+fn bus_tools(bus: &Bus, agent: &str, run: &str) -> BusTools {
+    BusTools {
+        bus: bus.clone(),
+        agent: agent.into(),
+        run: run.into(),
+        inner: Arc::new(NoTools),
+    }
+}
+
+fn tool_call(id: String, name: &str, arguments: &str) -> ToolCall {
+    ToolCall {
+        id,
+        name: name.into(),
+        arguments: arguments.into(),
+    }
+}
+
+/// A copy of the policies of `fixtures/policies` in `dir/policies`.
+fn fixture_policies_in(dir: &Path) -> PathBuf {
+    let out = dir.join("policies");
+    std::fs::create_dir_all(&out).expect("policies dir");
+    for f in std::fs::read_dir(policies()).expect("fixtures/policies") {
+        let f = f.expect("entry").path();
+        if f.extension().is_some_and(|e| e == "cedar" || e == "cedarschema") {
+            std::fs::copy(&f, out.join(f.file_name().expect("name"))).expect("copy policy");
+        }
+    }
+    out
+}
+
 #[test]
 fn delivery_survives_a_restart_of_the_receiver_and_acks_are_final() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -147,9 +195,7 @@ fn delivery_survives_a_restart_of_the_receiver_and_acks_are_final() {
     let journal = open(dir.path());
     rt.block_on(async {
         register(&journal, &[("alice", ""), ("bob", "")]).await;
-        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
-            .await
-            .expect("start");
+        let (bus, task) = start_one(&journal, dir.path()).await;
         let mut ids = Vec::new();
         for i in 0..3 {
             let sent = bus
@@ -164,9 +210,7 @@ fn delivery_survives_a_restart_of_the_receiver_and_acks_are_final() {
     });
     let journal = open(dir.path());
     rt.block_on(async {
-        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
-            .await
-            .expect("restart");
+        let (bus, task) = start_one(&journal, dir.path()).await;
         let got = bus.receive("bob", 10).await.expect("receive");
         let texts: Vec<&str> = got.iter().map(|m| m.text.as_str()).collect();
         assert_eq!(texts, ["m0", "m1", "m2"], "everything delivered is still there");
@@ -188,9 +232,7 @@ fn delivery_survives_a_restart_of_the_receiver_and_acks_are_final() {
     });
     let journal = open(dir.path());
     rt.block_on(async {
-        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
-            .await
-            .expect("restart");
+        let (bus, task) = start_one(&journal, dir.path()).await;
         let texts: Vec<String> = bus
             .receive("bob", 10)
             .await
@@ -214,9 +256,7 @@ fn requests_answer_and_time_out_with_a_journaled_expiry() {
     let journal = open(dir.path());
     rt().block_on(async {
         register(&journal, &[("alice", ""), ("bob", "")]).await;
-        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
-            .await
-            .expect("start");
+        let (bus, task) = start_one(&journal, dir.path()).await;
         // Answered.
         let responder = bus.clone();
         let answering = tokio::spawn(async move {
@@ -257,16 +297,7 @@ fn requests_answer_and_time_out_with_a_journaled_expiry() {
             .respond("bob", &request, b"too late".to_vec())
             .await
             .expect_err("the request is closed");
-        assert!(
-            matches!(
-                late,
-                BusError::Rejected {
-                    code: RejectCode::Expired,
-                    ..
-                }
-            ),
-            "{late}"
-        );
+        assert_rejected(&late, RejectCode::Expired);
         stop(bus, task).await;
         let evs = events(&journal.reader());
         assert!(
@@ -290,14 +321,7 @@ fn requests_answer_and_time_out_with_a_journaled_expiry() {
 #[test]
 fn the_gate_denies_each_builtin_before_a_message_exists() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pol = dir.path().join("policies");
-    std::fs::create_dir_all(&pol).expect("mkdir");
-    for f in std::fs::read_dir(policies()).expect("fixtures") {
-        let f = f.expect("entry").path();
-        if f.extension().is_some_and(|e| e == "cedar" || e == "cedarschema") {
-            std::fs::copy(&f, pol.join(f.file_name().expect("name"))).expect("copy");
-        }
-    }
+    let pol = fixture_policies_in(dir.path());
     let mut forbid = String::new();
     for b in stele_engine::bus::BUILTINS {
         forbid.push_str(&format!(
@@ -312,12 +336,7 @@ fn the_gate_denies_each_builtin_before_a_message_exists() {
         let (bus, task) = Bus::start(journal.clone(), &dir.path().join("j"), gate, config("one"))
             .await
             .expect("start");
-        let tools = BusTools {
-            bus: bus.clone(),
-            agent: "alice".into(),
-            run: "run-1".into(),
-            inner: Arc::new(NoTools),
-        };
+        let tools = bus_tools(&bus, "alice", "run-1");
         let calls = [
             ("send_to", r#"{"agent":"bob","message":"hi"}"#),
             ("ask", r#"{"agent":"bob","question":"q","timeout_ms":500}"#),
@@ -332,11 +351,7 @@ fn the_gate_denies_each_builtin_before_a_message_exists() {
             ),
         ];
         for (name, arguments) in calls {
-            let call = ToolCall {
-                id: format!("call-{name}"),
-                name: name.into(),
-                arguments: arguments.into(),
-            };
+            let call = tool_call(format!("call-{name}"), name, arguments);
             let result = tools.call(&call).await;
             let text = match &result {
                 Ok(t) | Err(t) => t.clone(),
@@ -518,9 +533,7 @@ fn parallel_returns_every_answer_and_race_the_first() {
     let journal = open(dir.path());
     rt().block_on(async {
         register(&journal, &[("lead", ""), ("fast", ""), ("slow", ""), ("mute", "")]).await;
-        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
-            .await
-            .expect("start");
+        let (bus, task) = start_one(&journal, dir.path()).await;
         let answer = |agent: &'static str, delay_ms: u64, rounds: usize| {
             let bus = bus.clone();
             tokio::spawn(async move {
@@ -536,17 +549,8 @@ fn parallel_returns_every_answer_and_race_the_first() {
         };
         let fast = answer("fast", 0, 2);
         let slow = answer("slow", 300, 2);
-        let tools = BusTools {
-            bus: bus.clone(),
-            agent: "lead".into(),
-            run: "run-9".into(),
-            inner: Arc::new(NoTools),
-        };
-        let call = |name: &str, args: &str| ToolCall {
-            id: format!("c-{name}"),
-            name: name.into(),
-            arguments: args.into(),
-        };
+        let tools = bus_tools(&bus, "lead", "run-9");
+        let call = |name: &str, args: &str| tool_call(format!("c-{name}"), name, args);
         let requests = r#"[{"agent":"fast","question":"q"},{"agent":"slow","question":"q"},{"agent":"mute","question":"q"}]"#;
         let all = tools
             .call(&call("parallel", &format!(r#"{{"requests":{requests},"timeout_ms":1500}}"#)))
@@ -585,9 +589,7 @@ fn topics_deliver_by_wildcard() {
     let journal = open(dir.path());
     rt().block_on(async {
         register(&journal, &[("pub", ""), ("bob", ""), ("carol", "")]).await;
-        let (bus, task) = Bus::start(journal.clone(), dir.path(), gate(), config("one"))
-            .await
-            .expect("start");
+        let (bus, task) = start_one(&journal, dir.path()).await;
         bus.subscribe("bob", "a.*.c", true).await.expect("subscribe");
         bus.subscribe("carol", "a.>", true).await.expect("subscribe");
         assert!(bus.subscribe("carol", "a.>.c", true).await.is_err());
@@ -653,16 +655,7 @@ fn a_sender_waits_for_room_in_a_full_mailbox_first_come_first_served() {
             .send(out("alice", "bob", Pattern::Direct, "refused"))
             .await
             .expect_err("full");
-        assert!(
-            matches!(
-                e,
-                BusError::Rejected {
-                    code: RejectCode::MailboxFull,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert_rejected(&e, RejectCode::MailboxFull);
         // Two waiting senders, alice's first.
         let wait = Duration::from_secs(60);
         let b2 = bus.clone();
@@ -703,16 +696,7 @@ fn a_sender_waits_for_room_in_a_full_mailbox_first_come_first_served() {
             )
             .await
             .expect_err("still full at the deadline");
-        assert!(
-            matches!(
-                e,
-                BusError::Rejected {
-                    code: RejectCode::MailboxFull,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert_rejected(&e, RejectCode::MailboxFull);
         let s = bus.stats().await.expect("stats");
         assert_eq!(s["waiting"], 0, "{s}");
         stop(bus, task).await;
@@ -847,15 +831,76 @@ fn nats_url() -> String {
     std::env::var("STELE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
+/// A `stele up` of instance `name`, its journal in `data`, its config `cfg`.
 struct Daemon {
-    child: std::process::Child,
+    /// `stele up`, stopped when the daemon is dropped.
+    _child: KillOnDrop,
+    name: String,
     data: PathBuf,
+    cfg: PathBuf,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Daemon {
+    /// A `stele` command against this daemon's data and config.
+    fn cli(&self, args: &[&str]) -> crate::Run {
+        cli(&self.data, &self.cfg, args)
+    }
+
+    /// `stele bus recv --agent bob --wait 15s --json` (with `--ack` if
+    /// `ack`), which must succeed: the messages.
+    fn recv_bob(&self, ack: bool) -> serde_json::Value {
+        let mut args = vec!["bus", "recv", "--agent", "bob", "--wait", "15s", "--json"];
+        if ack {
+            args.push("--ack");
+        }
+        let r = self.cli(&args);
+        assert_eq!(r.code, Some(0), "{r:?}");
+        serde_json::from_str(&r.stdout).expect("json")
+    }
+}
+
+/// Fails loudly unless the shared NATS server (`STELE_TEST_NATS`) answers.
+fn require_nats() {
+    let url = nats_url();
+    if std::net::TcpStream::connect(url.trim_start_matches("nats://")).is_err() {
+        panic!(
+            "NATS at {url} is unreachable: this test needs `nats-server -js` \
+             (scripts/test.sh starts one; or set STELE_TEST_NATS)"
+        );
+    }
+}
+
+/// Two `stele up` daemons on NATS in `root`, `{prefix_a}{pid}` with agent
+/// alice and `{prefix_b}{pid}` with agent bob (and `b_extra` in its
+/// `[bus]`), each pinning the other's bus key, made before they start.
+fn two_daemons(root: &Path, prefix_a: &str, prefix_b: &str, b_extra: &str) -> (Daemon, Daemon) {
+    require_nats();
+    let (na, nb) = (
+        format!("{prefix_a}{}", std::process::id()),
+        format!("{prefix_b}{}", std::process::id()),
+    );
+    let key_of = |name: &str| {
+        let r = run_bounded(&["--data", root.join(name).to_str().expect("utf-8"), "bus", "key"]);
+        assert_eq!(r.code, Some(0), "bus key: {r:?}");
+        r.stdout.trim().to_owned()
+    };
+    let (ka, kb) = (key_of(&na), key_of(&nb));
+    let a = start_up(root, &na, &nb, &kb, "alice");
+    let b = start_up_with(root, &nb, &na, &ka, "bob", b_extra);
+    (a, b)
+}
+
+/// `stele down` of both daemons, then both journals verify.
+fn down_and_verify(daemons: [Daemon; 2]) {
+    for d in &daemons {
+        let r = d.cli(&["down"]);
+        assert_eq!(r.code, Some(0), "down: {r:?}");
+    }
+    let journals: Vec<(String, PathBuf)> = daemons.iter().map(|d| (d.name.clone(), d.data.clone())).collect();
+    drop(daemons);
+    for (name, data) in journals {
+        let r = run_bounded(&["--data", data.to_str().expect("utf-8"), "journal", "verify"]);
+        assert_eq!(r.code, Some(0), "verify {name}: {r:?}");
     }
 }
 
@@ -870,7 +915,7 @@ fn cli(data: &Path, cfg: &Path, args: &[&str]) -> crate::Run {
     run_bounded(&all)
 }
 
-fn start_up(root: &Path, name: &str, peer: &str, peer_key: &str, agent: &str) -> (Daemon, PathBuf) {
+fn start_up(root: &Path, name: &str, peer: &str, peer_key: &str, agent: &str) -> Daemon {
     start_up_with(root, name, peer, peer_key, agent, "")
 }
 
@@ -882,7 +927,7 @@ fn start_up_with(
     peer_key: &str,
     agent: &str,
     bus_extra: &str,
-) -> (Daemon, PathBuf) {
+) -> Daemon {
     let data = root.join(name);
     let agents = root.join(format!("{name}-agents"));
     std::fs::create_dir_all(&agents).expect("mkdir");
@@ -910,8 +955,10 @@ fn start_up_with(
         .spawn()
         .expect("spawn stele up");
     let d = Daemon {
-        child,
+        _child: KillOnDrop(child),
+        name: name.to_owned(),
         data: data.clone(),
+        cfg,
     };
     let deadline = std::time::Instant::now() + TIMEOUT;
     while !data.join("bus.sock").exists() {
@@ -921,71 +968,37 @@ fn start_up_with(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (d, cfg)
+    d
 }
 
 #[test]
 fn two_instances_exchange_signed_encrypted_messages_over_nats() {
-    let url = nats_url();
-    if std::net::TcpStream::connect(url.trim_start_matches("nats://")).is_err() {
-        panic!(
-            "NATS at {url} is unreachable: this test needs `nats-server -js` \
-             (scripts/test.sh starts one; or set STELE_TEST_NATS)"
-        );
-    }
     let root = tempfile::tempdir().expect("tempdir");
-    let (na, nb) = (
-        format!("a{}", std::process::id()),
-        format!("b{}", std::process::id()),
-    );
     // Each instance's bus identity, made before it starts, pinned by the other.
-    let key_of = |name: &str| {
-        let r = run_bounded(&[
-            "--data",
-            root.path().join(name).to_str().expect("utf-8"),
-            "bus",
-            "key",
-        ]);
-        assert_eq!(r.code, Some(0), "bus key: {r:?}");
-        r.stdout.trim().to_owned()
-    };
-    let (ka, kb) = (key_of(&na), key_of(&nb));
-    let (a, cfg_a) = start_up(root.path(), &na, &nb, &kb, "alice");
-    let (b, cfg_b) = start_up(root.path(), &nb, &na, &ka, "bob");
+    let (a, b) = two_daemons(root.path(), "a", "b", "");
+    let (na, nb) = (a.name.clone(), b.name.clone());
 
     // A direct message, durable through JetStream.
     let bob = format!("bob@{nb}");
-    let r = cli(
-        &a.data,
-        &cfg_a,
-        &[
-            "bus",
-            "send",
-            "--from",
-            "alice",
-            "--to",
-            &bob,
-            "hello bob",
-            "--json",
-        ],
-    );
+    let r = a.cli(&[
+        "bus",
+        "send",
+        "--from",
+        "alice",
+        "--to",
+        &bob,
+        "hello bob",
+        "--json",
+    ]);
     assert_eq!(r.code, Some(0), "{r:?}");
-    let r = cli(
-        &b.data,
-        &cfg_b,
-        &[
-            "bus", "recv", "--agent", "bob", "--wait", "15s", "--ack", "--json",
-        ],
-    );
-    assert_eq!(r.code, Some(0), "{r:?}");
-    let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let got = b.recv_bob(true);
     assert_eq!(got[0]["text"], "hello bob", "{got}");
     assert_eq!(got[0]["from"], format!("alice@{na}"));
     let remote_hash = got[0]["remote_hash"].as_str().expect("hash").to_owned();
 
     // A request over request/reply, answered on b.
     let asker = {
-        let (data, cfg, bob) = (a.data.clone(), cfg_a.clone(), bob.clone());
+        let (data, cfg, bob) = (a.data.clone(), a.cfg.clone(), bob.clone());
         std::thread::spawn(move || {
             cli(
                 &data,
@@ -1005,28 +1018,19 @@ fn two_instances_exchange_signed_encrypted_messages_over_nats() {
             )
         })
     };
-    let r = cli(
-        &b.data,
-        &cfg_b,
-        &["bus", "recv", "--agent", "bob", "--wait", "15s", "--json"],
-    );
-    let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let got = b.recv_bob(false);
     assert_eq!(got[0]["pattern"], "request", "{got}");
     let request = got[0]["id"].as_str().expect("id").to_owned();
-    let r = cli(
-        &b.data,
-        &cfg_b,
-        &[
-            "bus",
-            "reply",
-            "--agent",
-            "bob",
-            "--request",
-            &request,
-            "noon",
-            "--json",
-        ],
-    );
+    let r = b.cli(&[
+        "bus",
+        "reply",
+        "--agent",
+        "bob",
+        "--request",
+        &request,
+        "noon",
+        "--json",
+    ]);
     assert_eq!(r.code, Some(0), "{r:?}");
     let asked = asker.join().expect("asker");
     assert_eq!(asked.code, Some(0), "{asked:?}");
@@ -1035,30 +1039,14 @@ fn two_instances_exchange_signed_encrypted_messages_over_nats() {
 
     // A publish to b's topic: b verifies it, gates it, and delivers it to
     // its subscribers.
-    let r = cli(
-        &b.data,
-        &cfg_b,
-        &["bus", "subscribe", "--agent", "bob", "orders.*"],
-    );
+    let r = b.cli(&["bus", "subscribe", "--agent", "bob", "orders.*"]);
     assert_eq!(r.code, Some(0), "{r:?}");
     let topic = format!("orders.eu@{nb}");
-    let r = cli(
-        &a.data,
-        &cfg_a,
-        &[
-            "bus", "publish", "--from", "alice", "--topic", &topic, "--wait", "2s", "order 42", "--json",
-        ],
-    );
+    let r = a.cli(&[
+        "bus", "publish", "--from", "alice", "--topic", &topic, "--wait", "2s", "order 42", "--json",
+    ]);
     assert_eq!(r.code, Some(0), "{r:?}");
-    let r = cli(
-        &b.data,
-        &cfg_b,
-        &[
-            "bus", "recv", "--agent", "bob", "--wait", "15s", "--ack", "--json",
-        ],
-    );
-    assert_eq!(r.code, Some(0), "{r:?}");
-    let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let got = b.recv_bob(true);
     let published = got
         .as_array()
         .expect("array")
@@ -1072,31 +1060,10 @@ fn two_instances_exchange_signed_encrypted_messages_over_nats() {
     let publish_hash = published["remote_hash"].as_str().expect("hash").to_owned();
 
     // The receipt of the direct message reaches a (its MessageDelivered names b's event).
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let r = cli(&a.data, &cfg_a, &["bus", "stats", "--json"]);
-        let s: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
-        if s["delivered"].as_u64().unwrap_or(0) >= 3 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no receipt from {nb}: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for (d, cfg) in [(&a, &cfg_a), (&b, &cfg_b)] {
-        let r = cli(&d.data, cfg, &["down"]);
-        assert_eq!(r.code, Some(0), "down: {r:?}");
-    }
-    drop(a);
-    drop(b);
-    for name in [&na, &nb] {
-        let r = run_bounded(&[
-            "--data",
-            root.path().join(name).to_str().expect("utf-8"),
-            "journal",
-            "verify",
-        ]);
-        assert_eq!(r.code, Some(0), "verify {name}: {r:?}");
-    }
+    until_stats_say(&a, &format!("no receipt from {nb}"), |s| {
+        s["delivered"].as_u64().unwrap_or(0) >= 3
+    });
+    down_and_verify([a, b]);
     // The hop is in both journals: b recorded a's event hash, a recorded b's.
     let ra = Reader::open(root.path().join(&na)).expect("reader a");
     let sent_hash = ra
@@ -1136,63 +1103,44 @@ fn two_instances_exchange_signed_encrypted_messages_over_nats() {
 }
 
 /// `stele bus stats --json` of a daemon.
-fn bus_stats(d: &Daemon, cfg: &Path) -> serde_json::Value {
-    let r = cli(&d.data, cfg, &["bus", "stats", "--json"]);
+fn bus_stats(d: &Daemon) -> serde_json::Value {
+    let r = d.cli(&["bus", "stats", "--json"]);
     assert_eq!(r.code, Some(0), "bus stats: {r:?}");
     serde_json::from_str(&r.stdout).expect("stats JSON")
 }
 
 /// Waits until `pick` of a daemon's bus stats is `n`.
-fn until_stats(d: &Daemon, cfg: &Path, what: &str, pick: impl Fn(&serde_json::Value) -> u64, n: u64) {
+fn until_stats(d: &Daemon, what: &str, pick: impl Fn(&serde_json::Value) -> u64, n: u64) {
+    until_stats_say(d, &format!("{what} never became {n}"), |s| pick(s) == n);
+}
+
+/// Waits until a daemon's bus stats satisfy `done`; fails with `otherwise`
+/// and the last stats after [`TIMEOUT`].
+fn until_stats_say(d: &Daemon, otherwise: &str, done: impl Fn(&serde_json::Value) -> bool) {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        let s = bus_stats(d, cfg);
-        if pick(&s) == n {
+        let s = bus_stats(d);
+        if done(&s) {
             return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} never became {n}: {s}"
-        );
+        assert!(std::time::Instant::now() < deadline, "{otherwise}: {s}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 #[test]
 fn a_full_mailbox_holds_back_messages_from_a_peer_in_order_until_there_is_room() {
-    let url = nats_url();
-    if std::net::TcpStream::connect(url.trim_start_matches("nats://")).is_err() {
-        panic!(
-            "NATS at {url} is unreachable: this test needs `nats-server -js` \
-             (scripts/test.sh starts one; or set STELE_TEST_NATS)"
-        );
-    }
     let root = tempfile::tempdir().expect("tempdir");
     // Names of their own: the other two-instance test runs in this process.
-    let (na, nb) = (
-        format!("fulla{}", std::process::id()),
-        format!("fullb{}", std::process::id()),
-    );
-    let key_of = |name: &str| {
-        let r = run_bounded(&[
-            "--data",
-            root.path().join(name).to_str().expect("utf-8"),
-            "bus",
-            "key",
-        ]);
-        assert_eq!(r.code, Some(0), "bus key: {r:?}");
-        r.stdout.trim().to_owned()
-    };
-    let (ka, kb) = (key_of(&na), key_of(&nb));
-    let (a, cfg_a) = start_up(root.path(), &na, &nb, &kb, "alice");
-    let (b, cfg_b) = start_up_with(root.path(), &nb, &na, &ka, "bob", "mailbox_capacity = 1\n");
+    let (a, b) = two_daemons(root.path(), "fulla", "fullb", "mailbox_capacity = 1\n");
+    let (na, nb) = (a.name.clone(), b.name.clone());
     let bob = format!("bob@{nb}");
     let send = |text: &str, ttl: Option<&str>| {
         let mut args = vec!["bus", "send", "--from", "alice", "--to", &bob, text, "--json"];
         if let Some(t) = ttl {
             args.extend(["--ttl", t]);
         }
-        let r = cli(&a.data, &cfg_a, &args);
+        let r = a.cli(&args);
         assert_eq!(r.code, Some(0), "send {text}: {r:?}");
     };
     let depth = |s: &serde_json::Value| s["mailboxes"]["bob"].as_u64().unwrap_or(0);
@@ -1209,9 +1157,9 @@ fn a_full_mailbox_holds_back_messages_from_a_peer_in_order_until_there_is_room()
     for text in ["one", "two", "three"] {
         send(text, None);
     }
-    until_stats(&b, &cfg_b, "bob's mailbox on b", depth, 1);
-    until_stats(&a, &cfg_a, "a's receipts", field("delivered"), 1);
-    let (sa, sb) = (bus_stats(&a, &cfg_a), bus_stats(&b, &cfg_b));
+    until_stats(&b, "bob's mailbox on b", depth, 1);
+    until_stats(&a, "a's receipts", field("delivered"), 1);
+    let (sa, sb) = (bus_stats(&a), bus_stats(&b));
     assert_eq!(depth(&sb), 1, "b holds the others back: {sb}");
     assert_eq!(sb["received_remote"], 1, "{sb}");
     assert_eq!(rejected(&sb), 0, "nothing is refused for a full mailbox: {sb}");
@@ -1219,15 +1167,7 @@ fn a_full_mailbox_holds_back_messages_from_a_peer_in_order_until_there_is_room()
     assert_eq!(sa["delivered"], 1, "{sa}");
     // As bob acknowledges, the next one comes, in the order they were sent.
     for text in ["one", "two", "three"] {
-        let r = cli(
-            &b.data,
-            &cfg_b,
-            &[
-                "bus", "recv", "--agent", "bob", "--wait", "15s", "--ack", "--json",
-            ],
-        );
-        assert_eq!(r.code, Some(0), "{r:?}");
-        let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+        let got = b.recv_bob(true);
         let texts: Vec<&str> = got
             .as_array()
             .expect("array")
@@ -1236,32 +1176,18 @@ fn a_full_mailbox_holds_back_messages_from_a_peer_in_order_until_there_is_room()
             .collect();
         assert_eq!(texts, [text], "{got}");
     }
-    until_stats(&a, &cfg_a, "a's receipts", field("delivered"), 3);
-    assert_eq!(rejected(&bus_stats(&b, &cfg_b)), 0);
+    until_stats(&a, "a's receipts", field("delivered"), 3);
+    assert_eq!(rejected(&bus_stats(&b)), 0);
 
     // The bound: a message that would expire before its next delivery is
     // refused then, journaled as mailbox_full, saying it was held back.
     send("four", None);
-    until_stats(&b, &cfg_b, "bob's mailbox on b", depth, 1);
+    until_stats(&b, "bob's mailbox on b", depth, 1);
     send("five", Some("2s"));
-    until_stats(&b, &cfg_b, "refusals on b", rejected, 1);
-    assert_eq!(depth(&bus_stats(&b, &cfg_b)), 1);
+    until_stats(&b, "refusals on b", rejected, 1);
+    assert_eq!(depth(&bus_stats(&b)), 1);
 
-    for (d, cfg) in [(&a, &cfg_a), (&b, &cfg_b)] {
-        let r = cli(&d.data, cfg, &["down"]);
-        assert_eq!(r.code, Some(0), "down: {r:?}");
-    }
-    drop(a);
-    drop(b);
-    for name in [&na, &nb] {
-        let r = run_bounded(&[
-            "--data",
-            root.path().join(name).to_str().expect("utf-8"),
-            "journal",
-            "verify",
-        ]);
-        assert_eq!(r.code, Some(0), "verify {name}: {r:?}");
-    }
+    down_and_verify([a, b]);
     let rb = Reader::open(root.path().join(&nb)).expect("reader b");
     let refusals: Vec<serde_json::Value> = events(&rb)
         .into_iter()
@@ -1286,14 +1212,7 @@ fn a_full_mailbox_holds_back_messages_from_a_peer_in_order_until_there_is_room()
 /// Policies of `fixtures/policies` plus one that lets reasoning runs call
 /// the bus builtins, in `dir`.
 fn policies_with_builtins(dir: &Path) -> PathBuf {
-    let out = dir.join("policies");
-    std::fs::create_dir_all(&out).expect("policies dir");
-    for f in std::fs::read_dir(policies()).expect("fixtures/policies") {
-        let f = f.expect("entry").path();
-        if f.extension().is_some_and(|e| e == "cedar" || e == "cedarschema") {
-            std::fs::copy(&f, out.join(f.file_name().expect("name"))).expect("copy policy");
-        }
-    }
+    let out = fixture_policies_in(dir);
     std::fs::write(
         out.join("builtins.cedar"),
         "@id(\"runs-message-agents\")\npermit (principal, action == Action::\"invoke_tool\", resource)\nwhen { resource == Tool::\"send_to\" || resource == Tool::\"ask\" };\n",

@@ -108,6 +108,24 @@ fn bodies(j: &Journal) -> Vec<EventBody> {
         .collect()
 }
 
+/// Stores [`item`] `id` for `r` through the service.
+fn store(e: &Env, r: &Requester, id: &str, t: MemoryType, level: AccessLevel, content: &str) {
+    e.rt.block_on(e.svc.store(r, item(id, t, level, content)))
+        .expect("store");
+}
+
+/// The context store folded afresh from `e`'s journal, up to its head.
+fn fold(e: &Env) -> ContextStore {
+    let reader = e.journal.reader();
+    state_at::<ContextStore>(
+        &reader,
+        &SnapshotStore::new(&e.dir.path().join("data")),
+        reader.head().seq,
+    )
+    .expect("fold")
+    .state
+}
+
 #[test]
 fn every_operation_is_a_fact_and_the_fold_follows_it() {
     let e = env();
@@ -137,14 +155,7 @@ fn every_operation_is_a_fact_and_the_fold_follows_it() {
     let hits = keys(&e, &alice, "cache node", Mode::Keyword);
     assert_eq!(hits, vec!["alice/m-1"]);
 
-    let reader = e.journal.reader();
-    let store = state_at::<ContextStore>(
-        &reader,
-        &SnapshotStore::new(&e.dir.path().join("data")),
-        reader.head().seq,
-    )
-    .expect("fold")
-    .state;
+    let store = fold(&e);
     let it = store.item("alice", "m-1").expect("item");
     assert_eq!(it.content, "the cache lives on node 9");
     assert_eq!(it.memory_type, "semantic");
@@ -207,11 +218,14 @@ fn bad_input_is_refused_with_what_and_where() {
     bad_id.id = Some("ok".into());
     bad_id.content = "  ".into();
     assert!(err(e.rt.block_on(e.svc.store(&alice, bad_id))).contains("content: it is empty"));
-    e.rt.block_on(e.svc.store(
+    store(
+        &e,
         &alice,
-        item("x", MemoryType::Working, AccessLevel::Restricted, "once"),
-    ))
-    .expect("store");
+        "x",
+        MemoryType::Working,
+        AccessLevel::Restricted,
+        "once",
+    );
     assert!(
         err(e.rt.block_on(e.svc.store(
             &alice,
@@ -254,16 +268,14 @@ fn an_agent_never_sees_what_it_may_not_read() {
         ("conf", AccessLevel::Confidential),
         ("sec", AccessLevel::Secret),
     ] {
-        e.rt.block_on(e.svc.store(
+        store(
+            &e,
             &alice,
-            item(
-                id,
-                MemoryType::LongTerm,
-                level,
-                &format!("zebra migration notes, {id} level"),
-            ),
-        ))
-        .expect("store");
+            id,
+            MemoryType::LongTerm,
+            level,
+            &format!("zebra migration notes, {id} level"),
+        );
     }
     let all_modes = |r: &Requester| -> Vec<Vec<String>> {
         [Mode::Keyword, Mode::Similarity, Mode::Hybrid, Mode::Temporal]
@@ -345,49 +357,41 @@ fn an_agent_never_sees_what_it_may_not_read() {
 fn archive_cuts_at_a_time_and_retention_is_per_type() {
     let e = env();
     let alice = who("alice", "normal");
-    e.rt.block_on(e.svc.store(
+    store(
+        &e,
         &alice,
-        item(
-            "old",
-            MemoryType::Episodic,
-            AccessLevel::Restricted,
-            "first deploy",
-        ),
-    ))
-    .expect("store");
+        "old",
+        MemoryType::Episodic,
+        AccessLevel::Restricted,
+        "first deploy",
+    );
     std::thread::sleep(std::time::Duration::from_millis(20));
     let cut = e.rt.block_on(e.svc.live()).store.last_ms + 5;
     std::thread::sleep(std::time::Duration::from_millis(20));
-    e.rt.block_on(e.svc.store(
+    store(
+        &e,
         &alice,
-        item(
-            "new",
-            MemoryType::Episodic,
-            AccessLevel::Restricted,
-            "second deploy",
-        ),
-    ))
-    .expect("store");
-    e.rt.block_on(e.svc.store(
+        "new",
+        MemoryType::Episodic,
+        AccessLevel::Restricted,
+        "second deploy",
+    );
+    store(
+        &e,
         &alice,
-        item(
-            "chat",
-            MemoryType::ShortTerm,
-            AccessLevel::Restricted,
-            "hello there",
-        ),
-    ))
-    .expect("store");
-    e.rt.block_on(e.svc.store(
+        "chat",
+        MemoryType::ShortTerm,
+        AccessLevel::Restricted,
+        "hello there",
+    );
+    store(
+        &e,
         &alice,
-        item(
-            "facts",
-            MemoryType::LongTerm,
-            AccessLevel::Restricted,
-            "pi is 3.14",
-        ),
-    ))
-    .expect("store");
+        "facts",
+        MemoryType::LongTerm,
+        AccessLevel::Restricted,
+        "pi is 3.14",
+    );
     assert_eq!(
         e.rt.block_on(e.svc.archive(&alice, Some(cut), NOW))
             .expect("archive"),
@@ -427,16 +431,14 @@ fn importance_comes_from_journaled_facts_only() {
     let e = env();
     let alice = who("alice", "normal");
     for id in ["a", "b"] {
-        e.rt.block_on(e.svc.store(
+        store(
+            &e,
             &alice,
-            item(
-                id,
-                MemoryType::Episodic,
-                AccessLevel::Restricted,
-                "same words here",
-            ),
-        ))
-        .expect("store");
+            id,
+            MemoryType::Episodic,
+            AccessLevel::Restricted,
+            "same words here",
+        );
     }
     let scoring = Scoring::default();
     let score = |id: &str, now: u64| {
@@ -466,14 +468,7 @@ fn importance_comes_from_journaled_facts_only() {
     let r1 = scoring.recency(it, it.stored_ms + week);
     assert!((r0 - 1.0).abs() < 1e-9 && (r1 - 0.5).abs() < 1e-9, "{r0} {r1}");
     // The same journal folded again gives the same scores.
-    let reader = e.journal.reader();
-    let refolded = state_at::<ContextStore>(
-        &reader,
-        &SnapshotStore::new(&e.dir.path().join("data")),
-        reader.head().seq,
-    )
-    .expect("fold")
-    .state;
+    let refolded = fold(&e);
     for id in ["a", "b"] {
         let x = refolded.item("alice", id).expect("item");
         assert_eq!(
@@ -835,6 +830,73 @@ pub(crate) fn ok_json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
+/// Asserts that a `stele` call succeeded, showing its output if not.
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The JSON report of a `stele run` (or `approve`) that parked its run
+/// for an approval (exit status 3).
+fn parked_report(out: &std::process::Output) -> Value {
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the write parks: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// `stele context store librarian TEXT`: knowledge a run will recall.
+fn store_knowledge(data: &Path, text: &str) {
+    ok_json(&cli(data, &["context", "store", "librarian", text, "--json"]));
+}
+
+/// `stele run AGENT --input INPUT --json`, which must succeed: its report.
+fn run_agent(data: &Path, agent: &Path, input: &str) -> Value {
+    ok_json(&cli(
+        data,
+        &["run", agent.to_str().expect("utf8"), "--input", input, "--json"],
+    ))
+}
+
+/// The librarian's episodic memory (`stele context show --type episodic`).
+fn episodic(data: &Path) -> Value {
+    ok_json(&cli(
+        data,
+        &["context", "show", "librarian", "--type", "episodic", "--json"],
+    ))
+}
+
+/// The tools `fixtures/context/librarian.toml` offers.
+const LIBRARIAN_TOOLS: &str = "[\"recall_knowledge\", \"store_knowledge\", \"read_file\"]";
+
+/// `fixtures/context/librarian.toml` written to `dir`, working in `ws` on
+/// the scripted answers of `script`, offered `tools`.
+fn librarian(dir: &Path, ws: &Path, script: &Path, tools: &str) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("fixtures/context/librarian.toml"))
+        .expect("fixture")
+        .replace(
+            "workspace = \"stele-workspace\"",
+            &format!("workspace = {:?}", ws.display().to_string()),
+        )
+        .replace(
+            "script = \"fixtures/context/knowledge.json\"",
+            &format!("script = {:?}", script.display().to_string()),
+        )
+        .replace(&format!("tools = {LIBRARIAN_TOOLS}"), &format!("tools = {tools}"));
+    assert!(text.contains(&format!("tools = {tools}")), "{text}");
+    let agent = dir.join("librarian.toml");
+    std::fs::write(&agent, text).expect("agent");
+    agent
+}
+
 #[test]
 fn the_cli_stores_searches_shares_archives_and_at_shows_any_seq() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -929,54 +991,17 @@ fn the_knowledge_bridge_stores_and_recalls_in_a_scripted_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     // Knowledge the run will recall.
-    ok_json(&cli(
-        &data,
-        &[
-            "context",
-            "store",
-            "librarian",
-            "Database backups are kept for thirty days.",
-            "--json",
-        ],
-    ));
-    let agent = dir.path().join("librarian.toml");
-    let text = std::fs::read_to_string(root().join("fixtures/context/librarian.toml"))
-        .expect("fixture")
-        .replace(
-            "workspace = \"stele-workspace\"",
-            &format!("workspace = {:?}", dir.path().join("ws").display().to_string()),
-        )
-        .replace(
-            "script = \"fixtures/context/knowledge.json\"",
-            &format!(
-                "script = {:?}",
-                root()
-                    .join("fixtures/context/knowledge.json")
-                    .display()
-                    .to_string()
-            ),
-        );
-    std::fs::write(&agent, text).expect("agent");
-    let run = ok_json(&cli(
-        &data,
-        &[
-            "run",
-            agent.to_str().expect("utf8"),
-            "--input",
-            "where is staging?",
-            "--json",
-        ],
-    ));
+    store_knowledge(&data, "Database backups are kept for thirty days.");
+    let agent = librarian(
+        dir.path(),
+        &dir.path().join("ws"),
+        &root().join("fixtures/context/knowledge.json"),
+        LIBRARIAN_TOOLS,
+    );
+    let run = run_agent(&data, &agent, "where is staging?");
     assert_eq!(run["outcome"], "completed", "{run}");
-    let out = stele()
-        .arg("--data")
-        .arg(&data)
-        .args(["events", "--json", "--run", "run-1"])
-        .output()
-        .expect("events");
-    let returned: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+    let returned: Vec<Value> = run_events_json(&data, "run-1")
+        .into_iter()
         .filter(|e| e["body"]["kind"] == "tool_returned")
         .map(|e| e["body"].clone())
         .collect();
@@ -1005,10 +1030,7 @@ fn the_knowledge_bridge_stores_and_recalls_in_a_scripted_run() {
         "{outputs:?}"
     );
     // The run's learnings are episodic memory now.
-    let shown = ok_json(&cli(
-        &data,
-        &["context", "show", "librarian", "--type", "episodic", "--json"],
-    ));
+    let shown = episodic(&data);
     assert_eq!(shown["items"][0]["id"], "run-1-learned");
     assert!(
         shown["items"][0]["content"]
@@ -1017,68 +1039,24 @@ fn the_knowledge_bridge_stores_and_recalls_in_a_scripted_run() {
             .contains("eu-west-3")
     );
     // And the run replays without searching or storing again.
-    let replay = cli(&data, &["replay", "run-1"]);
-    assert!(
-        replay.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&replay.stdout),
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    assert_success(&cli(&data, &["replay", "run-1"]));
 }
 
 #[test]
 fn knowledge_is_injected_before_the_first_step_and_replays() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    ok_json(&cli(
-        &data,
-        &[
-            "context",
-            "store",
-            "librarian",
-            "Database backups are kept for thirty days in the vault.",
-            "--json",
-        ],
-    ));
+    store_knowledge(&data, BACKUPS);
     let script = dir.path().join("script.json");
     std::fs::write(
         &script,
         r#"{"model": "scripted", "answers": [{"content": "Thirty days."}]}"#,
     )
     .expect("script");
-    let agent = dir.path().join("librarian.toml");
-    let text = std::fs::read_to_string(root().join("fixtures/context/librarian.toml"))
-        .expect("fixture")
-        .replace(
-            "workspace = \"stele-workspace\"",
-            &format!("workspace = {:?}", dir.path().join("ws").display().to_string()),
-        )
-        .replace(
-            "script = \"fixtures/context/knowledge.json\"",
-            &format!("script = {:?}", script.display().to_string()),
-        );
-    std::fs::write(&agent, text).expect("agent");
-    let run = ok_json(&cli(
-        &data,
-        &[
-            "run",
-            agent.to_str().expect("utf8"),
-            "--input",
-            "how long are database backups kept?",
-            "--json",
-        ],
-    ));
+    let agent = librarian(dir.path(), &dir.path().join("ws"), &script, LIBRARIAN_TOOLS);
+    let run = run_agent(&data, &agent, STEPS_INPUT);
     assert_eq!(run["outcome"], "completed", "{run}");
-    let out = stele()
-        .arg("--data")
-        .arg(&data)
-        .args(["events", "--json", "--run", "run-1"])
-        .output()
-        .expect("events");
-    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
-        .collect();
+    let events = run_events_json(&data, "run-1");
     // RunStarted, then the recalled knowledge, before the first phase.
     assert_eq!(events[0]["body"]["kind"], "run_started");
     let hydrated = &events[1]["body"];
@@ -1096,13 +1074,7 @@ fn knowledge_is_injected_before_the_first_step_and_replays() {
     assert_eq!(hydrated["size_bytes"], content.len());
     assert_eq!(events[2]["body"]["kind"], "phase_entered");
     // The replay serves the recalled knowledge as journaled: identical.
-    let replay = cli(&data, &["replay", "run-1"]);
-    assert!(
-        replay.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&replay.stdout),
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    assert_success(&cli(&data, &["replay", "run-1"]));
 }
 
 /// The knowledge items of the step-knowledge tests: the first answers the
@@ -1110,6 +1082,8 @@ fn knowledge_is_injected_before_the_first_step_and_replays() {
 const BACKUPS: &str = "Database backups are kept for thirty days in the vault.";
 const RUNBOOK: &str = "The restore drill runbook lives at ops/restore.md; page the oncall first.";
 const STEPS_INPUT: &str = "how long are database backups kept?";
+/// The input of the approval tests: the answer is to be written to a file.
+const WRITE_INPUT: &str = "write it down: how long backups are kept";
 
 /// A workspace whose files the script of `fixtures/scripts/knowledge_steps.json` reads.
 fn drill_workspace(dir: &Path) -> PathBuf {
@@ -1123,30 +1097,12 @@ fn drill_workspace(dir: &Path) -> PathBuf {
 /// `fixtures/context/librarian.toml` working in `ws` on the step-knowledge
 /// script, offered `tools`.
 fn steps_librarian(dir: &Path, ws: &Path, tools: &str) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("fixtures/context/librarian.toml"))
-        .expect("fixture")
-        .replace(
-            "workspace = \"stele-workspace\"",
-            &format!("workspace = {:?}", ws.display().to_string()),
-        )
-        .replace(
-            "script = \"fixtures/context/knowledge.json\"",
-            &format!(
-                "script = {:?}",
-                root()
-                    .join("fixtures/scripts/knowledge_steps.json")
-                    .display()
-                    .to_string()
-            ),
-        )
-        .replace(
-            "tools = [\"recall_knowledge\", \"store_knowledge\", \"read_file\"]",
-            &format!("tools = {tools}"),
-        );
-    assert!(text.contains(&format!("tools = {tools}")), "{text}");
-    let agent = dir.join("librarian.toml");
-    std::fs::write(&agent, text).expect("agent");
-    agent
+    librarian(
+        dir,
+        ws,
+        &root().join("fixtures/scripts/knowledge_steps.json"),
+        tools,
+    )
 }
 
 /// A provider that records each request before the script answers it.
@@ -1381,6 +1337,7 @@ fn run_events_json(data: &Path, run: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Asserts that `stele replay RUN` reproduces the run identically.
 fn replays_identically(data: &Path, run: &str) {
     let replay = cli(data, &["replay", run]);
     let text = String::from_utf8_lossy(&replay.stdout);
@@ -1396,24 +1353,11 @@ fn knowledge_is_injected_before_each_later_step_replays_and_forks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     for text in [BACKUPS, RUNBOOK] {
-        ok_json(&cli(&data, &["context", "store", "librarian", text, "--json"]));
+        store_knowledge(&data, text);
     }
     let ws = drill_workspace(dir.path());
-    let agent = steps_librarian(
-        dir.path(),
-        &ws,
-        "[\"recall_knowledge\", \"store_knowledge\", \"read_file\"]",
-    );
-    let run = ok_json(&cli(
-        &data,
-        &[
-            "run",
-            agent.to_str().expect("utf8"),
-            "--input",
-            STEPS_INPUT,
-            "--json",
-        ],
-    ));
+    let agent = steps_librarian(dir.path(), &ws, LIBRARIAN_TOOLS);
+    let run = run_agent(&data, &agent, STEPS_INPUT);
     assert_eq!(run["outcome"], "completed", "{run}");
     assert_eq!(run["steps"], 3, "{run}");
     let events = run_events_json(&data, "run-1");
@@ -1487,30 +1431,19 @@ fn a_run_approved_later_stores_its_learnings() {
     let data = dir.path().join("data");
     let ws = drill_workspace(dir.path());
     let agent = steps_librarian(dir.path(), &ws, "[\"read_file\", \"write_file\"]");
-    let parked = cli(
+    let v = parked_report(&cli(
         &data,
         &[
             "run",
             agent.to_str().expect("utf8"),
             "--input",
-            "write it down: how long backups are kept",
+            WRITE_INPUT,
             "--json",
         ],
-    );
-    assert_eq!(
-        parked.status.code(),
-        Some(3),
-        "the write parks: {}{}",
-        String::from_utf8_lossy(&parked.stdout),
-        String::from_utf8_lossy(&parked.stderr)
-    );
-    let v: Value = serde_json::from_slice(&parked.stdout).expect("json");
+    ));
     let call = v["awaiting"][0]["call"].as_str().expect("call").to_owned();
     // Parked: nothing learned yet.
-    let shown = ok_json(&cli(
-        &data,
-        &["context", "show", "librarian", "--type", "episodic", "--json"],
-    ));
+    let shown = episodic(&data);
     assert_eq!(shown["items"].as_array().map(Vec::len), Some(0), "{shown}");
     let approved = ok_json(&cli(
         &data,
@@ -1519,10 +1452,7 @@ fn a_run_approved_later_stores_its_learnings() {
         ],
     ));
     assert_eq!(approved["outcome"], "completed", "{approved}");
-    let shown = ok_json(&cli(
-        &data,
-        &["context", "show", "librarian", "--type", "episodic", "--json"],
-    ));
+    let shown = episodic(&data);
     assert_eq!(shown["items"][0]["id"], "run-1-learned", "{shown}");
     let content = shown["items"][0]["content"].as_str().expect("content");
     assert!(
@@ -1539,32 +1469,18 @@ fn a_run_approved_through_the_daemon_stores_its_learnings() {
     let agent = steps_librarian(dir.path(), &ws, "[\"read_file\", \"write_file\"]");
     let policies = root().join("fixtures/policies").display().to_string();
     let mut up = Up::start_with(dir.path(), None, &["--policies", &policies]);
-    let out = up.cli(&[
+    let v = parked_report(&up.cli(&[
         "run",
         agent.to_str().expect("utf8"),
         "--input",
-        "write it down: how long backups are kept",
+        WRITE_INPUT,
         "--json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "the write parks: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    ]));
     let run = v["run"].as_str().expect("run").to_owned();
     let call = v["awaiting"][0]["call"].as_str().expect("call").to_owned();
-    let out = up.cli(&[
+    assert_success(&up.cli(&[
         "approve", &run, &call, "--as", "alice", "--reason", "fine", "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]));
     let learned = format!("{run}-learned");
     let stored: Vec<Value> = up
         .events()

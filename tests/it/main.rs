@@ -16,6 +16,7 @@ mod golden;
 mod http;
 mod http_context;
 mod http_replay;
+mod kill_on_drop;
 mod layering;
 mod lifecycle;
 mod mcp;

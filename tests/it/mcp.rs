@@ -14,11 +14,12 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::kill_on_drop::KillOnDrop;
 use crate::{Run, run_bounded};
 
 fn root() -> PathBuf {
@@ -119,12 +120,107 @@ impl Setup {
     }
 
     fn events(&self) -> Vec<Value> {
-        let r = self.stele(&["events", "--json"]);
-        assert_eq!(r.code, Some(0), "{r:?}");
+        let r = self.ok(&["events", "--json"]);
         r.stdout
             .lines()
             .map(|l| serde_json::from_str(l).expect("event JSON"))
             .collect()
+    }
+
+    /// [`Setup::stele`], which must succeed.
+    fn ok(&self, args: &[&str]) -> Run {
+        let r = self.stele(args);
+        assert_eq!(r.code, Some(0), "{r:?}");
+        r
+    }
+
+    /// `stele mcp call … --json` exiting with `code`.
+    fn call_exits(&self, server: &str, tool: &str, args: &str, priority: &str, code: i32) -> Run {
+        let r = self.call(server, tool, args, priority);
+        assert_eq!(r.code, Some(code), "{r:?}");
+        r
+    }
+
+    /// `stele mcp call … --json`, which must succeed: its JSON.
+    fn call_ok(&self, server: &str, tool: &str, args: &str, priority: &str) -> Value {
+        call_json(&self.call_exits(server, tool, args, priority, 0))
+    }
+
+    /// `stele mcp call … --json`, which must exit 1: why, as it says.
+    fn call_refused(&self, server: &str, tool: &str, args: &str, priority: &str) -> String {
+        let out = call_json(&self.call_exits(server, tool, args, priority, 1));
+        out["output"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no reason in {out}"))
+            .to_owned()
+    }
+
+    /// Server `signed`'s `add`, called at `priority`, returns `a + b`.
+    fn assert_adds(&self, priority: &str, a: u32, b: u32) {
+        let args = serde_json::json!({ "a": a, "b": b }).to_string();
+        let out = self.call_ok("signed", "add", &args, priority);
+        assert_eq!(out["output"], (a + b).to_string(), "{out}");
+    }
+
+    /// `stele mcp list` (not JSON), which must fail: what it printed.
+    fn list_fails(&self) -> String {
+        let r = self.stele(&["mcp", "list", "--policies", &self.policies()]);
+        assert_eq!(r.code, Some(1), "{r:?}");
+        r.stdout
+    }
+
+    /// `stele mcp resources SERVER`, which must succeed: its JSON.
+    fn resources(&self, server: &str) -> Value {
+        let r = self.ok(&["mcp", "resources", server, "--policies", &self.policies()]);
+        serde_json::from_str(&r.stdout).expect("resources JSON")
+    }
+
+    /// `fixtures/mcp/adder.toml` (a reasoning agent adding with the signed
+    /// server's `add`) working in this setup's directory.
+    fn adder_agent(&self) -> PathBuf {
+        let workspace = self.dir.path().join("ws");
+        let agent = self.dir.path().join("adder.toml");
+        let text = std::fs::read_to_string(root().join("fixtures/mcp/adder.toml"))
+            .expect("fixture")
+            .replace(
+                "workspace = \"stele-workspace\"",
+                &format!("workspace = {:?}", workspace.display().to_string()),
+            )
+            .replace(
+                "script = \"fixtures/mcp/adder.json\"",
+                &format!(
+                    "script = {:?}",
+                    root().join("fixtures/mcp/adder.json").display().to_string()
+                ),
+            );
+        std::fs::write(&agent, text).expect("agent");
+        agent
+    }
+
+    /// `stele run AGENT --input "add 2 and 3" --json` under `policies`,
+    /// exiting with `code` (`what` says why): its JSON report.
+    fn run_adder(&self, agent: &Path, policies: &str, code: i32, what: &str) -> Value {
+        let r = self.stele(&[
+            "run",
+            agent.to_str().expect("utf8"),
+            "--input",
+            "add 2 and 3",
+            "--json",
+            "--policies",
+            policies,
+        ]);
+        assert_eq!(r.code, Some(code), "{what}: {r:?}");
+        serde_json::from_str(&r.stdout).expect("run JSON")
+    }
+
+    /// Points server `signed` at a command that does not exist, then
+    /// replays `run`: it must succeed without the server.
+    fn replay_without_server(&self, run: &str, policies: &str) {
+        self.configure(
+            "strict",
+            "[[mcp.servers]]\nname = \"signed\"\ncommand = \"/nonexistent/server\"\n",
+        );
+        self.ok(&["replay", run, "--policies", policies]);
     }
 }
 
@@ -143,6 +239,53 @@ fn call_json(r: &Run) -> Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("call JSON ({e}): {r:?}"))
 }
 
+/// The string `field` of the body of event `e`.
+fn body_str<'a>(e: &'a Value, field: &str) -> &'a str {
+    e["body"][field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string {field} in {e}"))
+}
+
+/// Lists `s`'s one server, asserting that its first tool pins the domain's
+/// key and the others verify against it: the listing.
+fn pinned_on_first_use(s: &Setup) -> Vec<Value> {
+    let list = s.list();
+    assert_eq!(
+        statuses(&list[0]),
+        ["first_use", "verified", "verified"],
+        "{list:?}"
+    );
+    list
+}
+
+/// The verification status of each of `server`'s tools, in order.
+fn statuses(server: &Value) -> Vec<&str> {
+    server["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["status"].as_str().expect("status"))
+        .collect()
+}
+
+/// The reference `everything` server offers its unsigned `echo` (accepted
+/// under warn), and `echo` returns `message`.
+fn echo_through_everything(s: &Setup, message: &str) {
+    let list = s.list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(list[0].get("error").is_none(), "{list:?}");
+    let echo = tool(&list[0], "echo");
+    assert_eq!(echo["qualified"], "mcp__everything__echo");
+    // The reference servers do not sign their schemas: offered under warn.
+    assert_eq!(echo["status"], "unsigned");
+    assert_eq!(echo["accepted"], true);
+
+    let args = serde_json::json!({ "message": message }).to_string();
+    let out = s.call_ok("everything", "echo", &args, "normal");
+    assert_eq!(out["ok"], true, "{out}");
+    assert!(out["output"].as_str().expect("text").contains(message), "{out}");
+}
+
 #[test]
 fn everything_server_lists_calls_and_reads_resources_all_journaled() {
     let s = Setup::new(
@@ -152,36 +295,14 @@ fn everything_server_lists_calls_and_reads_resources_all_journaled() {
             npm_bin("mcp-server-everything")
         ),
     );
-    let list = s.list();
-    assert_eq!(list.len(), 1, "{list:?}");
-    let echo = tool(&list[0], "echo");
-    assert_eq!(echo["qualified"], "mcp__everything__echo");
-    // The reference servers do not sign their schemas: offered under warn.
-    assert_eq!(echo["status"], "unsigned");
-    assert_eq!(echo["accepted"], true);
+    echo_through_everything(&s, "hello from stele");
 
-    let r = s.call(
-        "everything",
-        "echo",
-        r#"{"message":"hello from stele"}"#,
-        "normal",
-    );
-    assert_eq!(r.code, Some(0), "{r:?}");
-    let out = call_json(&r);
-    assert_eq!(out["ok"], true);
-    assert!(
-        out["output"].as_str().expect("text").contains("hello from stele"),
-        "{out}"
-    );
-
-    let r = s.stele(&["mcp", "resources", "everything", "--policies", &s.policies()]);
-    assert_eq!(r.code, Some(0), "{r:?}");
-    let resources: Value = serde_json::from_str(&r.stdout).expect("resources JSON");
+    let resources = s.resources("everything");
     let first = resources.as_array().and_then(|a| a.first()).expect("a resource")["uri"]
         .as_str()
         .expect("uri")
         .to_owned();
-    let r = s.stele(&[
+    let r = s.ok(&[
         "mcp",
         "resources",
         "everything",
@@ -190,7 +311,6 @@ fn everything_server_lists_calls_and_reads_resources_all_journaled() {
         "--policies",
         &s.policies(),
     ]);
-    assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains(&first), "{}", r.stdout);
 
     let ev = s.events();
@@ -200,12 +320,7 @@ fn everything_server_lists_calls_and_reads_resources_all_journaled() {
         "one connection per command"
     );
     let listed = kind(&ev, "mcp_tools_listed");
-    assert!(
-        listed[0]["body"]["tools"]
-            .as_str()
-            .expect("tools")
-            .contains("\"echo\"")
-    );
+    assert!(body_str(listed[0], "tools").contains("\"echo\""));
     assert!(
         kind(&ev, "mcp_tool_verified")
             .iter()
@@ -216,22 +331,12 @@ fn everything_server_lists_calls_and_reads_resources_all_journaled() {
     let decided = kind(&ev, "policy_decided");
     assert_eq!(decided.len(), 1);
     assert_eq!(decided[0]["body"]["verdict"], "allow");
-    assert!(
-        decided[0]["body"]["request"]
-            .as_str()
-            .expect("request")
-            .contains("\"mcp_verification\":\"unsigned\"")
-    );
+    assert!(body_str(decided[0], "request").contains("\"mcp_verification\":\"unsigned\""));
     let called = kind(&ev, "mcp_tool_called");
     assert_eq!(called[0]["body"]["tool"], "echo");
     let returned = kind(&ev, "mcp_tool_returned");
     assert_eq!(returned[0]["body"]["ok"], true);
-    assert!(
-        returned[0]["body"]["output"]
-            .as_str()
-            .expect("output")
-            .contains("hello from stele")
-    );
+    assert!(body_str(returned[0], "output").contains("hello from stele"));
     let reads = kind(&ev, "mcp_resource_read");
     assert_eq!(reads.len(), 2);
     assert_eq!(reads[1]["body"]["uri"], first.as_str());
@@ -243,8 +348,7 @@ fn everything_server_lists_calls_and_reads_resources_all_journaled() {
             assert_eq!(e["stream"], "mcp:everything", "{e}");
         }
     }
-    let r = s.stele(&["journal", "verify"]);
-    assert_eq!(r.code, Some(0), "{r:?}");
+    s.ok(&["journal", "verify"]);
 }
 
 #[test]
@@ -265,27 +369,28 @@ fn filesystem_server_is_refused_under_strict_and_reads_files_under_warn() {
     assert_eq!(read["accepted"], false, "strict refuses unsigned schemas");
     let path = shared.join("note.txt").display().to_string();
     let args = serde_json::json!({ "path": path }).to_string();
-    let r = s.call("files", "read_text_file", &args, "normal");
-    assert_eq!(r.code, Some(1), "{r:?}");
-    let out = call_json(&r);
-    assert!(out["output"].as_str().expect("why").contains("refused"), "{out}");
+    let why = s.call_refused("files", "read_text_file", &args, "normal");
+    assert!(why.contains("refused"), "{why}");
     assert!(
         kind(&s.events(), "mcp_tool_called").is_empty(),
         "a refused tool is never called"
     );
 
     s.configure("warn", &servers);
-    let r = s.call("files", "read_text_file", &args, "normal");
-    assert_eq!(r.code, Some(0), "{r:?}");
     assert!(
-        call_json(&r)["output"]
+        s.call_ok("files", "read_text_file", &args, "normal")["output"]
             .as_str()
             .expect("text")
             .contains("a note for the MCP test")
     );
     // The server's own confinement: outside its directory is an error result.
-    let r = s.call("files", "read_text_file", r#"{"path":"/etc/hostname"}"#, "normal");
-    assert_eq!(r.code, Some(1), "{r:?}");
+    let r = s.call_exits(
+        "files",
+        "read_text_file",
+        r#"{"path":"/etc/hostname"}"#,
+        "normal",
+        1,
+    );
     assert_eq!(call_json(&r)["ok"], false);
     let ev = s.events();
     assert!(
@@ -298,15 +403,7 @@ fn filesystem_server_is_refused_under_strict_and_reads_files_under_warn() {
 #[test]
 fn a_signed_schema_pins_its_key_on_first_use_and_verifies_after() {
     let s = Setup::new("strict", &signed_server("a", "signed"));
-    let first = s.list();
-    // The first tool pins the domain's key; the others verify against it.
-    let statuses: Vec<&str> = first[0]["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .map(|t| t["status"].as_str().expect("status"))
-        .collect();
-    assert_eq!(statuses, ["first_use", "verified", "verified"]);
+    let first = pinned_on_first_use(&s);
     assert!(
         first[0]["tools"]
             .as_array()
@@ -322,20 +419,13 @@ fn a_signed_schema_pins_its_key_on_first_use_and_verifies_after() {
 
     let second = s.list();
     assert_eq!(tool(&second[0], "add")["status"], "verified");
-    let r = s.call("signed", "add", r#"{"a":2,"b":3}"#, "low");
-    assert_eq!(r.code, Some(0), "{r:?}");
-    assert_eq!(call_json(&r)["output"], "5");
+    s.assert_adds("low", 2, 3);
 
     let ev = s.events();
     let pinned = kind(&ev, "mcp_key_pinned");
     assert_eq!(pinned.len(), 1, "one pin per domain, however many tools");
     assert_eq!(pinned[0]["stream"], "mcp");
-    assert!(
-        pinned[0]["body"]["public_key_pem"]
-            .as_str()
-            .expect("pem")
-            .contains("BEGIN PUBLIC KEY")
-    );
+    assert!(body_str(pinned[0], "public_key_pem").contains("BEGIN PUBLIC KEY"));
 }
 
 #[test]
@@ -349,28 +439,15 @@ fn a_changed_key_is_refused_under_strict_warned_under_warn_until_unpinned() {
     assert_eq!(add["status"], "key_changed");
     assert_eq!(add["accepted"], false);
     assert!(add["detail"].as_str().expect("detail").contains(&old), "{add}");
-    let r = s.call("signed", "add", r#"{"a":1,"b":1}"#, "normal");
-    assert_eq!(r.code, Some(1), "{r:?}");
-    assert!(
-        call_json(&r)["output"]
-            .as_str()
-            .expect("why")
-            .contains("key_changed")
-    );
+    let why = s.call_refused("signed", "add", r#"{"a":1,"b":1}"#, "normal");
+    assert!(why.contains("key_changed"), "{why}");
 
     // warn: offered, the status journaled, the pin kept; a low-priority
     // agent is still denied by policy.
     s.configure("warn", &signed_server("b", "signed"));
-    let r = s.call("signed", "add", r#"{"a":1,"b":1}"#, "normal");
-    assert_eq!(r.code, Some(0), "{r:?}");
-    let r = s.call("signed", "add", r#"{"a":1,"b":1}"#, "low");
-    assert_eq!(r.code, Some(1), "{r:?}");
-    assert!(
-        call_json(&r)["output"]
-            .as_str()
-            .expect("why")
-            .contains("denied by policy")
-    );
+    s.call_exits("signed", "add", r#"{"a":1,"b":1}"#, "normal", 0);
+    let why = s.call_refused("signed", "add", r#"{"a":1,"b":1}"#, "low");
+    assert!(why.contains("denied by policy"), "{why}");
     let ev = s.events();
     assert!(
         kind(&ev, "policy_decided")
@@ -384,14 +461,13 @@ fn a_changed_key_is_refused_under_strict_warned_under_warn_until_unpinned() {
     );
 
     // An operator unpins; the next key seen is pinned.
-    let r = s.stele(&[
+    s.ok(&[
         "mcp",
         "unpin",
         "tools.example",
         "--reason",
         "the provider rotated its key",
     ]);
-    assert_eq!(r.code, Some(0), "{r:?}");
     s.configure("strict", &signed_server("b", "signed"));
     assert_eq!(tool(&s.list()[0], "add")["status"], "first_use");
     let ev = s.events();
@@ -420,8 +496,7 @@ fn a_tampered_schema_is_refused_under_strict() {
     let echo = tool(&list[0], "echo");
     assert_eq!(echo["status"], "invalid_signature", "{echo}");
     assert_eq!(echo["accepted"], false);
-    let r = s.call("signed", "echo", r#"{"text":"x"}"#, "normal");
-    assert_eq!(r.code, Some(1), "{r:?}");
+    s.call_exits("signed", "echo", r#"{"text":"x"}"#, "normal", 1);
     // Tampered from the start: nothing is pinned from a bad signature.
     let fresh = Setup::new("strict", &signed_server("a", "tampered"));
     assert_eq!(tool(&fresh.list()[0], "echo")["status"], "invalid_signature");
@@ -440,9 +515,7 @@ fn an_unsigned_tool_is_refused_under_strict_and_offered_under_warn() {
     );
 
     s.configure("warn", &signed_server("a", "unsigned"));
-    let r = s.call("signed", "add", r#"{"a":1,"b":2}"#, "normal");
-    assert_eq!(r.code, Some(0), "{r:?}");
-    assert_eq!(call_json(&r)["output"], "3");
+    s.assert_adds("normal", 1, 2);
     let ev = s.events();
     let verified = kind(&ev, "mcp_tool_verified");
     assert!(
@@ -487,13 +560,10 @@ fn bad_configuration_and_dead_servers_get_clear_errors() {
         "strict",
         "[[mcp.servers]]\nname = \"ghost\"\ncommand = \"/nonexistent/mcp-server\"\n",
     );
-    let r = s.stele(&["mcp", "list", "--policies", &s.policies()]);
-    assert_eq!(r.code, Some(1), "{r:?}");
+    let listed = s.list_fails();
     assert!(
-        r.stdout
-            .contains("ghost: error: MCP server ghost: cannot connect to /nonexistent/mcp-server"),
-        "{}",
-        r.stdout
+        listed.contains("ghost: error: MCP server ghost: cannot connect to /nonexistent/mcp-server"),
+        "{listed}"
     );
 
     // A server that exits at once: its stderr is in the error.
@@ -501,12 +571,10 @@ fn bad_configuration_and_dead_servers_get_clear_errors() {
         "strict",
         "[[mcp.servers]]\nname = \"dies\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo broken server >&2; exit 3\"]\n",
     );
-    let r = s.stele(&["mcp", "list", "--policies", &s.policies()]);
-    assert_eq!(r.code, Some(1), "{r:?}");
+    let listed = s.list_fails();
     assert!(
-        r.stdout.contains("cannot connect") && r.stdout.contains("broken server"),
-        "{}",
-        r.stdout
+        listed.contains("cannot connect") && listed.contains("broken server"),
+        "{listed}"
     );
 
     let r = s.stele(&["mcp", "call", "nope", "x", "--policies", &s.policies()]);
@@ -517,34 +585,8 @@ fn bad_configuration_and_dead_servers_get_clear_errors() {
 #[test]
 fn a_reasoning_run_calls_an_mcp_tool_and_replays_without_the_server() {
     let s = Setup::new("strict", &signed_server("a", "signed"));
-    let workspace = s.dir.path().join("ws");
-    let agent = s.dir.path().join("adder.toml");
-    let text = std::fs::read_to_string(root().join("fixtures/mcp/adder.toml"))
-        .expect("fixture")
-        .replace(
-            "workspace = \"stele-workspace\"",
-            &format!("workspace = {:?}", workspace.display().to_string()),
-        )
-        .replace(
-            "script = \"fixtures/mcp/adder.json\"",
-            &format!(
-                "script = {:?}",
-                root().join("fixtures/mcp/adder.json").display().to_string()
-            ),
-        );
-    std::fs::write(&agent, text).expect("agent");
     let p = s.policies();
-    let r = s.stele(&[
-        "run",
-        agent.to_str().expect("utf8"),
-        "--input",
-        "add 2 and 3",
-        "--json",
-        "--policies",
-        &p,
-    ]);
-    assert_eq!(r.code, Some(0), "{r:?}");
-    let out: Value = serde_json::from_str(&r.stdout).expect("run JSON");
+    let out = s.run_adder(&s.adder_agent(), &p, 0, "the run completes");
     assert_eq!(out["outcome"], "completed", "{out}");
     let run = out["run"].as_str().expect("run id").to_owned();
 
@@ -555,7 +597,7 @@ fn a_reasoning_run_calls_an_mcp_tool_and_replays_without_the_server() {
     assert_eq!(returned[0]["body"]["ok"], true);
     let called = kind(&ev, "mcp_tool_called");
     assert_eq!(
-        called[0]["body"]["correlation"].as_str().expect("corr"),
+        body_str(called[0], "correlation"),
         format!("{run}/{}", returned[0]["body"]["call_id"].as_str().expect("id"))
     );
     // Two decisions: the driver's (in the run) and the MCP client's own.
@@ -570,12 +612,7 @@ fn a_reasoning_run_calls_an_mcp_tool_and_replays_without_the_server() {
 
     // The replay serves the journaled result: with the server gone it
     // still reproduces the run.
-    s.configure(
-        "strict",
-        "[[mcp.servers]]\nname = \"signed\"\ncommand = \"/nonexistent/server\"\n",
-    );
-    let r = s.stele(&["replay", &run, "--policies", &p]);
-    assert_eq!(r.code, Some(0), "{r:?}");
+    s.replay_without_server(&run, &p);
     assert!(
         kind(&s.events(), "mcp_server_connected").len() == 1,
         "replay started no server"
@@ -619,23 +656,12 @@ fn a_run_continued_after_an_approval_calls_an_mcp_tool_and_replays() {
     )
     .expect("agent");
     let p = policies.display().to_string();
-    let r = s.stele(&[
-        "run",
-        agent.to_str().expect("utf8"),
-        "--input",
-        "add 2 and 3",
-        "--json",
-        "--policies",
-        &p,
-    ]);
-    assert_eq!(r.code, Some(3), "the run parks: {r:?}");
-    let out: Value = serde_json::from_str(&r.stdout).expect("run JSON");
+    let out = s.run_adder(&agent, &p, 3, "the run parks");
     assert_eq!(out["outcome"], "awaiting_approval", "{out}");
     let run = out["run"].as_str().expect("run id").to_owned();
     let call = out["awaiting"][0]["call"].as_str().expect("call").to_owned();
 
-    let r = s.stele(&["approve", &run, &call, "--json", "--policies", &p]);
-    assert_eq!(r.code, Some(0), "{r:?}");
+    let r = s.ok(&["approve", &run, &call, "--json", "--policies", &p]);
     let out: Value = serde_json::from_str(&r.stdout).expect("approve JSON");
     assert_eq!(out["outcome"], "completed", "{out}");
     assert_eq!(out["answer"], "2 + 3 = 5.", "{out}");
@@ -650,18 +676,13 @@ fn a_run_continued_after_an_approval_calls_an_mcp_tool_and_replays() {
     let called = kind(&ev, "mcp_tool_called");
     assert_eq!(called.len(), 1, "{called:?}");
     assert_eq!(
-        called[0]["body"]["correlation"].as_str().expect("corr"),
+        body_str(called[0], "correlation"),
         format!("{run}/{}", returned[1]["body"]["call_id"].as_str().expect("id"))
     );
 
     // The replay reproduces the whole run, the approval included, without
     // the server.
-    s.configure(
-        "strict",
-        "[[mcp.servers]]\nname = \"signed\"\ncommand = \"/nonexistent/server\"\n",
-    );
-    let r = s.stele(&["replay", &run, "--policies", &p]);
-    assert_eq!(r.code, Some(0), "{r:?}");
+    s.replay_without_server(&run, &p);
     assert_eq!(
         kind(&s.events(), "mcp_tool_called").len(),
         1,
@@ -671,15 +692,8 @@ fn a_run_continued_after_an_approval_calls_an_mcp_tool_and_replays() {
 
 /// An MCP server over streamable HTTP run for one test, stopped on drop.
 struct HttpServer {
-    child: Child,
+    child: KillOnDrop,
     port: u16,
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl HttpServer {
@@ -704,7 +718,10 @@ impl HttpServer {
             .strip_prefix("listening on ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("signed_server.py --http said {line:?}"));
-        HttpServer { child, port }
+        HttpServer {
+            child: KillOnDrop(child),
+            port,
+        }
     }
 
     /// `mcp-server-everything streamableHttp` on a free port, once it
@@ -719,7 +736,10 @@ impl HttpServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mcp-server-everything streamableHttp");
-        let mut server = HttpServer { child, port };
+        let mut server = HttpServer {
+            child: KillOnDrop(child),
+            port,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -757,29 +777,23 @@ fn http_server(name: &str, url: &str, extra: &str) -> String {
     format!("[[mcp.servers]]\nname = {name:?}\nurl = {url:?}\n{extra}")
 }
 
+/// Server `signed` at `server`, of domain `tools.example`, its key
+/// discovered at the server's own `/.well-known/schemapin.json`.
+fn well_known_server(server: &HttpServer) -> String {
+    http_server(
+        "signed",
+        &server.url(),
+        &format!("domain = \"tools.example\"\nwell_known = {:?}\n", server.origin()),
+    )
+}
+
 #[test]
 fn everything_server_over_streamable_http_lists_calls_and_reads_resources() {
     let server = HttpServer::everything();
     let s = Setup::new("warn", &http_server("everything", &server.url(), ""));
-    let list = s.list();
-    assert_eq!(list.len(), 1, "{list:?}");
-    assert!(list[0].get("error").is_none(), "{list:?}");
-    let echo = tool(&list[0], "echo");
-    assert_eq!(echo["qualified"], "mcp__everything__echo");
-    assert_eq!(echo["status"], "unsigned");
+    echo_through_everything(&s, "over HTTP");
 
-    let r = s.call("everything", "echo", r#"{"message":"over HTTP"}"#, "normal");
-    assert_eq!(r.code, Some(0), "{r:?}");
-    let out = call_json(&r);
-    assert_eq!(out["ok"], true, "{out}");
-    assert!(
-        out["output"].as_str().expect("text").contains("over HTTP"),
-        "{out}"
-    );
-
-    let r = s.stele(&["mcp", "resources", "everything", "--policies", &s.policies()]);
-    assert_eq!(r.code, Some(0), "{r:?}");
-    let resources: Value = serde_json::from_str(&r.stdout).expect("resources JSON");
+    let resources = s.resources("everything");
     assert!(resources.as_array().is_some_and(|a| !a.is_empty()), "{resources}");
 
     let ev = s.events();
@@ -793,12 +807,7 @@ fn everything_server_over_streamable_http_lists_calls_and_reads_resources() {
     );
     let returned = kind(&ev, "mcp_tool_returned");
     assert_eq!(returned.len(), 1);
-    assert!(
-        returned[0]["body"]["output"]
-            .as_str()
-            .expect("output")
-            .contains("over HTTP")
-    );
+    assert!(body_str(returned[0], "output").contains("over HTTP"));
     assert_eq!(kind(&ev, "mcp_resource_read").len(), 1);
 }
 
@@ -809,46 +818,11 @@ fn a_reasoning_run_calls_a_signed_tool_over_http_and_replays_without_it() {
         "strict",
         &http_server("signed", &server.url(), "domain = \"tools.example\"\n"),
     );
-    let list = s.list();
-    let statuses: Vec<&str> = list[0]["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .map(|t| t["status"].as_str().expect("status"))
-        .collect();
-    assert_eq!(statuses, ["first_use", "verified", "verified"], "{list:?}");
-    let r = s.call("signed", "add", r#"{"a":20,"b":22}"#, "normal");
-    assert_eq!(r.code, Some(0), "{r:?}");
-    assert_eq!(call_json(&r)["output"], "42");
+    pinned_on_first_use(&s);
+    s.assert_adds("normal", 20, 22);
 
-    let workspace = s.dir.path().join("ws");
-    let agent = s.dir.path().join("adder.toml");
-    let text = std::fs::read_to_string(root().join("fixtures/mcp/adder.toml"))
-        .expect("fixture")
-        .replace(
-            "workspace = \"stele-workspace\"",
-            &format!("workspace = {:?}", workspace.display().to_string()),
-        )
-        .replace(
-            "script = \"fixtures/mcp/adder.json\"",
-            &format!(
-                "script = {:?}",
-                root().join("fixtures/mcp/adder.json").display().to_string()
-            ),
-        );
-    std::fs::write(&agent, text).expect("agent");
     let p = s.policies();
-    let r = s.stele(&[
-        "run",
-        agent.to_str().expect("utf8"),
-        "--input",
-        "add 2 and 3",
-        "--json",
-        "--policies",
-        &p,
-    ]);
-    assert_eq!(r.code, Some(0), "{r:?}");
-    let out: Value = serde_json::from_str(&r.stdout).expect("run JSON");
+    let out = s.run_adder(&s.adder_agent(), &p, 0, "the run completes");
     assert_eq!(out["outcome"], "completed", "{out}");
     let run = out["run"].as_str().expect("run id").to_owned();
     let ev = s.events();
@@ -859,8 +833,7 @@ fn a_reasoning_run_calls_a_signed_tool_over_http_and_replays_without_it() {
 
     // The server goes away; the replay serves the journaled result.
     drop(server);
-    let r = s.stele(&["replay", &run, "--policies", &p]);
-    assert_eq!(r.code, Some(0), "{r:?}");
+    s.ok(&["replay", &run, "--policies", &p]);
     assert_eq!(
         kind(&s.events(), "mcp_server_connected").len(),
         3,
@@ -875,30 +848,25 @@ fn http_servers_that_are_unreachable_not_mcp_or_malformed_get_clear_errors() {
     // Nothing listens.
     let dead = format!("http://127.0.0.1:{}/mcp", free_port());
     s.configure("strict", &http_server("gone", &dead, ""));
-    let r = s.stele(&["mcp", "list", "--policies", &p]);
-    assert_eq!(r.code, Some(1), "{r:?}");
+    let listed = s.list_fails();
     assert!(
-        r.stdout
-            .contains(&format!("gone: error: MCP server gone: cannot connect to {dead}")),
-        "{}",
-        r.stdout
+        listed.contains(&format!("gone: error: MCP server gone: cannot connect to {dead}")),
+        "{listed}"
     );
     // The cause, not only that it failed; no Rust type names.
-    assert!(r.stdout.contains("Connection refused"), "{}", r.stdout);
-    assert!(!r.stdout.contains("rmcp::"), "{}", r.stdout);
+    assert!(listed.contains("Connection refused"), "{listed}");
+    assert!(!listed.contains("rmcp::"), "{listed}");
 
     // An HTTP server, but no MCP endpoint at that path.
     let web = HttpServer::signed(&[]);
     let not_mcp = format!("{}/not-mcp", web.origin());
     s.configure("strict", &http_server("web", &not_mcp, ""));
-    let r = s.stele(&["mcp", "list", "--policies", &p]);
-    assert_eq!(r.code, Some(1), "{r:?}");
+    let listed = s.list_fails();
     assert!(
-        r.stdout.contains(&format!("cannot connect to {not_mcp}")) && r.stdout.contains("404"),
-        "{}",
-        r.stdout
+        listed.contains(&format!("cannot connect to {not_mcp}")) && listed.contains("404"),
+        "{listed}"
     );
-    assert!(r.stdout.contains("streamable-HTTP MCP endpoint"), "{}", r.stdout);
+    assert!(listed.contains("streamable-HTTP MCP endpoint"), "{listed}");
 
     // An endpoint answering JSON that is not JSON-RPC.
     let garbage = HttpServer::signed(&[("SCHEMAPIN_HTTP_MODE", "garbage")]);
@@ -934,25 +902,9 @@ fn http_servers_that_are_unreachable_not_mcp_or_malformed_get_clear_errors() {
 #[test]
 fn a_key_discovered_at_well_known_is_pinned_and_checks_every_signature() {
     let server = HttpServer::signed(&[("SCHEMAPIN_KEY", "a")]);
-    let s = Setup::new(
-        "strict",
-        &http_server(
-            "signed",
-            &server.url(),
-            &format!("domain = \"tools.example\"\nwell_known = {:?}\n", server.origin()),
-        ),
-    );
-    let list = s.list();
-    let statuses: Vec<&str> = list[0]["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .map(|t| t["status"].as_str().expect("status"))
-        .collect();
-    assert_eq!(statuses, ["first_use", "verified", "verified"], "{list:?}");
-    let r = s.call("signed", "add", r#"{"a":1,"b":2}"#, "low");
-    assert_eq!(r.code, Some(0), "{r:?}");
-    assert_eq!(call_json(&r)["output"], "3");
+    let s = Setup::new("strict", &well_known_server(&server));
+    pinned_on_first_use(&s);
+    s.assert_adds("low", 1, 2);
 
     let ev = s.events();
     let discovered = kind(&ev, "mcp_key_discovered");
@@ -970,8 +922,7 @@ fn a_key_discovered_at_well_known_is_pinned_and_checks_every_signature() {
     assert_eq!(pinned[0]["body"]["public_key_pem"], d["public_key_pem"]);
     // The discovery is in the batch of the listing, before the pin.
     assert!(discovered[0]["seq"].as_u64() < pinned[0]["seq"].as_u64());
-    let r = s.stele(&["journal", "verify"]);
-    assert_eq!(r.code, Some(0), "{r:?}");
+    s.ok(&["journal", "verify"]);
 }
 
 #[test]
@@ -1000,8 +951,7 @@ fn a_tool_signed_by_another_key_than_the_published_one_is_refused() {
             .contains("/.well-known/schemapin.json"),
         "{add}"
     );
-    let r = s.call("signed", "add", r#"{"a":1,"b":2}"#, "normal");
-    assert_eq!(r.code, Some(1), "{r:?}");
+    s.call_exits("signed", "add", r#"{"a":1,"b":2}"#, "normal", 1);
     assert!(kind(&s.events(), "mcp_key_pinned").is_empty(), "nothing pinned");
 }
 
@@ -1009,14 +959,7 @@ fn a_tool_signed_by_another_key_than_the_published_one_is_refused() {
 fn a_revoked_key_is_refused_whether_published_or_pinned() {
     // The published key itself is revoked.
     let server = HttpServer::signed(&[("SCHEMAPIN_KEY", "a"), ("SCHEMAPIN_REVOKED", "a")]);
-    let s = Setup::new(
-        "strict",
-        &http_server(
-            "signed",
-            &server.url(),
-            &format!("domain = \"tools.example\"\nwell_known = {:?}\n", server.origin()),
-        ),
-    );
+    let s = Setup::new("strict", &well_known_server(&server));
     let add = tool(&s.list()[0], "add").clone();
     assert_eq!(add["status"], "revoked", "{add}");
     assert_eq!(add["accepted"], false);
@@ -1026,33 +969,19 @@ fn a_revoked_key_is_refused_whether_published_or_pinned() {
     // Key a pinned; the provider rotates to b and revokes a: the pin is
     // refused until an operator unpins it.
     let a = HttpServer::signed(&[("SCHEMAPIN_KEY", "a")]);
-    let config = |srv: &HttpServer| {
-        http_server(
-            "signed",
-            &srv.url(),
-            &format!("domain = \"tools.example\"\nwell_known = {:?}\n", srv.origin()),
-        )
-    };
-    s.configure("strict", &config(&a));
+    s.configure("strict", &well_known_server(&a));
     assert_eq!(tool(&s.list()[0], "add")["status"], "first_use");
     let b = HttpServer::signed(&[("SCHEMAPIN_KEY", "b"), ("SCHEMAPIN_REVOKED", "a")]);
-    s.configure("strict", &config(&b));
+    s.configure("strict", &well_known_server(&b));
     let add = tool(&s.list()[0], "add").clone();
     assert_eq!(add["status"], "revoked", "{add}");
     assert!(add["detail"].as_str().expect("detail").contains("unpin"), "{add}");
-    let r = s.stele(&["mcp", "unpin", "tools.example", "--reason", "key a revoked"]);
-    assert_eq!(r.code, Some(0), "{r:?}");
+    s.ok(&["mcp", "unpin", "tools.example", "--reason", "key a revoked"]);
     assert_eq!(tool(&s.list()[0], "add")["status"], "first_use");
     let ev = s.events();
     let last = kind(&ev, "mcp_key_discovered");
     let last = last.last().expect("a discovery");
-    assert!(
-        last["body"]["revoked_keys"]
-            .as_str()
-            .expect("revoked")
-            .starts_with("sha256:"),
-        "{last}"
-    );
+    assert!(body_str(last, "revoked_keys").starts_with("sha256:"), "{last}");
     assert_eq!(kind(&ev, "mcp_key_pinned").len(), 2);
 }
 
@@ -1060,20 +989,17 @@ fn a_revoked_key_is_refused_whether_published_or_pinned() {
 fn a_discovery_document_that_cannot_be_had_fails_the_connection_clearly() {
     let server = HttpServer::signed(&[]);
     let s = Setup::new("strict", "");
-    let p = s.policies();
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     s.configure(
         "warn",
         &http_server("signed", &server.url(), &format!("well_known = {nowhere:?}\n")),
     );
-    let r = s.stele(&["mcp", "list", "--policies", &p]);
-    assert_eq!(r.code, Some(1), "{r:?}");
+    let listed = s.list_fails();
     assert!(
-        r.stdout.contains(&format!(
+        listed.contains(&format!(
             "SchemaPin key discovery at {nowhere}/.well-known/schemapin.json: cannot fetch it"
         )),
-        "{}",
-        r.stdout
+        "{listed}"
     );
     // A document that is not there: the status is named.
     s.configure(
@@ -1087,13 +1013,10 @@ fn a_discovery_document_that_cannot_be_had_fails_the_connection_clearly() {
             ),
         ),
     );
-    let r = s.stele(&["mcp", "list", "--policies", &p]);
-    assert_eq!(r.code, Some(1), "{r:?}");
+    let listed = s.list_fails();
     assert!(
-        r.stdout
-            .contains("/other/.well-known/schemapin.json: it answered HTTP 404"),
-        "{}",
-        r.stdout
+        listed.contains("/other/.well-known/schemapin.json: it answered HTTP 404"),
+        "{listed}"
     );
     assert!(kind(&s.events(), "mcp_tool_verified").is_empty());
     // A bad value in the configuration names the field.

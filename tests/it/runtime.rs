@@ -9,7 +9,7 @@ use stele_engine::AgentDefinition;
 use stele_engine::runtime::{Batch, Effect, RuntimeCommand, RuntimeRejection, RuntimeState, decide};
 use stele_engine::scheduler::{HostCapacity, Placement, SlotCapacity};
 use stele_journal::event::detached_event;
-use stele_journal::{EventBody, ProcessExit, Seq};
+use stele_journal::{EventBody, ProcessExit, Seq, TaskRequest};
 
 struct World {
     state: RuntimeState,
@@ -31,6 +31,12 @@ fn line(b: &EventBody) -> String {
         EventBody::TimerFired { agent, timer, tick } => format!("timer {agent} {timer} {tick}"),
         EventBody::ProcessExited { task, .. } => format!("exited {task}"),
         EventBody::ShutdownStep { step, name, .. } => format!("shutdown {step} {name}"),
+        EventBody::TaskRequested { task, request, .. } => {
+            format!(
+                "requested {task}: {}",
+                stele_engine::runtime::request_words(request)
+            )
+        }
         other => other.kind().to_owned(),
     }
 }
@@ -441,10 +447,11 @@ fn the_end_of_a_preempted_process_never_ends_its_next_placement() {
 #[test]
 fn a_request_queues_a_task_that_applies_no_mode_rule() {
     let mut w = World::new();
-    let requested = |agent: &str, what: &str| RuntimeCommand::Requested {
+    let requested = |agent: &str, request: TaskRequest| RuntimeCommand::Requested {
         agent: agent.into(),
-        what: what.into(),
+        request,
     };
+    let run = |input: &str| TaskRequest::Run { input: input.into() };
     // An event-driven agent waits for its event; a request runs it now,
     // through the queue and a slot like any task.
     w.register(
@@ -453,13 +460,15 @@ fn a_request_queues_a_task_that_applies_no_mode_rule() {
         "kind = \"event-driven\"\nfilter = { kinds = [\"annotated\"] }",
         60,
     );
-    let (facts, effects) = w.ok(requested("watch", "run over HTTP: hi"));
+    let (facts, effects) = w.ok(requested("watch", run("hi")));
+    // What it asks is journaled as data beside the trigger's words.
     assert_eq!(
         facts,
         [
             "queued task-0 watch (request run over HTTP: hi)",
             "placed task-0 slot 0",
             "watch: ready->running",
+            "requested task-0: run over HTTP: hi",
         ]
     );
     assert_eq!(
@@ -470,7 +479,7 @@ fn a_request_queues_a_task_that_applies_no_mode_rule() {
         }]
     );
     // One task per agent: a second request is refused, not queued.
-    let busy = decide(&w.state, requested("watch", "run over HTTP: again")).expect_err("busy");
+    let busy = decide(&w.state, requested("watch", run("again"))).expect_err("busy");
     assert!(
         matches!(&busy, RuntimeRejection::Busy { agent, task } if agent == "watch" && task == "task-0"),
         "{busy:?}"
@@ -482,10 +491,20 @@ fn a_request_queues_a_task_that_applies_no_mode_rule() {
         "kind = \"event-driven\"\nfilter = { kinds = [\"annotated\"] }",
         60,
     );
-    let (facts, _) = w.ok(requested("other", "continue run-1: call-1-0 approved by bob"));
+    let decision = TaskRequest::Decision {
+        run: "run-1".into(),
+        call: "call-1-0".into(),
+        approved: true,
+        approver: "bob".into(),
+        reason: "looks fine".into(),
+    };
+    let (facts, _) = w.ok(requested("other", decision));
     assert_eq!(
         facts,
-        ["queued task-1 other (request continue run-1: call-1-0 approved by bob)"]
+        [
+            "queued task-1 other (request continue run-1: call-1-0 approved by bob (reason: looks fine))",
+            "requested task-1: continue run-1: call-1-0 approved by bob (reason: looks fine)",
+        ]
     );
     w.started("task-0");
     let (facts, effects) = w.exited("task-0", 0, false);
@@ -514,12 +533,13 @@ fn a_request_queues_a_task_that_applies_no_mode_rule() {
     w.started("task-2");
     let (facts, _) = w.exited("task-2", 0, false);
     assert_eq!(facts.last().map(String::as_str), Some("once: ready->terminated"));
-    let (facts, _) = w.ok(requested("once", "run over HTTP: once more"));
+    let (facts, _) = w.ok(requested("once", run("once more")));
     assert_eq!(
         facts,
         [
             "queued task-3 once (request run over HTTP: once more)",
-            "placed task-3 slot 0"
+            "placed task-3 slot 0",
+            "requested task-3: run over HTTP: once more",
         ]
     );
     w.started("task-3");
@@ -527,12 +547,12 @@ fn a_request_queues_a_task_that_applies_no_mode_rule() {
     assert_eq!(facts, ["exited task-3", "finished task-3 Failed"]);
     assert!(effects.is_empty(), "{effects:?}");
     // Unknown agents and a closed admission are refused.
-    let unknown = decide(&w.state, requested("nobody", "run over HTTP: x")).expect_err("unknown");
+    let unknown = decide(&w.state, requested("nobody", run("x"))).expect_err("unknown");
     assert!(unknown.to_string().contains("nobody"), "{unknown}");
     w.ok(RuntimeCommand::Shutdown {
         step: 1,
         detail: String::new(),
     });
-    let closed = decide(&w.state, requested("watch", "run over HTTP: x")).expect_err("closed");
+    let closed = decide(&w.state, requested("watch", run("x"))).expect_err("closed");
     assert!(matches!(closed, RuntimeRejection::ShuttingDown), "{closed:?}");
 }

@@ -112,6 +112,54 @@ fn dump(ev: &[Value]) -> String {
         .join("\n")
 }
 
+/// The kinds of the `tool_*` and `sandbox_*` events among `ev`, in order.
+fn tool_and_sandbox_kinds(ev: &[Value]) -> Vec<&str> {
+    ev.iter()
+        .map(|e| e["body"]["kind"].as_str().expect("kind"))
+        .filter(|k| k.starts_with("tool_") || k.starts_with("sandbox_"))
+        .collect()
+}
+
+/// Asserts that a `stele` call succeeded (`what` names it), showing its
+/// output if not.
+fn assert_success(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `stele --data DATA ARGS --policies POLICIES`, stdin closed.
+fn with_policies(data: &Path, policies: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = stele();
+    cmd.arg("--data")
+        .arg(data)
+        .args(args)
+        .arg("--policies")
+        .arg(policies)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The run id of a `stele run --json` that completed its run.
+fn completed_run(o: &Output, what: &str) -> String {
+    assert_success(o, what);
+    let out: Value = serde_json::from_slice(&o.stdout).expect("run JSON");
+    assert_eq!(out["outcome"], "completed", "{what}: {out}");
+    out["run"].as_str().expect("run id").to_owned()
+}
+
+/// The report of a `stele replay --json` that succeeded without a
+/// divergence.
+fn replayed_identically(o: &Output) -> Value {
+    assert_success(o, "replay");
+    let report: Value = serde_json::from_slice(&o.stdout).expect("replay JSON");
+    assert!(report["divergence"].is_null(), "{report}");
+    report
+}
+
 #[test]
 fn a_sandboxed_command_has_no_network() {
     // A listener on the host's loopback: reachable from the host, not from
@@ -410,14 +458,46 @@ impl Up {
 }
 
 fn container_agent(dir: &Path, name: &str, mode: &str, tier: &str, script: &str) {
+    container_agent_with(dir, name, mode, tier, script, "60s", "");
+}
+
+/// [`container_agent`] with an `execution_timeout` of `timeout` and the
+/// TOML `more` after its `[runs]` table.
+fn container_agent_with(
+    dir: &Path,
+    name: &str,
+    mode: &str,
+    tier: &str,
+    script: &str,
+    timeout: &str,
+    more: &str,
+) {
     std::fs::create_dir_all(dir).expect("agents dir");
     std::fs::write(
         dir.join(format!("{name}.toml")),
         format!(
-            "name = \"{name}\"\npriority = \"normal\"\n\n[mode]\nkind = \"{mode}\"\n\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"60s\"\n\n[runs]\nkind = \"process\"\ntier = \"{tier}\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", {script:?}]\n"
+            "name = \"{name}\"\npriority = \"normal\"\n\n[mode]\nkind = \"{mode}\"\n\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"{timeout}\"\n\n[runs]\nkind = \"process\"\ntier = \"{tier}\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", {script:?}]\n{more}"
         ),
     )
     .expect("write agent");
+}
+
+/// A persistent agent `name` in `dir` running `script` in a `tier`
+/// container, probed every 500 ms (100 retries) by `probe` with `args`
+/// under a deadline of `deadline`.
+fn probed_agent(
+    dir: &Path,
+    name: &str,
+    tier: &str,
+    script: &str,
+    probe: &str,
+    args: &[&str],
+    deadline: &str,
+) {
+    let health = format!(
+        "\n[health]\ncommand = {probe:?}\nargs = {args:?}\ninterval = \"500ms\"\ntimeout = {deadline:?}\nretries = 100\n"
+    );
+    container_agent_with(dir, name, "persistent", tier, script, "120s", &health);
 }
 
 #[test]
@@ -644,27 +724,15 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
         .expect("agent");
         let data = tmp.path().join("data");
         let run = |args: &[&str]| {
-            stele()
-                .arg("--data")
-                .arg(&data)
-                .args(args)
-                .arg("--policies")
-                .arg(&policies)
+            with_policies(&data, &policies, args)
                 .env("TMPDIR", &scratch_parent)
-                .stdin(Stdio::null())
                 .output()
                 .expect("run stele")
         };
-        let o = run(&["run", agent.to_str().expect("utf8"), "--input", "go", "--json"]);
-        assert!(
-            o.status.success(),
-            "{tier}: {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
+        let run_id = completed_run(
+            &run(&["run", agent.to_str().expect("utf8"), "--input", "go", "--json"]),
+            tier,
         );
-        let out: Value = serde_json::from_slice(&o.stdout).expect("run JSON");
-        assert_eq!(out["outcome"], "completed", "{tier}: {out}");
-        let run_id = out["run"].as_str().expect("run id").to_owned();
         let ev = events(&data);
         let returned = kind(&ev, "tool_returned");
         assert_eq!(returned.len(), 1, "{tier}: {}", dump(&ev));
@@ -755,13 +823,8 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
         }
         // A user following the run sees the chain call → container → result.
         let of_run = events_with(&data, &["--run", &run_id]);
-        let kinds: Vec<&str> = of_run
-            .iter()
-            .map(|e| e["body"]["kind"].as_str().expect("kind"))
-            .filter(|k| k.starts_with("tool_") || k.starts_with("sandbox_"))
-            .collect();
         assert_eq!(
-            kinds,
+            tool_and_sandbox_kinds(&of_run),
             [
                 "tool_called",
                 "sandbox_started",
@@ -774,13 +837,7 @@ fn run_command_of_a_reasoning_agent_runs_in_its_sandbox_tier_and_replays_from_th
 
         // The replay serves the journaled result: no container runs again.
         std::fs::remove_file(ws.join("out.txt")).expect("rm out.txt");
-        let o = run(&["replay", &run_id]);
-        assert!(
-            o.status.success(),
-            "{tier}: replay: {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert_success(&run(&["replay", &run_id]), &format!("{tier}: replay"));
         assert!(
             !ws.join("out.txt").exists(),
             "{tier}: the replay ran the command again"
@@ -888,17 +945,7 @@ fn a_run_parked_after_a_container_call_resumes_over_its_facts() {
         &cedar,
     );
     let data = tmp.path().join("data");
-    let cli = |args: &[&str]| {
-        stele()
-            .arg("--data")
-            .arg(&data)
-            .args(args)
-            .arg("--policies")
-            .arg(&policies)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run stele")
-    };
+    let cli = |args: &[&str]| with_policies(&data, &policies, args).output().expect("run stele");
     let o = cli(&["run", agent.to_str().expect("utf8"), "--input", "go", "--json"]);
     let out: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("no run JSON ({e}): {}", String::from_utf8_lossy(&o.stderr)));
@@ -916,13 +963,7 @@ fn a_run_parked_after_a_container_call_resumes_over_its_facts() {
         .expect("call_id")
         .to_owned();
 
-    let o = cli(&["approve", &run, &write, "--json"]);
-    assert!(
-        o.status.success(),
-        "approve: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_success(&cli(&["approve", &run, &write, "--json"]), "approve");
     let ws = tmp.path().join("ws");
     assert_eq!(
         std::fs::read_to_string(ws.join("note.txt")).expect("note.txt"),
@@ -939,10 +980,7 @@ fn a_run_parked_after_a_container_call_resumes_over_its_facts() {
         dump(&ev)
     );
 
-    let o = cli(&["replay", &run, "--json"]);
-    let report: Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("no replay JSON ({e}): {}", String::from_utf8_lossy(&o.stderr)));
-    assert!(o.status.success() && report["divergence"].is_null(), "{report}");
+    replayed_identically(&cli(&["replay", &run, "--json"]));
 }
 
 /// The `tool_called` event among `ev` whose arguments contain `text`.
@@ -965,27 +1003,11 @@ fn parallel_run_command_calls_each_tie_their_container_to_their_call() {
         &["sleep 1; echo FIRST-CALL", "echo SECOND-CALL"],
     );
     let data = tmp.path().join("data");
-    let cli = |args: &[&str]| {
-        stele()
-            .arg("--data")
-            .arg(&data)
-            .args(args)
-            .arg("--policies")
-            .arg(&policies)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run stele")
-    };
-    let o = cli(&["run", agent.to_str().expect("utf8"), "--input", "go", "--json"]);
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    let cli = |args: &[&str]| with_policies(&data, &policies, args).output().expect("run stele");
+    let run = completed_run(
+        &cli(&["run", agent.to_str().expect("utf8"), "--input", "go", "--json"]),
+        "run",
     );
-    let out: Value = serde_json::from_slice(&o.stdout).expect("run JSON");
-    assert_eq!(out["outcome"], "completed", "{out}");
-    let run = out["run"].as_str().expect("run id").to_owned();
 
     // Everything below is what a user following the run sees.
     let ev = events_with(&data, &["--run", &run]);
@@ -1030,15 +1052,7 @@ fn parallel_run_command_calls_each_tie_their_container_to_their_call() {
 
     // The replay serves both results and passes over the containers'
     // facts: identical, nothing run again.
-    let o = cli(&["replay", &run, "--json"]);
-    assert!(
-        o.status.success(),
-        "replay: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let report: Value = serde_json::from_slice(&o.stdout).expect("replay JSON");
-    assert!(report["divergence"].is_null(), "{report}");
+    let report = replayed_identically(&cli(&["replay", &run, "--json"]));
     assert_eq!(
         report["recorded"].as_u64(),
         Some(ev.len() as u64 - 4),
@@ -1119,13 +1133,8 @@ fn a_run_command_container_orphaned_by_kill_9_is_reaped_into_its_run() {
         "{detail}"
     );
     let of_run = events_with(&up.data, &["--run", &run]);
-    let kinds: Vec<&str> = of_run
-        .iter()
-        .map(|e| e["body"]["kind"].as_str().expect("kind"))
-        .filter(|k| k.starts_with("tool_") || k.starts_with("sandbox_"))
-        .collect();
     assert_eq!(
-        kinds,
+        tool_and_sandbox_kinds(&of_run),
         ["tool_called", "sandbox_started", "sandbox_reaped"],
         "{}",
         dump(&of_run)
@@ -1254,16 +1263,17 @@ fn a_container_agents_health_probe_runs_inside_its_container() {
     for tier in TIERS {
         let tmp = tempfile::tempdir().expect("tempdir");
         let agents = tmp.path().join("agents");
-        std::fs::create_dir_all(&agents).expect("agents dir");
         // The file the probe looks for exists only in the container's /work
         // (a tmpfs), and only after two seconds.
-        std::fs::write(
-            agents.join("probed.toml"),
-            format!(
-                "name = \"probed\"\npriority = \"normal\"\n\n[mode]\nkind = \"persistent\"\n\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"120s\"\n\n[runs]\nkind = \"process\"\ntier = {tier:?}\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 2; echo ok > /work/stele-ready; sleep 600\"]\n\n[health]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"cat /work/stele-ready\"]\ninterval = \"500ms\"\ntimeout = \"10s\"\nretries = 100\n"
-            ),
-        )
-        .expect("agent");
+        probed_agent(
+            &agents,
+            "probed",
+            tier,
+            "sleep 2; echo ok > /work/stele-ready; sleep 600",
+            "/bin/sh",
+            &["-c", "cat /work/stele-ready"],
+            "10s",
+        );
         let mut up = Up::start(tmp.path(), &agents);
         let ev = up.wait_for("a failed probe and the recovery", |ev| {
             kind(ev, "health_checked").iter().any(|e| e["body"]["ok"] == true)
@@ -1312,16 +1322,9 @@ fn a_probe_that_hangs_past_its_deadline_is_killed_in_the_container() {
     for tier in TIERS {
         let tmp = tempfile::tempdir().expect("tempdir");
         let agents = tmp.path().join("agents");
-        std::fs::create_dir_all(&agents).expect("agents dir");
         // Docker cannot kill an exec: without the deadline enforced inside
         // the container, every timed-out probe's `sleep 4242` would stay.
-        std::fs::write(
-            agents.join("hung.toml"),
-            format!(
-                "name = \"hung\"\npriority = \"normal\"\n\n[mode]\nkind = \"persistent\"\n\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"120s\"\n\n[runs]\nkind = \"process\"\ntier = {tier:?}\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 600\"]\n\n[health]\ncommand = \"/bin/sleep\"\nargs = [\"4242\"]\ninterval = \"500ms\"\ntimeout = \"1s\"\nretries = 100\n"
-            ),
-        )
-        .expect("agent");
+        probed_agent(&agents, "hung", tier, "sleep 600", "/bin/sleep", &["4242"], "1s");
         let mut up = Up::start(tmp.path(), &agents);
         let ev = up.wait_for("two timed-out probes", |ev| {
             kind(ev, "health_checked")

@@ -7,7 +7,9 @@
 //! scheduled reasoning agent stopped mid-run (its run journaled
 //! `cancelled`, its task `stopped`), and runs started over HTTP and
 //! continuations taking scheduler slots (queued, placed, one at a time in
-//! one slot).
+//! one slot), a queued start and a queued continuation each done once
+//! after a `kill -9` of the daemon, and a preempted requested run
+//! cancelled, its task ending cleanly when placed again.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -894,6 +896,300 @@ fn http_runs_and_continuations_take_scheduler_slots() {
         "the slot is held until the run ends:\n{}",
         dump(&ev)
     );
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
+
+/// `POST` without the helper's `expect`: the client may lose its daemon.
+fn post_lossy(up: &Up, path: &str, body: &Value) -> Result<u16, String> {
+    up.http()
+        .post(format!("{}{path}", up.http))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
+/// A slot filler `slow` whose one command sleeps `secs` (the slot stays
+/// held); event-driven on an event nobody sends, so that it runs only when
+/// asked (a restart queues no run of it).
+fn sleeper(dir: &Path, secs: &str) -> String {
+    slot_filler(
+        dir,
+        "slow",
+        &json!([
+            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": [secs]}}]},
+            {"content": "slept"}
+        ]),
+    )
+    .replace(
+        "kind = \"ephemeral\"",
+        "kind = \"event-driven\"\nfilter = { kinds = [\"never\"] }",
+    )
+}
+
+/// The `run_started` events whose input is `input`.
+fn runs_started<'a>(ev: &'a [Value], input: &str) -> Vec<&'a Value> {
+    kind(ev, "run_started")
+        .into_iter()
+        .filter(|e| e["body"]["input"] == input)
+        .collect()
+}
+
+fn last_runtime_start(ev: &[Value]) -> u64 {
+    kind(ev, "runtime_started")
+        .last()
+        .and_then(|e| e["seq"].as_u64())
+        .expect("a runtime_started")
+}
+
+/// A run requested over HTTP, queued behind a busy slot, survives a
+/// `kill -9` of the daemon: its `TaskRequested` says what was asked, so
+/// after the restart its task is placed and the run begins from it (its
+/// client is gone: nobody waits) and completes — once.
+#[test]
+fn a_queued_http_run_survives_a_daemon_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow = sleeper(dir.path(), "30");
+    let quick = slot_filler(dir.path(), "quick", &json!([{"content": "at once"}]));
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+    let (status, v) = post(
+        &up,
+        "/v1/runs",
+        &json!({"definition": slow, "input": "hold the slot"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| {
+            post_lossy(
+                &up,
+                "/v1/runs",
+                &json!({"definition": quick, "input": "be quick"}),
+            )
+        });
+        let ev = up.wait_for("the quick run's request to queue", |ev| {
+            ev.iter()
+                .any(|e| e["body"]["kind"] == "task_requested" && e["body"]["agent"] == "quick")
+        });
+        let asked = kind(&ev, "task_requested")
+            .into_iter()
+            .find(|e| e["body"]["agent"] == "quick")
+            .expect("requested");
+        assert_eq!(asked["body"]["request"], "run", "{}", dump(&ev));
+        assert_eq!(asked["body"]["input"], "be quick", "{}", dump(&ev));
+        assert!(runs_started(&ev, "be quick").is_empty(), "{}", dump(&ev));
+        up.signal(9);
+        let answer = waiting.join().expect("the client thread");
+        assert!(answer.is_err(), "the killed daemon answered: {answer:?}");
+    });
+    let _ = up.wait_exit();
+    drop(up);
+
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+    let ev = up.wait_for("the queued run to finish after the restart", |ev| {
+        let started = runs_started(ev, "be quick");
+        started.first().is_some_and(|s| {
+            kind(ev, "run_finished")
+                .iter()
+                .any(|f| f["body"]["run"] == s["body"]["run"])
+        })
+    });
+    let started = runs_started(&ev, "be quick");
+    assert_eq!(started.len(), 1, "the run began once:\n{}", dump(&ev));
+    let run = started[0]["body"]["run"].as_str().expect("run").to_owned();
+    let done = settled(&up, &run);
+    assert_eq!(done["outcome"], "completed", "{done}");
+    assert_eq!(done["answer"], "at once", "{done}");
+    let ev = up.events();
+    let task = requested_task(&ev, "quick", "request run over HTTP: be quick");
+    let restart = last_runtime_start(&ev);
+    let placed = task_event(&ev, "task_placed", &task);
+    let begun = started[0]["seq"].as_u64().expect("seq");
+    let finished = task_event(&ev, "task_finished", &task);
+    assert!(
+        restart < placed && placed < begun && begun < finished,
+        "placed after the restart, the run inside its task:\n{}",
+        dump(&ev)
+    );
+    let end = kind(&ev, "task_finished")
+        .into_iter()
+        .find(|e| e["body"]["task"] == task.as_str())
+        .expect("finished");
+    assert_eq!(end["body"]["outcome"], "completed", "{}", dump(&ev));
+    // The run that held the slot was interrupted by the kill, not repeated.
+    assert_eq!(runs_started(&ev, "hold the slot").len(), 1, "{}", dump(&ev));
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
+
+/// An approval whose continuation is queued behind a busy slot survives a
+/// `kill -9` of the daemon: after the restart the continuation is placed
+/// and the run continues from the journaled decision exactly once (one
+/// `ApprovalDecided`, with the approver and the reason), and the trigger
+/// of its task names both.
+#[test]
+fn a_queued_continuation_survives_a_daemon_kill_and_runs_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agent, workspace) = assistant(dir.path());
+    let slow = sleeper(dir.path(), "30");
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+    let (run, call) = run_until_parked(&up, &agent);
+    let (status, v) = post(
+        &up,
+        "/v1/runs",
+        &json!({"definition": slow, "input": "hold the slot"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let (status, v) = post(
+        &up,
+        &format!("/v1/runs/{run}/approve"),
+        &json!({"call": call, "approver": "alice", "reason": "fine by me"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let ev = up.wait_for("the continuation to queue", |ev| {
+        ev.iter()
+            .any(|e| e["body"]["kind"] == "task_requested" && e["body"]["run"] == run.as_str())
+    });
+    let asked = kind(&ev, "task_requested")
+        .into_iter()
+        .find(|e| e["body"]["run"] == run.as_str())
+        .expect("requested");
+    assert_eq!(asked["body"]["request"], "decision", "{}", dump(&ev));
+    assert_eq!(asked["body"]["call"], call.as_str());
+    assert_eq!(asked["body"]["approved"], true);
+    assert_eq!(asked["body"]["approver"], "alice");
+    assert_eq!(asked["body"]["reason"], "fine by me");
+    let cont_task = requested_task(
+        &ev,
+        "assistant",
+        &format!("request continue {run}: {call} approved by alice (reason: fine by me)"),
+    );
+    assert!(kind(&ev, "approval_decided").is_empty(), "{}", dump(&ev));
+    up.signal(9);
+    let _ = up.wait_exit();
+    drop(up);
+
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+    up.wait_for("the continuation to finish the run", |ev| {
+        kind(ev, "run_finished")
+            .iter()
+            .any(|e| e["body"]["run"] == run.as_str())
+    });
+    let done = settled(&up, &run);
+    assert_eq!(done["outcome"], "completed", "{done}\n{}", dump(&up.events()));
+    assert!(
+        workspace.join("summary.md").is_file(),
+        "the approved write happened"
+    );
+    let ev = up.events();
+    let decided: Vec<&Value> = run_events(&ev, &run)
+        .into_iter()
+        .filter(|e| e["body"]["kind"] == "approval_decided")
+        .collect();
+    assert_eq!(decided.len(), 1, "continued exactly once:\n{}", dump(&ev));
+    assert_eq!(decided[0]["body"]["approver"], "alice");
+    assert_eq!(decided[0]["body"]["reason"], "fine by me");
+    let finished = run_events(&ev, &run)
+        .into_iter()
+        .filter(|e| e["body"]["kind"] == "run_finished")
+        .count();
+    assert_eq!(finished, 1, "{}", dump(&ev));
+    let restart = last_runtime_start(&ev);
+    let placed = task_event(&ev, "task_placed", &cont_task);
+    let decided_at = decided[0]["seq"].as_u64().expect("seq");
+    assert!(
+        restart < placed && placed < decided_at,
+        "continued in its task, placed after the restart:\n{}",
+        dump(&ev)
+    );
+    // Deciding again is refused: the run has finished.
+    let (status, v) = post(&up, &format!("/v1/runs/{run}/approve"), &json!({"call": call}));
+    assert_eq!(status, 409, "{v}");
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
+
+/// A run requested over HTTP whose task is preempted is cancelled (its
+/// saga rolled back, the reason journaled); when its task is placed again
+/// the request is not done twice: the task ends `cancelled` at once, its
+/// exit saying why, and nothing fails.
+#[test]
+fn a_preempted_http_run_is_cancelled_and_its_task_ends_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow = sleeper(dir.path(), "30");
+    let mut up = Up::start_with(dir.path(), None, &["--policies", &policies()]);
+    let (status, v) = post(
+        &up,
+        "/v1/runs",
+        &json!({"definition": slow, "input": "hold the slot"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let run = v["run"].as_str().expect("run").to_owned();
+    up.wait_for("the slow run's command", |ev| {
+        ev.iter()
+            .any(|e| e["body"]["kind"] == "tool_called" && e["body"]["run"] == run.as_str())
+    });
+    let urgent = dir.path().join("urgent.toml");
+    std::fs::write(
+        &urgent,
+        "name = \"urgent\"\npriority = \"critical\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 100\ncpu_cores = 0.1\nexecution_timeout = \"10s\"\n[runs]\nkind = \"process\"\ncommand = \"/bin/echo\"\nargs = [\"urgent done\"]\n",
+    )
+    .expect("write");
+    let out = up.cli(&["agent", "register", urgent.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "register: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = up.wait_for("the slow task to end", |ev| {
+        let Some(task) = kind(ev, "task_queued")
+            .into_iter()
+            .find(|e| e["body"]["agent"] == "slow")
+            .and_then(|e| e["body"]["task"].as_str())
+        else {
+            return false;
+        };
+        kind(ev, "task_finished")
+            .iter()
+            .any(|e| e["body"]["task"] == task)
+    });
+    let task = requested_task(&ev, "slow", "request run over HTTP: hold the slot");
+    let preempted = kind(&ev, "task_preempted");
+    assert!(
+        preempted.iter().any(|e| e["body"]["task"] == task.as_str()),
+        "{}",
+        dump(&ev)
+    );
+    // The run was cancelled by the preemption, and says so.
+    let done = settled(&up, &run);
+    assert_eq!(done["outcome"], "cancelled", "{done}");
+    assert!(
+        done["answer"].as_str().is_some_and(|a| a.contains("preempted")),
+        "{done}"
+    );
+    // Placed again, the task ends cancelled without doing the request again.
+    let placements = kind(&ev, "task_placed")
+        .into_iter()
+        .filter(|e| e["body"]["task"] == task.as_str())
+        .count();
+    assert_eq!(placements, 2, "{}", dump(&ev));
+    assert_eq!(runs_started(&ev, "hold the slot").len(), 1, "{}", dump(&ev));
+    let end = kind(&ev, "task_finished")
+        .into_iter()
+        .find(|e| e["body"]["task"] == task.as_str())
+        .expect("finished");
+    assert_eq!(end["body"]["outcome"], "cancelled", "{}", dump(&ev));
+    let exits: Vec<&Value> = kind(&ev, "process_exited")
+        .into_iter()
+        .filter(|e| e["body"]["task"] == task.as_str())
+        .collect();
+    assert_eq!(exits.len(), 2, "{}", dump(&ev));
+    let last = exits[1]["body"]["stdout"].as_str().unwrap_or_default();
+    assert!(last.contains("a request is done once"), "{last}");
+    assert!(last.contains(&run), "the exit names the cancelled run: {last}");
     up.signal(15);
     assert!(up.wait_exit().success());
     verify(&up.data);

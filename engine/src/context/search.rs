@@ -148,19 +148,22 @@ impl KeywordIndex {
     }
 
     /// The matches of `text` best first — descending BM25, then ascending
-    /// key — produced lazily from a heap: taking the first k of n matches
-    /// costs O(n + k log n) and copies no key.
+    /// key — produced lazily: a heap of (score, doc) gives the scores in
+    /// order, and only a run of equal scores the consumer reaches is
+    /// sorted by key. Taking the first k of n matches costs O(n + k log n)
+    /// and copies no key.
     #[must_use]
     pub fn ranked(&self, text: &str) -> Ranked<'_> {
-        Ranked(
-            self.doc_scores(text)
+        Ranked {
+            keys: &self.keys,
+            heap: self
+                .doc_scores(text)
                 .into_iter()
-                .map(|(doc, s)| Candidate {
-                    score: s as f32,
-                    key: &self.keys[doc as usize],
-                })
+                .map(|(doc, s)| Candidate { score: s as f32, doc })
                 .collect(),
-        )
+            tied: Vec::new(),
+            tied_score: 0.0,
+        }
     }
 
     /// (doc, BM25) of every doc matching a term of `text`, unsorted. The
@@ -198,48 +201,69 @@ impl KeywordIndex {
     }
 }
 
-/// A keyword match: its BM25 and its key, ordered best first.
+/// A keyword match: its BM25 and its doc, ordered by score (the doc only
+/// makes the order total; [`Ranked`] orders equal scores by key).
 #[derive(Debug, Clone, Copy)]
-struct Candidate<'a> {
+struct Candidate {
     score: f32,
-    key: &'a str,
+    doc: u32,
 }
 
-impl PartialEq for Candidate<'_> {
+impl PartialEq for Candidate {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other).is_eq()
     }
 }
 
-impl Eq for Candidate<'_> {}
+impl Eq for Candidate {}
 
-impl Ord for Candidate<'_> {
+impl Ord for Candidate {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.score
             .total_cmp(&other.score)
-            .then_with(|| other.key.cmp(self.key))
+            .then_with(|| other.doc.cmp(&self.doc))
     }
 }
 
-impl PartialOrd for Candidate<'_> {
+impl PartialOrd for Candidate {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-/// [`KeywordIndex::ranked`]: (key, BM25), best first.
+/// [`KeywordIndex::ranked`]: (key, BM25), best first, ties by key.
 #[derive(Debug)]
-pub struct Ranked<'a>(std::collections::BinaryHeap<Candidate<'a>>);
+pub struct Ranked<'a> {
+    keys: &'a [String],
+    heap: std::collections::BinaryHeap<Candidate>,
+    /// The rest of the current run of equal scores, by descending key (the
+    /// next one is last).
+    tied: Vec<&'a str>,
+    tied_score: f32,
+}
 
 impl<'a> Iterator for Ranked<'a> {
     type Item = (&'a str, f32);
 
     fn next(&mut self) -> Option<(&'a str, f32)> {
-        self.0.pop().map(|c| (c.key, c.score))
+        if self.tied.is_empty() {
+            let first = self.heap.pop()?;
+            self.tied_score = first.score;
+            self.tied.push(&self.keys[first.doc as usize]);
+            while let Some(c) = self.heap.peek()
+                && c.score.total_cmp(&first.score).is_eq()
+            {
+                self.tied.push(&self.keys[c.doc as usize]);
+                self.heap.pop();
+            }
+            self.tied.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        self.tied.pop().map(|k| (k, self.tied_score))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.0.len(), Some(self.0.len()))
+        let n = self.heap.len() + self.tied.len();
+        (n, Some(n))
     }
 }
 
