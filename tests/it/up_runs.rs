@@ -8,7 +8,7 @@
 //! `cancelled`, its task `stopped`), and runs started over HTTP and
 //! continuations taking scheduler slots (queued, placed, one at a time in
 //! one slot), a queued start and a queued continuation each done once
-//! after a `kill -9` of the daemon, and a preempted requested run
+//! after a `kill -9` of the daemon (an expiry's too), and a preempted requested run
 //! cancelled, its task ending cleanly when placed again.
 
 use std::path::{Path, PathBuf};
@@ -1190,6 +1190,78 @@ fn a_preempted_http_run_is_cancelled_and_its_task_ends_cleanly() {
     let last = exits[1]["body"]["stdout"].as_str().unwrap_or_default();
     assert!(last.contains("a request is done once"), "{last}");
     assert!(last.contains(&run), "the exit names the cancelled run: {last}");
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
+
+/// An approval timeout whose continuation (the rejection by the timeout)
+/// is queued behind a busy slot survives a `kill -9` of the daemon: after
+/// the restart the run is continued from the journaled request once — the
+/// timer re-armed at start finds the run claimed, then nothing left to
+/// reject.
+#[test]
+fn a_queued_expiry_survives_a_daemon_kill_and_rejects_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agent, workspace) = assistant(dir.path());
+    let slow = sleeper(dir.path(), "30");
+    let fast = fast_timeout_policies(dir.path());
+    let args = ["--policies", fast.to_str().expect("utf8")];
+    let mut up = Up::start_with(dir.path(), None, &args);
+    let (run, call) = run_until_parked(&up, &agent);
+    let (status, v) = post(
+        &up,
+        "/v1/runs",
+        &json!({"definition": slow, "input": "hold the slot"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let ev = up.wait_for("the expiry to queue", |ev| {
+        ev.iter().any(|e| {
+            e["body"]["kind"] == "task_requested"
+                && e["body"]["request"] == "expiry"
+                && e["body"]["run"] == run.as_str()
+        })
+    });
+    let task = requested_task(
+        &ev,
+        "assistant",
+        &format!("request continue {run}: timed-out approvals rejected"),
+    );
+    assert!(kind(&ev, "approval_decided").is_empty(), "{}", dump(&ev));
+    up.signal(9);
+    let _ = up.wait_exit();
+    drop(up);
+
+    let mut up = Up::start_with(dir.path(), None, &args);
+    up.wait_for("the run to finish after the restart", |ev| {
+        kind(ev, "run_finished")
+            .iter()
+            .any(|e| e["body"]["run"] == run.as_str())
+    });
+    settled(&up, &run);
+    let ev = up.events();
+    let decided: Vec<&Value> = run_events(&ev, &run)
+        .into_iter()
+        .filter(|e| e["body"]["kind"] == "approval_decided")
+        .collect();
+    assert_eq!(decided.len(), 1, "rejected once:\n{}", dump(&ev));
+    assert_eq!(decided[0]["body"]["approver"], "expired");
+    assert_eq!(decided[0]["body"]["call_id"], call.as_str());
+    let restart = last_runtime_start(&ev);
+    let placed = task_event(&ev, "task_placed", &task);
+    let decided_at = decided[0]["seq"].as_u64().expect("seq");
+    assert!(
+        restart < placed && placed < decided_at,
+        "rejected in its task, placed after the restart:\n{}",
+        dump(&ev)
+    );
+    assert!(!workspace.join("summary.md").exists());
+    // Nothing more is queued for the run once it has finished.
+    let continuations = kind(&ev, "task_requested")
+        .into_iter()
+        .filter(|e| e["body"]["run"] == run.as_str())
+        .count();
+    assert_eq!(continuations, 1, "{}", dump(&ev));
     up.signal(15);
     assert!(up.wait_exit().success());
     verify(&up.data);
