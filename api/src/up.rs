@@ -1201,6 +1201,9 @@ impl Core {
     /// desk drives its run while the task holds the slot, and reports the
     /// end, which comes back as the task's exit like a reasoning task's).
     fn spawn_requested(&mut self, task: String, def: &AgentDefinition) {
+        // Its trigger was kept by the fold like any reasoning task's; a
+        // requested task's run takes its input from the request instead.
+        self.triggers.remove(&task);
         let Some(waiter) = self.leases.remove(&def.name) else {
             if self
                 .state
