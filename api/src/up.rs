@@ -1247,26 +1247,11 @@ impl Core {
         let (tx, timeout) = (self.tx.clone(), def.limits.execution_timeout);
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let timed_out = Arc::new(AtomicBool::new(false));
-            let watchdog = {
-                let (cancel, timed_out, task) = (cancel.clone(), Arc::clone(&timed_out), task.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(timeout).await;
-                    timed_out.store(true, Ordering::SeqCst);
-                    cancel.send_replace(Some(format!(
-                        "{task} ran past its execution_timeout of {}",
-                        humantime::format_duration(timeout)
-                    )));
-                })
-            };
+            let watchdog = Watchdog::arm(started, &cancel, timeout, &task);
             let end = ended
                 .await
                 .unwrap_or_else(|_| TaskEnd::Failed("the request's drive ended without a report".into()));
-            watchdog.abort();
-            let timed_out = timed_out.load(Ordering::SeqCst);
-            let asked = cancel.borrow().is_some();
-            let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let exit = reasoning_exit(&end, asked && !timed_out, timed_out, wall_ms);
+            let exit = watchdog.exit(&end);
             let _ = tx.send(Input::Exited(task, exit));
         });
     }
@@ -1396,28 +1381,13 @@ impl Core {
                 },
                 None,
             ));
-            let timed_out = Arc::new(AtomicBool::new(false));
-            let watchdog = {
-                let (cancel, timed_out, run) = (cancel.clone(), Arc::clone(&timed_out), run.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(timeout).await;
-                    timed_out.store(true, Ordering::SeqCst);
-                    cancel.send_replace(Some(format!(
-                        "{run} ran past its execution_timeout of {}",
-                        humantime::format_duration(timeout)
-                    )));
-                })
-            };
+            let watchdog = Watchdog::arm(started, &cancel, timeout, &run);
             let end = match handle.await {
                 Ok(Ok(s)) => TaskEnd::Settled(s),
                 Ok(Err(e)) => TaskEnd::Failed(format!("{e:#}")),
                 Err(e) => TaskEnd::Failed(format!("the run's task failed: {e}")),
             };
-            watchdog.abort();
-            let timed_out = timed_out.load(Ordering::SeqCst);
-            let asked = cancel.borrow().is_some();
-            let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let exit = reasoning_exit(&end, asked && !timed_out, timed_out, wall_ms);
+            let exit = watchdog.exit(&end);
             let _ = tx.send(Input::Exited(task, exit));
         });
     }
@@ -1571,6 +1541,48 @@ impl Core {
             })
             .collect();
         Value::Array(list)
+    }
+}
+
+/// A drive's execution timeout: fires the drive's stop signal when it runs
+/// past `timeout`, and turns the drive's end into its task's exit.
+struct Watchdog {
+    started: tokio::time::Instant,
+    cancel: Cancel,
+    timed_out: Arc<AtomicBool>,
+    timer: tokio::task::JoinHandle<()>,
+}
+
+impl Watchdog {
+    /// Arms the timer for `who` (a task or run), started at `started`.
+    fn arm(started: tokio::time::Instant, cancel: &Cancel, timeout: Duration, who: &str) -> Watchdog {
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let timer = {
+            let (cancel, timed_out, who) = (cancel.clone(), Arc::clone(&timed_out), who.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                timed_out.store(true, Ordering::SeqCst);
+                cancel.send_replace(Some(format!(
+                    "{who} ran past its execution_timeout of {}",
+                    humantime::format_duration(timeout)
+                )));
+            })
+        };
+        Watchdog {
+            started,
+            cancel: cancel.clone(),
+            timed_out,
+            timer,
+        }
+    }
+
+    /// Disarms the timer; the exit of a drive that ended with `end`.
+    fn exit(self, end: &TaskEnd) -> ProcessExit {
+        self.timer.abort();
+        let timed_out = self.timed_out.load(Ordering::SeqCst);
+        let asked = self.cancel.borrow().is_some();
+        let wall_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        reasoning_exit(end, asked && !timed_out, timed_out, wall_ms)
     }
 }
 

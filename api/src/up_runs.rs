@@ -575,6 +575,19 @@ impl Desk {
         })
     }
 
+    /// The sink of a claimed `run` and the lock its writes take; the claim
+    /// is released when the sink cannot be made.
+    fn claimed_sink(&self, run: &str) -> Result<(DaemonSink, Arc<tokio::sync::Mutex<()>>)> {
+        let write = Arc::new(tokio::sync::Mutex::new(()));
+        match self.sink(run, &write) {
+            Ok(sink) => Ok((sink, write)),
+            Err(e) => {
+                self.release(run);
+                Err(e)
+            }
+        }
+    }
+
     fn sink(&self, run: &str, write: &Arc<tokio::sync::Mutex<()>>) -> Result<DaemonSink> {
         Ok(DaemonSink {
             journal: self.0.journal.clone(),
@@ -1048,14 +1061,7 @@ impl Desk {
             input,
         } = prepared;
         let run = &decision.run;
-        let write = Arc::new(tokio::sync::Mutex::new(()));
-        let mut sink = match self.sink(run, &write) {
-            Ok(s) => s,
-            Err(e) => {
-                self.release(run);
-                return Err(e);
-            }
-        };
+        let (mut sink, write) = self.claimed_sink(run)?;
         let work = async {
             let stop = driver
                 .decide(
@@ -1299,14 +1305,7 @@ impl Desk {
             knowledge,
             input,
         } = expiry;
-        let write = Arc::new(tokio::sync::Mutex::new(()));
-        let mut sink = match self.sink(run, &write) {
-            Ok(s) => s,
-            Err(e) => {
-                self.release(run);
-                return Err(e);
-            }
-        };
+        let (mut sink, write) = self.claimed_sink(run)?;
         let work = async {
             for (call, why) in expired {
                 eprintln!("stele up: {run}: {call} {why}");
