@@ -438,6 +438,67 @@ fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
 }
 
 #[test]
+fn a_reasoning_run_past_its_execution_timeout_is_cancelled_and_its_task_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workspace = dir.path().join("ws");
+    std::fs::create_dir_all(&workspace).expect("ws");
+    let script = dir.path().join("dawdler.json");
+    std::fs::write(
+        &script,
+        json!({"model": "scripted", "answers": [
+            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": ["43"]}}]},
+            {"content": "woke up"}
+        ]})
+        .to_string(),
+    )
+    .expect("script");
+    let agents = dir.path().join("agents");
+    std::fs::create_dir_all(&agents).expect("agents");
+    std::fs::write(
+        agents.join("dawdler.toml"),
+        format!(
+            "name = \"dawdler\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"2s\"\n[runs]\nkind = \"reasoning\"\ntier = \"native\"\ntools = [\"run_command\"]\nworkspace = {:?}\nscript = {:?}\n",
+            workspace.display().to_string(),
+            script.display().to_string()
+        ),
+    )
+    .expect("agent");
+    let mut up = Up::start_with(dir.path(), Some(&agents), &["--policies", &policies()]);
+    let ev = up.wait_for("the run's end by its timeout and the task's exit", |ev| {
+        !kind(ev, "run_finished").is_empty() && !kind(ev, "process_exited").is_empty()
+    });
+    let finished = kind(&ev, "run_finished");
+    assert_eq!(finished.len(), 1, "{}", dump(&ev));
+    assert_eq!(finished[0]["body"]["outcome"], "cancelled", "{}", dump(&ev));
+    let text = finished[0].to_string();
+    assert!(
+        text.contains("ran past its execution_timeout of 2s"),
+        "the run says why it ended: {text}"
+    );
+    let exited = kind(&ev, "process_exited");
+    assert_eq!(exited[0]["body"]["timed_out"], true, "{}", dump(&ev));
+    assert_eq!(exited[0]["body"]["stopped"], false, "{}", dump(&ev));
+    assert_eq!(exited[0]["body"]["code"], 1, "{}", dump(&ev));
+    // The timed-out run's command was stopped with it.
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| c == b"/bin/sleep\x0043\x00")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out run's command still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up.signal(15);
+    assert!(up.wait_exit().success());
+    verify(&up.data);
+}
+
+#[test]
 fn an_event_driven_reasoning_agent_gets_its_event_and_the_token_names_the_approver() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workspace = dir.path().join("ws");
