@@ -465,7 +465,7 @@ impl LanceIndex {
             ),
             AnnKind::IvfPq => {
                 // Sub-vectors of 8 dimensions when the width allows it.
-                let sub = if dim % 8 == 0 { dim / 8 } else { 1 };
+                let sub = if dim.is_multiple_of(8) { dim / 8 } else { 1 };
                 Index::IvfPq(
                     IvfPqIndexBuilder::default()
                         .distance_type(DistanceType::Cosine)

@@ -15,6 +15,10 @@ pub(crate) struct Waiting {
     pub(crate) vector: Vec<f32>,
 }
 
+/// What a backend gives for a search: its best rows and whether it has no
+/// more to give.
+pub(crate) type Fetched = Result<(Vec<(String, f32)>, bool), ContextError>;
+
 /// The `k` best rows `allow` accepts, over the waiting rows (scored
 /// exactly) and the backend's rows. `fetch(n)` asks the backend for its
 /// best `n` rows for `q` among `owners` and says whether it has no more
@@ -28,7 +32,7 @@ pub(crate) fn merged_search(
     owners: &[String],
     waiting: &BTreeMap<String, Waiting>,
     shadowed: &dyn Fn(&str) -> bool,
-    fetch: &mut dyn FnMut(usize) -> Result<(Vec<(String, f32)>, bool), ContextError>,
+    fetch: &mut dyn FnMut(usize) -> Fetched,
     allow: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Vec<(String, f32)>, ContextError> {
     if k == 0 {
@@ -79,12 +83,12 @@ mod tests {
     }
 
     #[test]
-    fn merges_waiting_rows_with_the_backend_and_skips_shadowed_ones() {
+    fn merges_waiting_rows_with_the_backend_and_skips_shadowed_ones() -> Result<(), ContextError> {
         let mut waiting = BTreeMap::new();
         waiting.insert("w1".to_owned(), row("a", [1.0, 0.0]));
         waiting.insert("w2".to_owned(), row("b", [1.0, 0.0]));
         // The backend still holds an old w1 (shadowed) and two rows of its own.
-        let backend = vec![
+        let backend = [
             ("w1".to_owned(), 0.1),
             ("t1".to_owned(), 0.9),
             ("t2".to_owned(), 0.5),
@@ -103,8 +107,7 @@ mod tests {
             &shadowed,
             &mut fetch,
             &mut |_| true,
-        )
-        .unwrap();
+        )?;
         assert_eq!(
             hits,
             vec![
@@ -114,10 +117,11 @@ mod tests {
             ]
         );
         assert_eq!(asked, vec![20]);
+        Ok(())
     }
 
     #[test]
-    fn asks_the_backend_for_more_while_allow_rejects_hits() {
+    fn asks_the_backend_for_more_while_allow_rejects_hits() -> Result<(), ContextError> {
         let waiting = BTreeMap::new();
         let rows: Vec<(String, f32)> = (0..200u16)
             .map(|i| (format!("r{i:03}"), 1.0 - f32::from(i) / 1000.0))
@@ -128,17 +132,13 @@ mod tests {
             Ok((rows.iter().take(n).cloned().collect(), n >= rows.len()))
         };
         // Only every 50th row is allowed: 2 hits need 51+ rows.
-        let mut allow = |k: &str| k[1..].parse::<u32>().unwrap() % 50 == 0;
+        let mut allow = |k: &str| k[1..].parse::<u32>().is_ok_and(|n| n % 50 == 0);
         // k = 0 asks nothing.
-        assert!(
-            merged_search(&[1.0], 0, &[], &waiting, &|_| false, &mut fetch, &mut allow)
-                .unwrap()
-                .is_empty()
-        );
-        let hits = merged_search(&[1.0], 3, &[], &waiting, &|_| false, &mut fetch, &mut allow).unwrap();
+        assert!(merged_search(&[1.0], 0, &[], &waiting, &|_| false, &mut fetch, &mut allow)?.is_empty());
+        let hits = merged_search(&[1.0], 3, &[], &waiting, &|_| false, &mut fetch, &mut allow)?;
         let keys: Vec<&str> = hits.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["r000", "r050", "r100"]);
-        drop(fetch);
         assert_eq!(asked, vec![20, 80, 320]);
+        Ok(())
     }
 }
