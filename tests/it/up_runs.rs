@@ -353,41 +353,50 @@ fn the_daemon_rejects_an_approval_left_past_its_timeout() {
     verify(&up.data);
 }
 
-/// Whether a `/bin/sleep 37` (the sleeper's tool call) runs.
-fn sleeping_37() -> bool {
+/// Whether a `/bin/sleep SECS` (a sleeper's tool call) runs.
+fn sleeping(secs: &str) -> bool {
+    let cmdline = format!("/bin/sleep\0{secs}\0");
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(Result::ok)
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|c| c == b"/bin/sleep\x0037\x00")
+        .any(|c| c == cmdline.as_bytes())
 }
 
-#[test]
-fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let workspace = dir.path().join("ws");
+/// The agents directory (under `dir`) of an ephemeral reasoning agent
+/// `name` whose first step runs `/bin/sleep SECS` natively, under an
+/// execution timeout of `timeout`.
+fn sleeper_agent(dir: &Path, name: &str, secs: &str, timeout: &str) -> PathBuf {
+    let workspace = dir.join("ws");
     std::fs::create_dir_all(&workspace).expect("ws");
-    let script = dir.path().join("sleeper.json");
+    let script = dir.join(format!("{name}.json"));
     std::fs::write(
         &script,
         json!({"model": "scripted", "answers": [
-            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": ["37"]}}]},
+            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": [secs]}}]},
             {"content": "woke up"}
         ]})
         .to_string(),
     )
     .expect("script");
-    let agents = dir.path().join("agents");
+    let agents = dir.join("agents");
     std::fs::create_dir_all(&agents).expect("agents");
     std::fs::write(
-        agents.join("sleeper.toml"),
+        agents.join(format!("{name}.toml")),
         format!(
-            "name = \"sleeper\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"120s\"\n[runs]\nkind = \"reasoning\"\ntier = \"native\"\ntools = [\"run_command\"]\nworkspace = {:?}\nscript = {:?}\n",
+            "name = \"{name}\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"{timeout}\"\n[runs]\nkind = \"reasoning\"\ntier = \"native\"\ntools = [\"run_command\"]\nworkspace = {:?}\nscript = {:?}\n",
             workspace.display().to_string(),
             script.display().to_string()
         ),
     )
     .expect("agent");
+    agents
+}
+
+#[test]
+fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agents = sleeper_agent(dir.path(), "sleeper", "37", "120s");
     let mut up = Up::start_with(dir.path(), Some(&agents), &["--policies", &policies()]);
     let ev = up.wait_for("the sleeper's tool call", |ev| {
         !kind(ev, "tool_called").is_empty()
@@ -399,7 +408,7 @@ fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
     let input = started[0]["body"]["input"].as_str().unwrap_or("");
     assert!(input.contains("of agent sleeper, triggered by"), "{input}");
     let deadline = Instant::now() + WAIT;
-    while !sleeping_37() {
+    while !sleeping("37") {
         assert!(Instant::now() < deadline, "the tool's command never showed up");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -415,7 +424,7 @@ fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
     assert_eq!(exited[0]["body"]["stopped"], true, "{}", dump(&ev));
     // The tool's command was stopped with its run.
     let deadline = Instant::now() + WAIT;
-    while sleeping_37() {
+    while sleeping("37") {
         assert!(
             Instant::now() < deadline,
             "the cancelled run's command still runs"
@@ -440,29 +449,7 @@ fn stopping_a_scheduled_reasoning_agent_cancels_its_run() {
 #[test]
 fn a_reasoning_run_past_its_execution_timeout_is_cancelled_and_its_task_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let workspace = dir.path().join("ws");
-    std::fs::create_dir_all(&workspace).expect("ws");
-    let script = dir.path().join("dawdler.json");
-    std::fs::write(
-        &script,
-        json!({"model": "scripted", "answers": [
-            {"content": "waiting", "tool_calls": [{"name": "run_command", "arguments": {"command": "/bin/sleep", "args": ["43"]}}]},
-            {"content": "woke up"}
-        ]})
-        .to_string(),
-    )
-    .expect("script");
-    let agents = dir.path().join("agents");
-    std::fs::create_dir_all(&agents).expect("agents");
-    std::fs::write(
-        agents.join("dawdler.toml"),
-        format!(
-            "name = \"dawdler\"\npriority = \"normal\"\n[mode]\nkind = \"ephemeral\"\n[limits]\nmemory_mb = 64\ncpu_cores = 0.5\nexecution_timeout = \"2s\"\n[runs]\nkind = \"reasoning\"\ntier = \"native\"\ntools = [\"run_command\"]\nworkspace = {:?}\nscript = {:?}\n",
-            workspace.display().to_string(),
-            script.display().to_string()
-        ),
-    )
-    .expect("agent");
+    let agents = sleeper_agent(dir.path(), "dawdler", "43", "2s");
     let mut up = Up::start_with(dir.path(), Some(&agents), &["--policies", &policies()]);
     let ev = up.wait_for("the run's end by its timeout and the task's exit", |ev| {
         !kind(ev, "run_finished").is_empty() && !kind(ev, "process_exited").is_empty()
@@ -481,12 +468,7 @@ fn a_reasoning_run_past_its_execution_timeout_is_cancelled_and_its_task_says_so(
     assert_eq!(exited[0]["body"]["code"], 1, "{}", dump(&ev));
     // The timed-out run's command was stopped with it.
     let deadline = Instant::now() + WAIT;
-    while std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(Result::ok)
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|c| c == b"/bin/sleep\x0043\x00")
-    {
+    while sleeping("43") {
         assert!(
             Instant::now() < deadline,
             "the timed-out run's command still runs"
